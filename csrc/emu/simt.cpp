@@ -1,0 +1,759 @@
+// simt.cpp: the runtime of the SIMT emulator (fibers, block scheduler, barriers, warp
+// exchanges, launch validation, error reports). See simt.h and docs/emulator.md.
+#include "emu/simt.h"
+
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <omp.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) && !defined(MINILVLM_EMU_UCONTEXT)
+#define MINILVLM_EMU_ASM_SWITCH 1
+#else
+#include <ucontext.h>
+#endif
+
+namespace minilvlm_emu {
+namespace detail {
+struct Fiber;
+void fiber_main(Fiber* f);
+}  // namespace detail
+}  // namespace minilvlm_emu
+
+// ---------------------------------------------------------------------------------------------
+// Context switch. The x86-64 version saves the callee-saved registers plus MXCSR and the x87
+// control word on the old stack, stores the stack pointer, and pops the same from the new one.
+#if MINILVLM_EMU_ASM_SWITCH
+extern "C" void minilvlm_emu_switch(void** save_sp, void* new_sp);
+extern "C" void minilvlm_emu_trampoline();
+asm(R"(
+  .pushsection .text
+  .p2align 4
+  .globl minilvlm_emu_switch
+  .hidden minilvlm_emu_switch
+  .type minilvlm_emu_switch, @function
+minilvlm_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size minilvlm_emu_switch, .-minilvlm_emu_switch
+
+  .p2align 4
+  .globl minilvlm_emu_trampoline
+  .hidden minilvlm_emu_trampoline
+  .type minilvlm_emu_trampoline, @function
+minilvlm_emu_trampoline:
+  .cfi_startproc
+  .cfi_undefined rip
+  movq %r12, %rdi
+  callq *%r13
+  ud2
+  .cfi_endproc
+  .size minilvlm_emu_trampoline, .-minilvlm_emu_trampoline
+  .popsection
+)");
+#endif
+
+namespace minilvlm_emu {
+
+namespace {
+std::atomic<uint64_t> g_seed{0};
+std::atomic<int> g_num_threads{-1};  // -1: not read from the environment yet
+
+size_t stack_bytes() {
+  static const size_t bytes = [] {
+    size_t kb = 128;
+    if (const char* s = std::getenv("MINILVLM_EMU_STACK_KB")) {
+      long v = std::atol(s);
+      if (v >= 16) kb = static_cast<size_t>(v);
+    }
+    return kb * 1024;
+  }();
+  return bytes;
+}
+}  // namespace
+
+void set_seed(uint64_t seed) { g_seed.store(seed, std::memory_order_relaxed); }
+uint64_t get_seed() { return g_seed.load(std::memory_order_relaxed); }
+
+void set_num_threads(int n) { g_num_threads.store(n < 0 ? 0 : n, std::memory_order_relaxed); }
+int get_num_threads() {
+  int n = g_num_threads.load(std::memory_order_relaxed);
+  if (n < 0) {
+    n = 0;
+    if (const char* s = std::getenv("MINILVLM_EMU_THREADS")) n = std::max(0, std::atoi(s));
+    g_num_threads.store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+namespace detail {
+
+enum State : uint8_t { kRunnable, kAtBarrier, kAtWarp, kExited, kTrapped };
+
+struct Ctx {
+#if MINILVLM_EMU_ASM_SWITCH
+  void* sp = nullptr;
+#else
+  ucontext_t uc;
+#endif
+};
+
+struct Fiber {
+  Ctx ctx;
+  char* stack_lo = nullptr;
+  uint3 tid{0, 0, 0};
+  int id = 0;
+  State state = kRunnable;
+  // What the fiber waits at (valid while state is kAtBarrier / kAtWarp).
+  int op = 0;
+  const char* file = nullptr;
+  int line = 0;
+  unsigned mask = 0;
+  unsigned size = 0;
+  int arg = 0;
+  int width = 32;
+  long long pred = 0;
+  unsigned result = 0;
+  alignas(16) unsigned char val[16];
+  alignas(16) unsigned char out[16];
+};
+
+namespace {
+
+inline void ctx_switch(Ctx* from, Ctx* to) {
+#if MINILVLM_EMU_ASM_SWITCH
+  minilvlm_emu_switch(&from->sp, to->sp);
+#else
+  swapcontext(&from->uc, &to->uc);
+#endif
+}
+
+#if !MINILVLM_EMU_ASM_SWITCH
+void uc_entry(unsigned hi, unsigned lo) {
+  uintptr_t p = (static_cast<uintptr_t>(hi) << 32) | static_cast<uintptr_t>(lo);
+  fiber_main(reinterpret_cast<Fiber*>(p));
+}
+#endif
+
+void ctx_init(Fiber* f, size_t size) {
+#if MINILVLM_EMU_ASM_SWITCH
+  uintptr_t top = reinterpret_cast<uintptr_t>(f->stack_lo + size) & ~static_cast<uintptr_t>(15);
+  uint64_t* ret_slot = reinterpret_cast<uint64_t*>(top - 24);  // trampoline starts 16-aligned
+  ret_slot[0] = reinterpret_cast<uint64_t>(&minilvlm_emu_trampoline);
+  uint64_t* sp = ret_slot - 7;
+  uint32_t mxcsr;
+  uint16_t fpcw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpcw));
+  sp[0] = static_cast<uint64_t>(mxcsr) | (static_cast<uint64_t>(fpcw) << 32);
+  sp[1] = 0;                                                // r15
+  sp[2] = 0;                                                // r14
+  sp[3] = reinterpret_cast<uint64_t>(&fiber_main);          // r13: entry
+  sp[4] = reinterpret_cast<uint64_t>(f);                    // r12: its argument
+  sp[5] = 0;                                                // rbx
+  sp[6] = 0;                                                // rbp
+  f->ctx.sp = sp;
+#else
+  getcontext(&f->ctx.uc);
+  f->ctx.uc.uc_stack.ss_sp = f->stack_lo;
+  f->ctx.uc.uc_stack.ss_size = size;
+  f->ctx.uc.uc_link = nullptr;
+  uintptr_t p = reinterpret_cast<uintptr_t>(f);
+  makecontext(&f->ctx.uc, reinterpret_cast<void (*)()>(&uc_entry), 2, static_cast<unsigned>(p >> 32),
+              static_cast<unsigned>(p & 0xffffffffu));
+#endif
+}
+
+uint64_t splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+const char* base_name(const char* file) {
+  if (!file) return "?";
+  const char* s = std::strrchr(file, '/');
+  return s ? s + 1 : file;
+}
+
+std::string site(const char* file, int line) { return std::string(base_name(file)) + ":" + std::to_string(line); }
+
+bool same_site(const char* f1, int l1, const char* f2, int l2) {
+  return l1 == l2 && (f1 == f2 || (f1 && f2 && std::strcmp(f1, f2) == 0));
+}
+
+std::string fmt_dim(uint3 d) {
+  return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
+}
+std::string fmt_dim(dim3 d) { return fmt_dim(uint3{d.x, d.y, d.z}); }
+
+std::string hex32(unsigned v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
+std::string kernel_name(const LaunchDesc& d) {
+  std::string s = "'" + std::string(d.name ? d.name : "?") + "'";
+  Dl_info info;
+  if (d.fn && dladdr(d.fn, &info) && info.dli_sname && info.dli_saddr == d.fn) {
+    int status = 0;
+    char* dem = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+    std::string full = (status == 0 && dem) ? dem : info.dli_sname;
+    std::free(dem);
+    if (full.compare(0, 5, "void ") == 0) full = full.substr(5);
+    if (!full.empty() && full.back() == ')') {  // drop the parameter list
+      int depth = 0;
+      for (size_t i = full.size(); i-- > 0;) {
+        if (full[i] == ')') ++depth;
+        if (full[i] == '(' && --depth == 0) {
+          full.resize(i);
+          break;
+        }
+      }
+    }
+    const std::string name = d.name ? d.name : "";
+    const bool same = full == name || (full.size() > name.size() + 2 &&
+                                       full.compare(full.size() - name.size() - 2, std::string::npos, "::" + name) == 0);
+    if (!same) s += " (" + full + ")";
+  }
+  return s;
+}
+
+// "0-31, 64-95"; long lists are cut after a few ranges.
+std::string ranges(const std::vector<int>& ids) {
+  std::string s;
+  size_t i = 0;
+  int shown = 0;
+  while (i < ids.size()) {
+    if (++shown > 6) {
+      s += ", ... (" + std::to_string(ids.size()) + " threads)";
+      break;
+    }
+    size_t j = i;
+    while (j + 1 < ids.size() && ids[j + 1] == ids[j] + 1) ++j;
+    if (!s.empty()) s += ", ";
+    s += std::to_string(ids[i]);
+    if (j > i) s += "-" + std::to_string(ids[j]);
+    i = j + 1;
+  }
+  return s;
+}
+
+const char* warp_op_name(int op) {
+  switch (op) {
+    case kShflIdx: return "__shfl_sync";
+    case kShflUp: return "__shfl_up_sync";
+    case kShflDown: return "__shfl_down_sync";
+    case kShflXor: return "__shfl_xor_sync";
+    case kBallot: return "__ballot_sync";
+    case kAny: return "__any_sync";
+    case kAll: return "__all_sync";
+    case kSyncwarp: return "__syncwarp";
+    case kReduceAdd: return "__reduce_add_sync";
+    case kReduceMin: return "__reduce_min_sync";
+    case kReduceMax: return "__reduce_max_sync";
+    default: return "warp primitive";
+  }
+}
+const char* barrier_name(int kind) {
+  switch (kind) {
+    case 1: return "__syncthreads_count";
+    case 2: return "__syncthreads_and";
+    case 3: return "__syncthreads_or";
+    default: return "__syncthreads";
+  }
+}
+// Warp operations that can complete together: shuffles mix freely (each lane names its own
+// source), votes mix freely; everything else must match exactly.
+int op_group(int op, int width) {
+  if (op <= kShflXor) return 0;
+  if (op <= kAll) return 1;
+  return 16 + op * 2 + (width & 1);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// One per OS thread: the fibers, their stacks, and the state of the block being run.
+struct Runner {
+  std::vector<std::unique_ptr<Fiber>> fibers;
+  std::vector<char*> stacks;  // mmap'd regions (guard page + stack)
+  std::vector<int> order;
+  Ctx sched;
+  unsigned char* smem = nullptr;
+  size_t smem_cap = 0;
+
+  const LaunchDesc* desc = nullptr;
+  uint3 bidx{0, 0, 0};
+  int n = 0;
+  int exited = 0;
+  // block barrier
+  int arrived = 0;
+  int bar_kind = 0;
+  const char* bar_file = nullptr;
+  int bar_line = 0;
+  bool bar_mismatch = false;
+  int bar_count = 0;
+  int bar_result = 0;
+  // error
+  bool failed = false;
+  std::string error;
+
+  ~Runner() {
+    size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    for (char* s : stacks) munmap(s, stack_bytes() + page);
+    std::free(smem);
+  }
+
+  void ensure(int count, size_t smem_bytes) {
+    size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    while (static_cast<int>(fibers.size()) < count) {
+      void* p = mmap(nullptr, stack_bytes() + page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+      if (p == MAP_FAILED) throw std::runtime_error("minilvlm emu: cannot allocate fiber stacks (mmap failed)");
+      mprotect(p, page, PROT_NONE);  // guard page below the stack
+      stacks.push_back(static_cast<char*>(p));
+      fibers.emplace_back(new Fiber());
+      fibers.back()->stack_lo = static_cast<char*>(p) + page;
+    }
+    if (static_cast<int>(order.size()) < count) order.resize(count);
+    size_t need = std::max<size_t>(smem_bytes, 16);
+    if (need > smem_cap) {
+      std::free(smem);
+      smem_cap = (need + 63) & ~static_cast<size_t>(63);
+      smem = static_cast<unsigned char*>(std::aligned_alloc(64, smem_cap));
+      if (!smem) throw std::bad_alloc();
+    }
+  }
+
+  std::string where() const { return "kernel " + kernel_name(*desc) + " block " + fmt_dim(bidx); }
+
+  void fail(Fiber* f, const std::string& what) {
+    if (failed) return;
+    failed = true;
+    error = "minilvlm emu: " + where() + " thread " + fmt_dim(f->tid) + ": " + what;
+  }
+
+  std::string describe_deadlock() const {
+    std::vector<std::string> keys;
+    std::vector<std::vector<int>> ids;
+    std::vector<int> gone;
+    bool barrier = false, warp = false;
+    for (int i = 0; i < n; ++i) {
+      const Fiber& f = *fibers[i];
+      if (f.state == kExited) {
+        gone.push_back(i);
+        continue;
+      }
+      std::string key;
+      if (f.state == kAtBarrier) {
+        barrier = true;
+        key = std::string("wait at ") + barrier_name(f.op) + " (" + site(f.file, f.line) + ")";
+      } else if (f.state == kAtWarp) {
+        warp = true;
+        key = std::string("wait at ") + warp_op_name(f.op) + " (" + site(f.file, f.line) + ") with mask " +
+              hex32(f.mask) + " in warp " + std::to_string(i / 32);
+      } else {
+        key = "are runnable";
+      }
+      size_t k = 0;
+      while (k < keys.size() && keys[k] != key) ++k;
+      if (k == keys.size()) {
+        keys.push_back(key);
+        ids.emplace_back();
+      }
+      ids[k].push_back(i);
+    }
+    std::string s = "minilvlm emu: deadlock in " + where() + ": ";
+    for (size_t k = 0; k < keys.size(); ++k) {
+      if (k) s += ", ";
+      s += "threads " + ranges(ids[k]) + " " + keys[k];
+    }
+    if (!gone.empty()) s += " but threads " + ranges(gone) + " exited";
+    s += ". ";
+    if (barrier && !gone.empty())
+      s += "Every thread of the block must reach each __syncthreads (a thread returned early?).";
+    else if (barrier && keys.size() > 1 && !warp)
+      s += "Threads wait at different __syncthreads calls (a barrier inside divergent code?).";
+    else if (warp)
+      s += "Every lane named in a warp primitive's mask must reach the same kind of primitive with the "
+           "same mask.";
+    else
+      s += "No thread can make progress.";
+    return s;
+  }
+
+  void release_barrier() {
+    int r = 0;
+    switch (bar_kind) {
+      case 1: r = bar_count; break;
+      case 2: r = bar_count == n; break;
+      case 3: r = bar_count != 0; break;
+      default: break;
+    }
+    bar_result = r;
+    arrived = 0;
+    for (int i = 0; i < n; ++i) fibers[i]->state = kRunnable;
+  }
+
+  void complete_warp(int wbase, unsigned mask) {
+    Fiber& first = *fibers[wbase + __builtin_ctz(mask)];
+    const int op = first.op;
+    if (op <= kShflXor) {
+      for (unsigned m = mask; m; m &= m - 1) {
+        int l = __builtin_ctz(m);
+        Fiber& g = *fibers[wbase + l];
+        int w = g.width;
+        int lo = l & ~(w - 1), hi = lo + w - 1;
+        int j = l;
+        bool valid = true;
+        switch (g.op) {
+          case kShflIdx: j = lo + (g.arg & (w - 1)); break;
+          case kShflUp: j = l - g.arg; valid = j >= lo; break;
+          case kShflDown: j = l + g.arg; valid = j <= hi; break;
+          default: j = l ^ g.arg; valid = j >= 0 && j <= hi; break;
+        }
+        if (!valid || j < 0 || j > 31) {
+          std::memcpy(g.out, g.val, g.size);
+        } else if (!((mask >> j) & 1u)) {
+          std::memset(g.out, 0xff, g.size);  // source lane not taking part: undefined in CUDA
+        } else {
+          std::memcpy(g.out, fibers[wbase + j]->val, g.size);
+        }
+      }
+    } else {
+      unsigned ballot = 0;
+      long long acc = 0;
+      bool have = false;
+      for (unsigned m = mask; m; m &= m - 1) {
+        int l = __builtin_ctz(m);
+        const Fiber& g = *fibers[wbase + l];
+        if (g.pred) ballot |= 1u << l;
+        long long v = (g.width & 1) ? static_cast<long long>(static_cast<int>(g.pred))
+                                    : static_cast<long long>(static_cast<unsigned>(g.pred));
+        if (op == kReduceAdd) {
+          acc += v;
+        } else if (!have) {
+          acc = v;
+        } else if (op == kReduceMin) {
+          acc = std::min(acc, v);
+        } else if (op == kReduceMax) {
+          acc = std::max(acc, v);
+        }
+        have = true;
+      }
+      for (unsigned m = mask; m; m &= m - 1) {
+        Fiber& g = *fibers[wbase + __builtin_ctz(m)];
+        switch (g.op) {
+          case kBallot: g.result = ballot; break;
+          case kAny: g.result = ballot != 0; break;
+          case kAll: g.result = ballot == mask; break;
+          case kReduceAdd:
+          case kReduceMin:
+          case kReduceMax: g.result = static_cast<unsigned>(acc); break;
+          default: g.result = 0; break;
+        }
+      }
+    }
+    for (unsigned m = mask; m; m &= m - 1) fibers[wbase + __builtin_ctz(m)]->state = kRunnable;
+  }
+
+  // Runs one block; returns false (with `error` set) on failure. Never throws.
+  bool run_block(const LaunchDesc& d, long long lin) noexcept {
+    try {
+      desc = &d;
+      const dim3 b = d.block, g = d.grid;
+      bidx = uint3{static_cast<unsigned>(lin % g.x), static_cast<unsigned>((lin / g.x) % g.y),
+                   static_cast<unsigned>(lin / (static_cast<long long>(g.x) * g.y))};
+      n = static_cast<int>(b.x * b.y * b.z);
+      ensure(n, d.smem);
+      const size_t ssize = stack_bytes();
+      for (int i = 0; i < n; ++i) {
+        Fiber& f = *fibers[i];
+        f.id = i;
+        f.tid = uint3{static_cast<unsigned>(i % b.x), static_cast<unsigned>((i / b.x) % b.y),
+                      static_cast<unsigned>(i / (b.x * b.y))};
+        f.state = kRunnable;
+        ctx_init(&f, ssize);
+      }
+      exited = 0;
+      arrived = 0;
+      bar_mismatch = false;
+      failed = false;
+      error.clear();
+      std::memset(smem, 0xff, std::max<size_t>(d.smem, 16));
+
+      Tls& t = tls;
+      t.block_idx = bidx;
+      t.block_dim = uint3{b.x, b.y, b.z};
+      t.grid_dim = uint3{g.x, g.y, g.z};
+      t.dyn_smem = smem;
+      t.runner = this;
+
+      const uint64_t seed = get_seed();
+      uint64_t rng = seed ^ (static_cast<uint64_t>(lin) * 0xd1b54a32d192ed03ull);
+      for (;;) {
+        int cnt = 0;
+        for (int i = 0; i < n; ++i)
+          if (fibers[i]->state == kRunnable) order[cnt++] = i;
+        if (cnt == 0) break;
+        if (seed != 0) {
+          for (int i = cnt - 1; i > 0; --i) {
+            int j = static_cast<int>(splitmix(rng) % static_cast<uint64_t>(i + 1));
+            std::swap(order[i], order[j]);
+          }
+        }
+        for (int k = 0; k < cnt && !failed; ++k) {
+          Fiber* f = fibers[order[k]].get();
+          if (f->state != kRunnable) continue;
+          t.fiber = f;
+          t.thread_idx = f->tid;
+          ctx_switch(&sched, &f->ctx);
+          t.fiber = nullptr;
+        }
+        if (failed) break;
+      }
+      t.fiber = nullptr;
+      t.runner = nullptr;
+      if (!failed && exited != n) {
+        failed = true;
+        error = describe_deadlock();
+      }
+      return !failed;
+    } catch (const std::exception& e) {
+      tls.fiber = nullptr;
+      tls.runner = nullptr;
+      failed = true;
+      error = std::string("minilvlm emu: launch of kernel '") + (d.name ? d.name : "?") + "' failed: " + e.what();
+      return false;
+    }
+  }
+};
+
+namespace {
+Runner& this_runner() {
+  static thread_local std::unique_ptr<Runner> r;
+  if (!r) r.reset(new Runner());
+  return *r;
+}
+
+inline Fiber* current(const char* what) {
+  Fiber* f = tls.fiber;
+  if (!f) throw std::runtime_error(std::string("minilvlm emu: ") + what + " called outside of a kernel");
+  return f;
+}
+
+inline void yield(Fiber* f) { ctx_switch(&f->ctx, &tls.runner->sched); }
+}  // namespace
+
+void fiber_main(Fiber* f) {
+  Runner* r = tls.runner;
+  {
+    bool threw = false;
+    std::string what;
+    try {
+      r->desc->body(r->desc->ctx);
+    } catch (const std::exception& e) {
+      threw = true;
+      what = std::string("uncaught exception: ") + e.what();
+    } catch (...) {
+      threw = true;
+      what = "uncaught exception of unknown type";
+    }
+    if (threw) {
+      r->fail(f, what);
+      f->state = kTrapped;
+    } else {
+      f->state = kExited;
+      ++r->exited;
+    }
+  }
+  ctx_switch(&f->ctx, &r->sched);
+  __builtin_trap();  // an exited fiber is never resumed
+}
+
+int block_barrier(int kind, int pred, const char* file, int line) {
+  Fiber* f = current(barrier_name(kind));
+  Runner& r = *tls.runner;
+  f->state = kAtBarrier;
+  f->op = kind;
+  f->file = file;
+  f->line = line;
+  if (r.arrived == 0) {
+    r.bar_kind = kind;
+    r.bar_file = file;
+    r.bar_line = line;
+    r.bar_mismatch = false;
+    r.bar_count = 0;
+  } else if (kind != r.bar_kind || !same_site(file, line, r.bar_file, r.bar_line)) {
+    r.bar_mismatch = true;
+  }
+  ++r.arrived;
+  r.bar_count += pred;
+  if (r.arrived == r.n && !r.bar_mismatch) r.release_barrier();
+  yield(f);
+  return r.bar_result;
+}
+
+unsigned warp_op(WarpOp op, unsigned mask, const void* in, unsigned size, int arg, int width, long long pred,
+                 void* out, const char* file, int line) {
+  Fiber* f = current(warp_op_name(op));
+  Runner& r = *tls.runner;
+  const int lane = f->id & 31;
+  const int wbase = f->id & ~31;
+  const int nl = std::min(32, r.n - wbase);
+  const unsigned exist = nl == 32 ? 0xffffffffu : ((1u << nl) - 1u);
+  if (!((mask >> lane) & 1u)) {
+    trap((std::string(warp_op_name(op)) + " with mask " + hex32(mask) + " that does not include the calling lane " +
+          std::to_string(lane)).c_str(), file, line);
+  }
+  if (mask & ~exist) {
+    trap((std::string(warp_op_name(op)) + " with mask " + hex32(mask) + " naming lanes that do not exist (warp " +
+          std::to_string(wbase / 32) + " has " + std::to_string(nl) + " threads)").c_str(), file, line);
+  }
+  if (op <= kShflXor && (width < 1 || width > 32 || (width & (width - 1)) != 0)) {
+    trap((std::string(warp_op_name(op)) + " with width " + std::to_string(width) +
+          " (must be a power of two in [1, 32])").c_str(), file, line);
+  }
+  f->state = kAtWarp;
+  f->op = op;
+  f->mask = mask;
+  f->size = size;
+  f->arg = arg;
+  f->width = width;
+  f->pred = pred;
+  f->file = file;
+  f->line = line;
+  if (size) std::memcpy(f->val, in, size);
+  const int grp = op_group(op, width);
+  bool all = true;
+  for (unsigned m = mask; m; m &= m - 1) {
+    const Fiber& g = *r.fibers[wbase + __builtin_ctz(m)];
+    if (g.state != kAtWarp || g.mask != mask || g.size != size || op_group(g.op, g.width) != grp) {
+      all = false;
+      break;
+    }
+  }
+  if (all) r.complete_warp(wbase, mask);
+  yield(f);
+  if (out && size) std::memcpy(out, f->out, size);
+  return f->result;
+}
+
+unsigned active_mask() {
+  Fiber* f = current("__activemask");
+  Runner& r = *tls.runner;
+  const int wbase = f->id & ~31;
+  const int nl = std::min(32, r.n - wbase);
+  unsigned m = 0;
+  for (int l = 0; l < nl; ++l)
+    if (r.fibers[wbase + l]->state != kExited) m |= 1u << l;
+  return m;
+}
+
+void trap(const char* what, const char* file, int line) {
+  Fiber* f = tls.fiber;
+  if (!f) {
+    std::string msg = std::string("minilvlm emu: ") + what;
+    if (file) msg += " at " + site(file, line);
+    throw std::runtime_error(msg + " (outside of a kernel)");
+  }
+  Runner* r = tls.runner;
+  {
+    std::string msg = what;
+    if (file) msg += " at " + site(file, line);
+    r->fail(f, msg);
+  }
+  f->state = kTrapped;
+  ctx_switch(&f->ctx, &r->sched);
+  __builtin_trap();  // a trapped fiber is never resumed
+}
+
+void assert_fail(const char* expr, const char* file, int line, const char* func) {
+  std::string what = std::string("assertion '") + expr + "' failed in " + (func ? func : "?");
+  trap(what.c_str(), file, line);
+}
+
+void launch_check(bool ok, const char* name, const char* what) {
+  if (!ok)
+    throw std::runtime_error(std::string("minilvlm emu: invalid launch of kernel '") + (name ? name : "?") +
+                             "': " + what);
+}
+
+void run_grid(const LaunchDesc& d) {
+  if (tls.fiber) launch_check(false, d.name, "launching a kernel from device code is not supported");
+  const dim3 g = d.grid, b = d.block;
+  auto bad = [&](const std::string& what) { launch_check(false, d.name, what.c_str()); };
+  if (g.x == 0 || g.y == 0 || g.z == 0) bad("grid " + fmt_dim(g) + " has a zero dimension");
+  if (g.x > 2147483647u || g.y > 65535u || g.z > 65535u) bad("grid " + fmt_dim(g) + " exceeds (2^31-1, 65535, 65535)");
+  if (b.x == 0 || b.y == 0 || b.z == 0) bad("block " + fmt_dim(b) + " has a zero dimension");
+  const unsigned long long threads = 1ull * b.x * b.y * b.z;
+  if (threads > 1024) bad("block " + fmt_dim(b) + " has " + std::to_string(threads) + " threads (max 1024)");
+  if (b.z > 64) bad("block " + fmt_dim(b) + " exceeds the limit of 64 in z");
+  if (d.smem > 232448)
+    bad("dynamic shared memory of " + std::to_string(d.smem) + " bytes exceeds the 227 KiB (232448 bytes) limit");
+
+  const long long nblocks = static_cast<long long>(g.x) * g.y * g.z;
+  int nt = get_num_threads();
+  if (nt == 0) nt = omp_get_max_threads();
+  if (nt > nblocks) nt = static_cast<int>(nblocks);
+
+  // After a failure, blocks with a higher index are skipped; lower ones still run, so the
+  // error reported is always the one of the lowest failing block.
+  std::atomic<long long> err_block{LLONG_MAX};
+  std::mutex mu;
+  std::string err;
+  auto run_one = [&](long long blk) {
+    if (blk > err_block.load(std::memory_order_relaxed)) return;
+    Runner& r = this_runner();
+    if (!r.run_block(d, blk)) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (blk < err_block.load(std::memory_order_relaxed)) {
+        err_block.store(blk, std::memory_order_relaxed);
+        err = r.error;
+      }
+    }
+  };
+  if (nt <= 1) {
+    for (long long blk = 0; blk < nblocks && err_block.load(std::memory_order_relaxed) == LLONG_MAX; ++blk)
+      run_one(blk);
+  } else {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (long long blk = 0; blk < nblocks; ++blk) run_one(blk);
+  }
+  if (err_block.load() != LLONG_MAX) throw std::runtime_error(err);
+}
+
+}  // namespace detail
+}  // namespace minilvlm_emu

@@ -1,0 +1,37 @@
+// registration.cpp: every op of the minilvlm library is declared here (schema strings in
+// common/schemas.h), plus the Python module entry of minilvlm._C. Kernels register their
+// implementations beside themselves with TORCH_LIBRARY_IMPL(minilvlm, CPU|CUDA, m); Python
+// adds fakes and autograd (minilvlm/ops/). Mutating ops mark their outputs Tensor(x!).
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "common/schemas.h"
+
+namespace minilvlm {
+std::string cpu_capability();  // csrc/cpu/fused_adamw.cpp
+
+bool built_with_cuda() {
+#ifdef MINILVLM_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace minilvlm
+
+TORCH_LIBRARY(minilvlm, m) {
+  // csrc/cpu/fused_adamw.cpp, csrc/cuda/fused_adamw.cu
+  m.def(MINILVLM_SCHEMA_FUSED_ADAMW);
+  // Which SIMD path the CPU kernels take on this machine: "avx512" or "default".
+  m.def("cpu_capability() -> str", &minilvlm::cpu_capability);
+  m.def("built_with_cuda() -> bool", &minilvlm::built_with_cuda);
+}
+
+// minilvlm._C has no Python functions of its own: importing it registers the ops above.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "minilvlm native kernels", -1, nullptr,
+                                      nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,214 @@
+"""FusedAdamW: torch.optim.AdamW's update over flat buffers, one kernel launch per buffer.
+
+Params of one (device, dtype) live in one flat buffer (minilvlm.optim.flat); `param.data` and
+`param.grad` are views into it. The moments are flat float32 buffers of the same layout, and
+with master_weights=True bf16/fp16 params get flat float32 master weights. lr, weight decay
+and step travel to the kernel per segment (a run of params sharing them), so param groups
+with different hyperparameters still take one launch.
+
+Grads: zero_grad() zeros the flat grad buffer in place (set_to_none is ignored, the views
+stay). A param whose grad is set to None is skipped for that step, as torch.optim.AdamW does.
+"""
+import torch
+
+from minilvlm.ops.fused_adamw import fused_adamw_
+from minilvlm.optim.flat import FlatParams
+
+_MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+def check_adamw_hyperparams(lr, betas, eps, weight_decay):
+    if not lr >= 0.0:
+        raise ValueError(f"invalid learning rate {lr}: must be >= 0")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"invalid betas {betas}: need two values in [0, 1)")
+    if not eps >= 0.0:
+        raise ValueError(f"invalid eps {eps}: must be >= 0")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"invalid weight_decay {weight_decay}: must be >= 0")
+
+
+def grad_scale_tensor(grad_scale, device):
+    """grad_scale as a 1-element float32 tensor on `device`, or None."""
+    if grad_scale is None:
+        return None
+    if isinstance(grad_scale, torch.Tensor):
+        if grad_scale.numel() != 1:
+            raise ValueError(f"grad_scale must have one element, got shape {tuple(grad_scale.shape)}")
+        return grad_scale.detach().reshape(1).to(device=device, dtype=torch.float32)
+    return torch.tensor([float(grad_scale)], dtype=torch.float32, device=device)
+
+
+class FusedAdamW(torch.optim.Optimizer):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, master_weights=False):
+        check_adamw_hyperparams(lr, betas, eps, weight_decay)
+        self.master_weights = bool(master_weights)
+        self._flats = []
+        self._built = False
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self._build()
+
+    # ---- layout -------------------------------------------------------------------------
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        check_adamw_hyperparams(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        if self._built:
+            self._build()
+
+    def _build(self):
+        """Lay out every trainable param in flat buffers, keeping any state already held."""
+        old = self._export_state() if self._built else {}
+        for flat in self._flats:  # detach old views so that no two buffers claim a param
+            for p in flat.params:
+                p.data = p.data.clone()
+                p.grad = None if p.grad is None else p.grad.clone()
+        by_key = {}
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if not p.requires_grad:
+                    continue  # frozen: never updated, as in torch.optim.AdamW
+                by_key.setdefault((p.device, p.dtype), []).append((p, gi))
+        self._flats = []
+        for (device, dtype), members in by_key.items():
+            if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+                raise TypeError(f"FusedAdamW: params of dtype {dtype} are not supported")
+            flat = FlatParams([p for p, _ in members], [gi for _, gi in members])
+            state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+            flat.exp_avg = torch.zeros(flat.numel, dtype=state_dtype, device=device)
+            flat.exp_avg_sq = torch.zeros(flat.numel, dtype=state_dtype, device=device)
+            flat.master = None
+            if self.master_weights and dtype in (torch.bfloat16, torch.float16):
+                flat.master = flat.param.to(torch.float32)
+            self._flats.append(flat)
+        self._built = True
+        self._import_state(old)
+        self._cached_runs = [None] * len(self._flats)
+
+    def _export_state(self):
+        """{param: {step, exp_avg, exp_avg_sq[, master]}} as views of the flat buffers."""
+        out = {}
+        for flat in self._flats:
+            for i, p in enumerate(flat.params):
+                entry = {"step": torch.tensor(float(flat.steps[i])),
+                         "exp_avg": flat.view(flat.exp_avg, i), "exp_avg_sq": flat.view(flat.exp_avg_sq, i)}
+                if flat.master is not None:
+                    entry["master"] = flat.view(flat.master, i)
+                out[p] = entry
+        return out
+
+    def _import_state(self, state):
+        with torch.no_grad():
+            for flat in self._flats:
+                for i, p in enumerate(flat.params):
+                    entry = state.get(p)
+                    if not entry:
+                        continue
+                    for key in _MOMENT_KEYS:
+                        src = entry[key]
+                        if src.shape != p.shape:
+                            raise ValueError(f"optimizer state '{key}' of shape {tuple(src.shape)} does not fit "
+                                             f"param of shape {tuple(p.shape)}")
+                        flat.view(getattr(flat, key), i).copy_(src)
+                    flat.steps[i] = int(entry["step"])
+                    if flat.master is not None:
+                        if "master" in entry:
+                            flat.view(flat.master, i).copy_(entry["master"])
+                            p.data.copy_(flat.view(flat.master, i))
+                        else:
+                            flat.view(flat.master, i).copy_(p.detach())
+
+    # ---- step ---------------------------------------------------------------------------
+
+    def zero_grad(self, set_to_none=True):
+        """Zero the flat grad buffers (set_to_none is ignored: grads stay views of the buffers)."""
+        for flat in self._flats:
+            flat.zero_grad()
+
+    @torch.no_grad()
+    def grad_norm(self):
+        """The global L2 norm of all grads (float32 tensor), from one reduction per flat buffer."""
+        norms = [torch.linalg.vector_norm(f.grad, dtype=torch.float32) for f in self._flats]
+        if not norms:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack([n.cpu() for n in norms]))
+
+    @torch.no_grad()
+    def clip_scale(self, max_norm):
+        """(grad norm, the grad_scale for step()) that clips the global norm to max_norm, like
+        torch.nn.utils.clip_grad_norm_."""
+        norm = self.grad_norm()
+        return norm, torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+
+    @torch.no_grad()
+    def step(self, closure=None, grad_scale=None):
+        """One AdamW step. grad_scale (float or 1-element tensor) multiplies every grad inside the
+        kernel: pass 1/loss_scale to unscale, or the clip_scale() factor to clip."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for k, flat in enumerate(self._flats):
+            flat.check_params()
+            active = flat.collect_grads()
+            if active is None and self._cached_runs[k] is not None:
+                runs = self._cached_runs[k]
+                for run in runs:
+                    run[3] += 1
+                for i in range(len(flat.steps)):
+                    flat.steps[i] += 1
+            else:
+                for i in range(len(flat.steps)):
+                    if active is None or active[i]:
+                        flat.steps[i] += 1
+                runs = flat.runs(active)
+                self._cached_runs[k] = runs if active is None else None
+            self._apply(flat, runs, grad_scale_tensor(grad_scale, flat.device))
+        return loss
+
+    def _apply(self, flat, runs, scale):
+        """One fused_adamw_ call per distinct (betas, eps) among the groups (usually one)."""
+        by_constants = {}
+        for begin, end, gi, step in runs:
+            group = self.param_groups[gi]
+            by_constants.setdefault((group["betas"][0], group["betas"][1], group["eps"]), []).append(
+                (begin, end, group["lr"], group["weight_decay"], step))
+        for (beta1, beta2, eps), segs in by_constants.items():
+            bounds = [x for s in segs for x in s[:2]]
+            fused_adamw_(flat.param, flat.grad, flat.exp_avg, flat.exp_avg_sq, flat.master, bounds,
+                         [s[2] for s in segs], [s[3] for s in segs], [s[4] for s in segs], beta1, beta2, eps, scale)
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def state_dict(self):
+        """torch.optim.AdamW's layout (per-param step, exp_avg, exp_avg_sq, plus master when kept);
+        tensors are views of the live flat buffers, as torch's own state_dict returns live state."""
+        self.state.clear()
+        self.state.update(self._export_state())
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict):
+        """Load a state_dict of FusedAdamW or torch.optim.AdamW with the same param groups."""
+        groups, saved_groups = self.param_groups, state_dict["param_groups"]
+        if len(groups) != len(saved_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} param groups, the optimizer {len(groups)}")
+        by_param = {}
+        for gi, (group, saved) in enumerate(zip(groups, saved_groups)):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError(f"param group {gi}: state_dict has {len(saved['params'])} params, "
+                                 f"the optimizer {len(group['params'])}")
+            for p, index in zip(group["params"], saved["params"]):
+                if index in state_dict["state"]:
+                    by_param[p] = state_dict["state"][index]
+        for group, saved in zip(groups, saved_groups):
+            for key, value in saved.items():
+                if key != "params":
+                    group[key] = tuple(value) if key == "betas" else value
+        for flat in self._flats:
+            flat.steps = [0] * len(flat.params)
+            flat.exp_avg.zero_()
+            flat.exp_avg_sq.zero_()
+        self._import_state(by_param)
+        self._cached_runs = [None] * len(self._flats)
+        self.state.clear()

@@ -1,0 +1,108 @@
+"""Build minilvlm's native extensions.
+
+minilvlm._C    CPU kernels always; CUDA kernels when nvcc and a CUDA build of torch exist.
+minilvlm._emu  the CUDA kernels compiled with g++ against the SIMT emulator (tests only).
+
+Knobs (environment variables):
+  MINILVLM_CUDA=0|1      force the CUDA kernels off / on (default: auto)
+  MINILVLM_EMU=0|1       force the emulator module off / on (default: when CUDA headers exist)
+  TORCH_CUDA_ARCH_LIST   default "8.0;9.0"
+  MAX_JOBS               parallel compile jobs (ninja)
+  DEBUG=1                -O0 -g
+The CUDA decision reads nvcc and torch.version.cuda, never torch.cuda.is_available():
+a build machine without a GPU must still produce the CUDA kernels.
+"""
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "tools"))
+from build_support import find_cuda_home, read_sources  # noqa: E402
+
+CUDA_HOME = find_cuda_home()
+if CUDA_HOME:
+    # torch.utils.cpp_extension resolves CUDA_HOME when it is imported, and takes
+    # dirname(dirname(nvcc)), which is wrong when nvcc on PATH is a wrapper script.
+    os.environ["CUDA_HOME"] = CUDA_HOME
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def env_flag(name):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    if value not in ("0", "1"):
+        raise SystemExit(f"{name} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def want_cuda():
+    forced = env_flag("MINILVLM_CUDA")
+    have = CUDA_HOME is not None and torch.version.cuda is not None
+    if forced is True and not have:
+        why = "nvcc was not found" if CUDA_HOME is None else f"torch {torch.__version__} is a CPU-only build"
+        raise SystemExit(f"MINILVLM_CUDA=1 but {why}; set CUDA_HOME or install a CUDA build of torch")
+    if forced is False:
+        return False
+    return have
+
+
+def want_emu():
+    forced = env_flag("MINILVLM_EMU")
+    have = CUDA_HOME is not None and (Path(CUDA_HOME) / "include" / "cuda_bf16.h").exists()
+    if forced is True and not have:
+        raise SystemExit("MINILVLM_EMU=1 but CUDA headers (cuda_bf16.h) were not found; set CUDA_HOME")
+    return have if forced is None else forced
+
+
+debug = env_flag("DEBUG") is True
+opt = ["-O0", "-g"] if debug else ["-O3"]
+cxx_flags = opt + ["-std=c++20", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wall",
+             "-Wno-unknown-pragmas"]
+nvcc_flags = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-Xcompiler", "-fno-math-errno"]
+include_dirs = [str(ROOT / "csrc")]
+
+extensions = []
+cpu_sources = read_sources(ROOT, "cpu")
+if want_cuda():
+    print(f"minilvlm: building CPU and CUDA kernels (CUDA_HOME={CUDA_HOME}, "
+          f"arch list {os.environ['TORCH_CUDA_ARCH_LIST']})")
+    extensions.append(CUDAExtension(
+        "minilvlm._C", cpu_sources + read_sources(ROOT, "cuda"),
+        include_dirs=include_dirs,
+        define_macros=[("MINILVLM_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=["-fopenmp"]))
+else:
+    print("minilvlm: building CPU kernels only")
+    extensions.append(CppExtension(
+        "minilvlm._C", cpu_sources, include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]))
+
+if want_emu():
+    extensions.append(CppExtension(
+        "minilvlm._emu", read_sources(ROOT, "emu"),
+        include_dirs=include_dirs + [str(Path(CUDA_HOME) / "include")],
+        define_macros=[("MINILVLM_EMU", "1")],
+        extra_compile_args={"cxx": (["-O0", "-g"] if debug else ["-O2"])
+                            + ["-std=c++20", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wall",
+                               "-UNDEBUG"]},  # device asserts stay live in tests
+        extra_link_args=["-fopenmp"]))
+else:
+    print("minilvlm: skipping the emulator module minilvlm._emu (no CUDA headers)")
+
+setup(
+    name="minilvlm",
+    version="0.1.0",
+    packages=find_packages(include=["minilvlm", "minilvlm.*"]),
+    ext_modules=extensions,
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    python_requires=">=3.10",
+)

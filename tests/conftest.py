@@ -1,0 +1,19 @@
+"""Shared fixtures: the emulator module and small helpers for comparing against references."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def emu():
+    """minilvlm._emu: our CUDA kernels compiled against the SIMT emulator, run on the CPU."""
+    try:
+        import minilvlm._emu  # noqa: F401  (registers torch.ops.minilvlm_emu.*)
+    except ImportError as exc:
+        pytest.skip(f"minilvlm._emu not built (it needs CUDA headers at build time): {exc}")
+    return torch.ops.minilvlm_emu
+
+
+def max_rel_diff(actual, expected, floor=1e-6):
+    """Largest elementwise |actual - expected| / max(|expected|, floor)."""
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).abs() / expected.abs().clamp_min(floor)).max().item()

@@ -1,0 +1,196 @@
+"""fused_adamw_: the CPU kernel and the emulated CUDA kernel against the plain-PyTorch reference."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import minilvlm
+from minilvlm.ops import fused_adamw_reference
+from tests.conftest import max_rel_diff
+
+pytestmark = pytest.mark.skipif(not minilvlm.ops.native_available(), reason="minilvlm._C is not built")
+
+BETAS = (0.9, 0.999)
+
+
+def make_buffers(n, dtype, master, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.randn(n, generator=g)
+    param = weights.to(dtype)
+    return dict(
+        param=param,
+        grad=torch.randn(n, generator=g).to(dtype),
+        exp_avg=torch.randn(n, generator=g) * 0.1,
+        exp_avg_sq=torch.rand(n, generator=g) * 0.01,
+        master=param.float() if master else None,
+    )
+
+
+def clone(bufs):
+    return {k: (None if v is None else v.clone()) for k, v in bufs.items()}
+
+
+def segments_for(n):
+    """Three segments with distinct hyperparameters, unaligned starts and a gap left untouched."""
+    a, b, c = 3, max(3, n // 3), max(3, (2 * n) // 3 + 1)
+    bounds = [a, b, b, c, min(c + 2, n), n]
+    return bounds, [1e-3, 3e-2, 5e-3], [0.01, 0.0, 0.2], [1, 7, 150]
+
+
+def call(op, bufs, bounds, lrs, wds, steps, grad_scale=None, betas=BETAS, eps=1e-8):
+    op(bufs["param"], bufs["grad"], bufs["exp_avg"], bufs["exp_avg_sq"], bufs["master"], bounds, lrs, wds, steps,
+       betas[0], betas[1], eps, grad_scale)
+
+
+def kernels(emu_ops=None):
+    out = [("cpu", torch.ops.minilvlm.fused_adamw_)]
+    if emu_ops is not None:
+        out.append(("emu", emu_ops.fused_adamw_))
+    return out
+
+
+def check_against_reference(op, n, dtype, master, grad_scale, betas=BETAS):
+    bufs = make_buffers(n, dtype, master)
+    ref = clone(bufs)
+    bounds, lrs, wds, steps = segments_for(n)
+    scale = None if grad_scale is None else torch.tensor([grad_scale])
+    for _ in range(3):
+        call(op, bufs, bounds, lrs, wds, steps, scale, betas)
+        call(fused_adamw_reference, ref, bounds, lrs, wds, steps, scale, betas)
+    for key in ("exp_avg", "exp_avg_sq") + (("master",) if master else ()):
+        assert max_rel_diff(bufs[key], ref[key]) <= 1e-6, key
+    if master:
+        assert torch.equal(bufs["param"], bufs["master"].to(dtype))
+    else:
+        assert max_rel_diff(bufs["param"].float(), ref["param"].float()) <= (1e-6 if dtype == torch.float32 else 1e-2)
+    untouched = make_buffers(n, dtype, master)
+    gap = slice(0, 3)
+    assert torch.equal(bufs["param"][gap], untouched["param"][gap]), "bytes outside the segments changed"
+
+
+@pytest.mark.parametrize("n", [5, 17, 63, 1025, 4099])
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, True), (torch.float16, True),
+                                          (torch.bfloat16, False)])
+@pytest.mark.parametrize("grad_scale", [None, 0.37])
+def test_cpu_kernel_matches_reference(n, dtype, master, grad_scale):
+    check_against_reference(torch.ops.minilvlm.fused_adamw_, n, dtype, master, grad_scale)
+
+
+@pytest.mark.parametrize("n", [5, 1025, 3001])
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, True), (torch.float16, True),
+                                          (torch.bfloat16, False)])
+def test_emulated_cuda_kernel_matches_reference(emu, n, dtype, master):
+    check_against_reference(emu.fused_adamw_, n, dtype, master, 0.5)
+
+
+@pytest.mark.parametrize("which", ["cpu", "emu"])
+def test_large_beta1_uses_the_other_lerp_branch(which, request):
+    op = torch.ops.minilvlm.fused_adamw_ if which == "cpu" else request.getfixturevalue("emu").fused_adamw_
+    check_against_reference(op, 300, torch.float32, False, None, betas=(0.3, 0.99))
+
+
+def test_emulated_kernel_unaligned_buffers(emu):
+    """Buffers whose base is not 16-byte aligned take the kernel's scalar path."""
+    n = 2000
+    bufs = make_buffers(n + 1, torch.float32, False)
+    shifted = {k: (v[1:] if v is not None else None) for k, v in bufs.items()}
+    ref = clone(shifted)
+    bounds, lrs, wds, steps = segments_for(n)
+    call(emu.fused_adamw_, shifted, bounds, lrs, wds, steps)
+    call(fused_adamw_reference, ref, bounds, lrs, wds, steps)
+    assert max_rel_diff(shifted["param"], ref["param"]) <= 1e-6
+
+
+def test_many_segments_cover_several_launches(emu):
+    """More segments than one CUDA launch carries (32) still update every segment."""
+    n = 40 * 37
+    bufs = make_buffers(n, torch.float32, False)
+    ref = clone(bufs)
+    bounds = [x for i in range(40) for x in (i * 37 + 1, i * 37 + 30)]
+    lrs, wds, steps = [1e-3 * (i + 1) for i in range(40)], [0.01] * 40, [i + 1 for i in range(40)]
+    for op, b in ((emu.fused_adamw_, bufs), (fused_adamw_reference, ref)):
+        call(op, b, bounds, lrs, wds, steps)
+    assert max_rel_diff(bufs["param"], ref["param"]) <= 1e-6
+
+
+def test_float64_runs_the_reference_through_the_public_function():
+    bufs = make_buffers(100, torch.float64, False)
+    bufs["exp_avg"], bufs["exp_avg_sq"] = bufs["exp_avg"].double(), bufs["exp_avg_sq"].double()
+    ref = clone(bufs)
+    call(minilvlm.ops.fused_adamw_, bufs, [0, 100], [1e-2], [0.1], [1])
+    call(fused_adamw_reference, ref, [0, 100], [1e-2], [0.1], [1])
+    assert torch.equal(bufs["param"], ref["param"])
+
+
+def test_opcheck():
+    bufs = make_buffers(257, torch.bfloat16, True)
+    bounds, lrs, wds, steps = segments_for(257)
+    args = (bufs["param"], bufs["grad"], bufs["exp_avg"], bufs["exp_avg_sq"], bufs["master"], bounds, lrs, wds,
+            steps, 0.9, 0.999, 1e-8, torch.tensor([0.5]))
+    torch.library.opcheck(torch.ops.minilvlm.fused_adamw_.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda b: b.update(grad=b["grad"].double()), "grad is Double"),
+    (lambda b: b.update(exp_avg=b["exp_avg"][:-1]), "exp_avg has 99 elements"),
+    (lambda b: b.update(exp_avg_sq=b["exp_avg_sq"].half()), "must be float32"),
+    (lambda b: b.update(param=b["param"].view(10, 10), grad=b["grad"].view(10, 10)), "contiguous 1-D"),
+    (lambda b: b.update(master=torch.zeros(100)), "master weights are for bfloat16/float16"),
+])
+def test_bad_buffers_raise_clear_errors(mutate, message):
+    bufs = make_buffers(100, torch.float32, False)
+    mutate(bufs)
+    with pytest.raises(RuntimeError, match=message):
+        call(torch.ops.minilvlm.fused_adamw_, bufs, [0, 100], [1e-3], [0.0], [1])
+
+
+@pytest.mark.parametrize("bounds,steps,message", [
+    ([0, 200], [1], r"segment 0 is \[0, 200\)"),
+    ([50, 100, 0, 40], [1, 1], "sorted, disjoint"),
+    ([0, 100], [0], "steps count from 1"),
+    ([0, 100, 100], [1], "need 2 bounds"),
+])
+def test_bad_segments_raise_clear_errors(bounds, steps, message):
+    bufs = make_buffers(100, torch.float32, False)
+    lrs = [1e-3] * len(steps)
+    with pytest.raises(RuntimeError, match=message):
+        call(torch.ops.minilvlm.fused_adamw_, bufs, bounds, lrs, [0.0] * len(steps), steps)
+
+
+def run_python(code, **env):
+    full_env = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_every_cpu_path_matches_reference(capability):
+    """Each SIMD path the runtime dispatch can choose (forced here) gives the same numbers."""
+    code = (
+        "import torch, minilvlm\n"
+        "from tests.ops.test_fused_adamw_op import check_against_reference\n"
+        f"assert minilvlm.ops.cpu_capability() == '{capability}', minilvlm.ops.cpu_capability()\n"
+        "for dtype, master in ((torch.float32, False), (torch.bfloat16, True), (torch.float16, True)):\n"
+        "    check_against_reference(torch.ops.minilvlm.fused_adamw_, 1001, dtype, master, 0.5)\n"
+        "print('ok')\n")
+    result = run_python(code, MINILVLM_CPU_CAPABILITY=capability)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_backend_switch_and_missing_extension():
+    result = run_python("import minilvlm; print(minilvlm.ops.backend())", MINILVLM_BACKEND="reference")
+    assert result.stdout.strip() == "reference", result.stderr
+    result = run_python("import minilvlm", MINILVLM_BACKEND="fast")
+    assert result.returncode != 0 and "MINILVLM_BACKEND='fast'" in result.stderr
+    missing = ("import sys, warnings; sys.modules['minilvlm._C'] = None\n"
+               "with warnings.catch_warnings(record=True) as w:\n"
+               "    warnings.simplefilter('always')\n"
+               "    import minilvlm, minilvlm.ops, minilvlm.optim\n"
+               "print(minilvlm.ops.backend(), sum('native kernels unavailable' in str(x.message) for x in w))\n")
+    result = run_python(missing, MINILVLM_BACKEND="")
+    assert result.stdout.split() == ["reference", "1"], result.stdout + result.stderr
+    result = run_python("import sys; sys.modules['minilvlm._C'] = None\nimport minilvlm", MINILVLM_BACKEND="native")
+    assert result.returncode != 0 and "MINILVLM_BACKEND=native but minilvlm._C failed to import" in result.stderr
