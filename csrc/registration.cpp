@@ -10,7 +10,8 @@
 #include "common/schemas.h"
 
 namespace minilvlm {
-std::string cpu_capability();  // csrc/cpu/fused_adamw.cpp
+std::string cpu_capability();                          // csrc/cpu/fused_adamw.cpp
+PyObject* flat_views_intact(PyObject*, PyObject* args);  // csrc/flat_views.cpp
 
 bool built_with_cuda() {
 #ifdef MINILVLM_WITH_CUDA
@@ -29,9 +30,15 @@ TORCH_LIBRARY(minilvlm, m) {
   m.def("built_with_cuda() -> bool", &minilvlm::built_with_cuda);
 }
 
-// minilvlm._C has no Python functions of its own: importing it registers the ops above.
+// minilvlm._C: importing it registers the ops above. Its one Python function is a hot-path
+// helper of the optimizers that the dispatcher would only slow down.
+static PyMethodDef methods[] = {
+    {"flat_views_intact", minilvlm::flat_views_intact, METH_VARARGS,
+     "flat_views_intact(params, param_ptrs, grad_ptrs) -> index of the first moved param or grad, or -1"},
+    {nullptr, nullptr, 0, nullptr}};
+
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "minilvlm native kernels", -1, nullptr,
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "minilvlm native kernels", -1, methods,
                                       nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module);
 }

@@ -4,10 +4,16 @@ All trainable params of one (device, dtype) live back to back in one flat buffer
 aligned to 64 bytes; `param.data` and `param.grad` become views into it, so backward
 accumulates straight into the flat grad buffer and one kernel launch updates every param.
 """
-import operator
 import warnings
 
 import torch
+
+from minilvlm.ops._registry import native_available
+
+if native_available():
+    from minilvlm._C import flat_views_intact
+else:
+    flat_views_intact = None
 
 ALIGN_BYTES = 64
 
@@ -53,6 +59,7 @@ class FlatParams:
                 self.param_views.append(view)
                 self.grad_views.append(gview)
         self.param_ptrs = [v.data_ptr() for v in self.param_views]
+        self.grad_ptrs = [v.data_ptr() for v in self.grad_views]
         self.steps = [0] * len(self.params)
         self._warned = False
 
@@ -60,6 +67,16 @@ class FlatParams:
         """The slice of a flat buffer laid out like this one (e.g. a moment) that belongs to params[i]."""
         off, n = self.offsets[i], self.numels[i]
         return flat[off:off + n].view(self.params[i].shape)
+
+    def first_moved(self):
+        """-1 when every param and its grad still live in the flat buffers (the per-step fast check),
+        else the index of the first param whose storage or grad moved or whose grad is None."""
+        if flat_views_intact is not None:
+            return flat_views_intact(self.params, self.param_ptrs, self.grad_ptrs)
+        for i, (p, ptr, gptr) in enumerate(zip(self.params, self.param_ptrs, self.grad_ptrs)):
+            if p.data_ptr() != ptr or p.grad is None or p.grad.data_ptr() != gptr:
+                return i
+        return -1
 
     def check_params(self):
         """Raise if some param's storage was swapped out (e.g. `p.data = ...` or `module.to()`)."""
@@ -73,28 +90,31 @@ class FlatParams:
     def collect_grads(self):
         """Bring every grad into the flat buffer. Returns None when all params have grads (the fast
         path), else a list of booleans telling which params have one this step."""
-        grads = [p.grad for p in self.params]
-        if all(map(operator.is_, grads, self.grad_views)):
+        if self.first_moved() < 0:
             return None
+        self.check_params()
         active = []
-        for i, (p, g, view) in enumerate(zip(self.params, grads, self.grad_views)):
-            if g is view:
-                active.append(True)
-            elif g is None:
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if g is None:
                 active.append(False)
-            else:
-                if g.is_sparse or g.shape != view.shape or g.dtype != view.dtype:
-                    raise RuntimeError(f"param {i} of shape {tuple(view.shape)} and dtype {view.dtype} has a grad "
-                                       f"of shape {tuple(g.shape)}, dtype {g.dtype}, sparse={g.is_sparse}")
-                if not self._warned:
-                    warnings.warn("grads were replaced outside the optimizer (for example by "
-                                  "`model.zero_grad(set_to_none=True)`); they are copied into the flat buffer "
-                                  "each step. Use the optimizer's zero_grad() to avoid the copies.",
-                                  RuntimeWarning, stacklevel=4)
-                    self._warned = True
-                view.copy_(g)
-                p.grad = view
-                active.append(True)
+                continue
+            active.append(True)
+            if g is self.grad_views[i] and g.data_ptr() == self.grad_ptrs[i]:
+                continue
+            slot = self.view(self.grad, i)
+            if g.is_sparse or g.shape != slot.shape or g.dtype != slot.dtype:
+                raise RuntimeError(f"param {i} of shape {tuple(slot.shape)} and dtype {slot.dtype} has a grad "
+                                   f"of shape {tuple(g.shape)}, dtype {g.dtype}, sparse={g.is_sparse}")
+            if not self._warned:
+                warnings.warn("grads were replaced outside the optimizer (for example by "
+                              "`model.zero_grad(set_to_none=True)`); they are copied into the flat buffer "
+                              "each step. Use the optimizer's zero_grad() to avoid the copies.",
+                              RuntimeWarning, stacklevel=4)
+                self._warned = True
+            slot.copy_(g)
+            self.grad_views[i] = slot
+            p.grad = slot
         return active
 
     def zero_grad(self):

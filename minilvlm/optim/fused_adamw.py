@@ -150,7 +150,6 @@ class FusedAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for k, flat in enumerate(self._flats):
-            flat.check_params()
             active = flat.collect_grads()
             if active is None and self._cached_runs[k] is not None:
                 runs = self._cached_runs[k]

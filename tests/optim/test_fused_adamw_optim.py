@@ -244,3 +244,29 @@ def test_frozen_params_are_left_alone():
     opt.step()
     assert torch.equal(params[0], before)
     assert all(p.requires_grad for p in opt._flats[0].params)
+
+
+@pytest.mark.parametrize("native_check", [True, False])
+def test_moved_grad_storage_is_detected(native_check, monkeypatch):
+    """A grad whose storage was swapped (`p.grad.data = ...`) is copied back into the flat buffer,
+    with the native per-step check and with its Python fallback."""
+    import minilvlm.optim.flat as flat_module
+    if not native_check:
+        monkeypatch.setattr(flat_module, "flat_views_intact", None)
+    ours, theirs = make_params(), make_params()
+    opt = FusedAdamW(ours, lr=1e-2)
+    ref = torch.optim.AdamW(theirs, lr=1e-2, foreach=False)
+    assert opt._flats[0].first_moved() == -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(3):
+            for p, q, g in zip(ours, theirs, random_grads(ours, step)):
+                q.grad = g.clone()
+                if step == 1:
+                    p.grad.data = g.clone()
+                else:
+                    p.grad.copy_(g)
+            opt.step()
+            ref.step()
+    assert max(max_rel_diff(p, q) for p, q in zip(ours, theirs)) <= 1e-6
+    assert opt._flats[0].first_moved() == -1
