@@ -1,4 +1,6 @@
-"""Optimizers over flat buffers: FusedAdamW (one process) and, later, ZeRO-1 sharded AdamW."""
+"""Optimizers over flat buffers: FusedAdamW (one process) and ZeroAdamW (ZeRO stage 1)."""
 from minilvlm.optim.fused_adamw import FusedAdamW
+from minilvlm.optim.zero import ZeroAdamW
+from minilvlm.optim.zero_checkpoint import consolidate, load_sharded, save_consolidated, save_sharded
 
-__all__ = ["FusedAdamW"]
+__all__ = ["FusedAdamW", "ZeroAdamW", "consolidate", "load_sharded", "save_consolidated", "save_sharded"]

@@ -29,23 +29,26 @@ class FlatParams:
     param group forms contiguous runs. steps[i] counts the optimizer steps params[i] has taken.
     """
 
-    def __init__(self, params, group_ids):
+    def __init__(self, params, group_ids, align_each=True, total_multiple=1):
+        """align_each: start every param at a 64-byte boundary (else pack them back to back);
+        total_multiple: pad the buffer's length to a multiple of this many elements."""
         if not params:
             raise ValueError("FlatParams needs at least one param")
         self.params = list(params)
         self.group_ids = list(group_ids)
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
-        align = ALIGN_BYTES // self.params[0].element_size()
+        align = ALIGN_BYTES // self.params[0].element_size() if align_each else 1
         self.offsets, self.numels = [], []
         total = 0
         for p in self.params:
             self.offsets.append(total)
             self.numels.append(p.numel())
             total = align_up(total + p.numel(), align)
-        self.numel = total
-        self.param = torch.zeros(total, dtype=self.dtype, device=self.device)
-        self.grad = torch.zeros(total, dtype=self.dtype, device=self.device)
+        self.used = self.offsets[-1] + self.numels[-1]
+        self.numel = align_up(max(total, 1), total_multiple)
+        self.param = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+        self.grad = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
         self.param_views, self.grad_views = [], []
         with torch.no_grad():
             for p, off, n in zip(self.params, self.offsets, self.numels):

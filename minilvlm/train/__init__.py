@@ -1,0 +1,1 @@
+"""Training: distributed setup (more to come: the loop, checkpoints, logging)."""

@@ -1,0 +1,33 @@
+"""torch.distributed setup for torchrun: gloo on CPU, NCCL on GPU, with timeouts so that a dead or
+failed rank makes every other rank fail within the timeout instead of hanging."""
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 30
+
+
+def init_distributed(backend=None, timeout_s=None):
+    """Initialise the default process group from torchrun's environment. Returns (rank, world_size);
+    (0, 1) without torchrun. MINILVLM_DIST_TIMEOUT overrides the collective timeout (seconds)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    timeout_s = timeout_s or float(os.environ.get("MINILVLM_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown_distributed():
+    """Destroy the process group. Free DDP modules and optimizers first: gloo may abort at exit
+    when they outlive the group."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
