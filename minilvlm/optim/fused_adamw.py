@@ -166,8 +166,11 @@ class FusedAdamW(torch.optim.Optimizer):
             self._apply(flat, runs, grad_scale_tensor(grad_scale, flat.device))
         return loss
 
-    def _apply(self, flat, runs, scale):
-        """One fused_adamw_ call per distinct (betas, eps) among the groups (usually one)."""
+    def _apply(self, flat, runs, scale, param=None, grad=None):
+        """One fused_adamw_ call per distinct (betas, eps) among the groups (usually one). param and
+        grad default to the whole flat buffers (ZeroAdamW passes its slices)."""
+        param = flat.param if param is None else param
+        grad = flat.grad if grad is None else grad
         by_constants = {}
         for begin, end, gi, step in runs:
             group = self.param_groups[gi]
@@ -175,7 +178,7 @@ class FusedAdamW(torch.optim.Optimizer):
                 (begin, end, group["lr"], group["weight_decay"], step))
         for (beta1, beta2, eps), segs in by_constants.items():
             bounds = [x for s in segs for x in s[:2]]
-            fused_adamw_(flat.param, flat.grad, flat.exp_avg, flat.exp_avg_sq, flat.master, bounds,
+            fused_adamw_(param, grad, flat.exp_avg, flat.exp_avg_sq, flat.master, bounds,
                          [s[2] for s in segs], [s[3] for s in segs], [s[4] for s in segs], beta1, beta2, eps, scale)
 
     # ---- checkpoints --------------------------------------------------------------------

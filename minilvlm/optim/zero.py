@@ -26,7 +26,6 @@ import os
 import torch
 import torch.distributed as dist
 
-from minilvlm.ops.fused_adamw import fused_adamw_
 from minilvlm.optim.flat import ALIGN_BYTES, FlatParams
 from minilvlm.optim.fused_adamw import FusedAdamW, grad_scale_tensor
 
@@ -156,7 +155,7 @@ class ZeroAdamW(FusedAdamW):
             lo, hi = flat.shard
             local = [[max(b, lo) - lo, min(e, hi) - lo, g, s] for b, e, g, s in runs if b < hi and e > lo]
             scale = grad_scale_tensor(1.0 if grad_scale is None else grad_scale, flat.device) / self.world_size
-            self._apply_shard(flat, local, scale)
+            self._apply(flat, local, scale, param=self.shard_of(flat), grad=flat.grad_shard)
             if self.collectives == "allreduce":
                 size = flat.shard[1] - flat.shard[0]
                 for r, global_rank in enumerate(self._ranks):
@@ -165,17 +164,6 @@ class ZeroAdamW(FusedAdamW):
                 _all_gather(flat.param, self.shard_of(flat), group=self.process_group)
         self._grads_reduced = False
         return loss
-
-    def _apply_shard(self, flat, runs, scale):
-        by_constants = {}
-        for begin, end, gi, step in runs:
-            group = self.param_groups[gi]
-            by_constants.setdefault((group["betas"][0], group["betas"][1], group["eps"]), []).append(
-                (begin, end, group["lr"], group["weight_decay"], step))
-        for (beta1, beta2, eps), segs in by_constants.items():
-            fused_adamw_(self.shard_of(flat), flat.grad_shard, flat.exp_avg, flat.exp_avg_sq, flat.master,
-                         [x for s in segs for x in s[:2]], [s[2] for s in segs], [s[3] for s in segs],
-                         [s[4] for s in segs], beta1, beta2, eps, scale)
 
     # ---- checkpoints: see minilvlm.optim.zero_checkpoint --------------------------------
 

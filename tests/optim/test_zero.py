@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from minilvlm.optim import FusedAdamW, consolidate
+from minilvlm.optim import FusedAdamW, consolidate, save_consolidated
 from tests.optim import zero_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +68,14 @@ def test_resume_at_other_world_sizes_and_consolidate(tmp_path):
     opt.load_state_dict(consolidate(tmp_path / "ckpt"))
     zero_worker.train_reference(opt, params, range(5, 10), 2, torch.float32)
     assert max(zero_worker.rel_to_max(p, expected[str(i)]) for i, p in enumerate(params)) <= 1e-6
+    # ...and as one file on disk.
+    save_consolidated(tmp_path / "ckpt", tmp_path / "full.safetensors")
+    full = load_file(str(tmp_path / "full.safetensors"))
+    state = consolidate(tmp_path / "ckpt")["state"]
+    assert set(full) == {f"state.{i}.{k}" for i in state for k in state[i]}
+    assert all(torch.equal(full[f"state.{i}.{k}"], state[i][k]) for i in state for k in state[i])
+    groups = json.loads((tmp_path / "full.safetensors.json").read_text())["param_groups"]
+    assert [g["params"] for g in groups] == [[0, 1], [2, 3], [4]]
 
 
 def test_checkpoint_errors(tmp_path):
