@@ -64,16 +64,9 @@ class FusedAdamW(torch.optim.Optimizer):
             for p in flat.params:
                 p.data = p.data.clone()
                 p.grad = None if p.grad is None else p.grad.clone()
-        by_key = {}
-        for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                if not p.requires_grad:
-                    continue  # frozen: never updated, as in torch.optim.AdamW
-                by_key.setdefault((p.device, p.dtype), []).append((p, gi))
         self._flats = []
-        for (device, dtype), members in by_key.items():
-            if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-                raise TypeError(f"FusedAdamW: params of dtype {dtype} are not supported")
+        for (device, dtype), members in self._trainable_by_buffer(
+                (torch.float32, torch.bfloat16, torch.float16, torch.float64)).items():
             flat = FlatParams([p for p, _ in members], [gi for _, gi in members])
             state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
             flat.exp_avg = torch.zeros(flat.numel, dtype=state_dtype, device=device)
@@ -85,6 +78,21 @@ class FusedAdamW(torch.optim.Optimizer):
         self._built = True
         self._import_state(old)
         self._cached_runs = [None] * len(self._flats)
+
+    def _trainable_by_buffer(self, dtypes):
+        """{(device, dtype): [(param, group index), ...]} over the params that require grad (frozen
+        ones are never updated, as in torch.optim.AdamW), in param-group order. Also records every
+        param's index in that order (torch's state_dict numbering) in self._param_index."""
+        by_key, self._param_index = {}, {}
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                self._param_index[p] = len(self._param_index)
+                if not p.requires_grad:
+                    continue
+                if p.dtype not in dtypes:
+                    raise TypeError(f"{type(self).__name__}: params of dtype {p.dtype} are not supported")
+                by_key.setdefault((p.device, p.dtype), []).append((p, gi))
+        return by_key
 
     def _export_state(self):
         """{param: {step, exp_avg, exp_avg_sq[, master]}} as views of the flat buffers."""

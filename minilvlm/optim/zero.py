@@ -64,18 +64,10 @@ class ZeroAdamW(FusedAdamW):
         super().add_param_group(param_group)
 
     def _build(self):
-        by_key = {}
-        self._param_index = {}
-        for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                self._param_index[p] = len(self._param_index)
-                if p.requires_grad:
-                    by_key.setdefault((p.device, p.dtype), []).append((p, gi))
         src = self._ranks[0]
         self._flats = []
-        for (device, dtype), members in by_key.items():
-            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-                raise TypeError(f"ZeroAdamW: params of dtype {dtype} are not supported")
+        for (device, dtype), members in self._trainable_by_buffer(
+                (torch.float32, torch.bfloat16, torch.float16)).items():
             shard_align = ALIGN_BYTES // members[0][0].element_size()
             flat = FlatParams([p for p, _ in members], [gi for _, gi in members], align_each=False,
                               total_multiple=self.world_size * shard_align)

@@ -52,6 +52,13 @@ def test_parity_with_clipping(world, tmp_path):
         assert r["param_rel"] <= 1e-6
 
 
+def test_gradient_accumulation_communicates_only_at_step(tmp_path):
+    for r in run(2, "accumulate", tmp_path):
+        assert r["collectives_in_backward"] == 0
+        assert r["collectives_total"] > 0
+        assert r["param_rel"] <= 1e-6
+
+
 def test_resume_at_other_world_sizes_and_consolidate(tmp_path):
     run(2, "save", tmp_path, out_dir=str(tmp_path))
     for world in (3, 1):

@@ -111,6 +111,34 @@ def scenario_parity(rank, world, dtype, master, max_norm):
     return result
 
 
+def scenario_accumulate(rank, world):
+    """Gradient accumulation through autograd: one backward per micro-batch, no collective until
+    step(); the result equals the parity run's, whose grads were set in one go."""
+    from minilvlm.optim import FusedAdamW, ZeroAdamW
+    group = dist.distributed_c10d._get_default_group()
+    params = make_params(torch.float32)
+    opt = ZeroAdamW(groups(params), lr=1e-3)
+    per_rank = MICRO_STEPS // world
+    collectives_in_backward = 0
+    for step in range(5):
+        opt.zero_grad()
+        mine = micro_grads(step, torch.float32)[rank * per_rank:(rank + 1) * per_rank]
+        before = group._get_sequence_number_for_group()
+        for micro in mine:  # loss = <params, micro> / per_rank: its grad is micro / per_rank
+            loss = sum((p * g).sum() for p, g in zip(params, micro)) / per_rank
+            loss.backward()
+        collectives_in_backward += group._get_sequence_number_for_group() - before
+        opt.step()
+    ref_params = make_params(torch.float32)
+    ref = FusedAdamW(groups(ref_params), lr=1e-3)
+    train_reference(ref, ref_params, range(5), world, torch.float32)
+    result = {"param_rel": max(max_rel(p, q) for p, q in zip(params, ref_params)),
+              "collectives_in_backward": collectives_in_backward,
+              "collectives_total": group._get_sequence_number_for_group()}
+    del opt, ref
+    return result
+
+
 def scenario_save(rank, world, out_dir):
     """Train 5 steps, save a sharded checkpoint and the params, go on to step 10."""
     from safetensors.torch import save_file
