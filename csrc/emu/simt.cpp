@@ -2,6 +2,8 @@
 // exchanges, launch validation, error reports). See simt.h and docs/emulator.md.
 #include "emu/simt.h"
 
+#include "emu/context.h"
+
 #include <cxxabi.h>
 #include <dlfcn.h>
 #include <omp.h>
@@ -17,11 +19,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) && !defined(MINILVLM_EMU_UCONTEXT)
-#define MINILVLM_EMU_ASM_SWITCH 1
-#else
-#include <ucontext.h>
-#endif
 
 namespace minilvlm_emu {
 namespace detail {
@@ -30,57 +27,6 @@ void fiber_main(Fiber* f);
 }  // namespace detail
 }  // namespace minilvlm_emu
 
-// ---------------------------------------------------------------------------------------------
-// Context switch. The x86-64 version saves the callee-saved registers plus MXCSR and the x87
-// control word on the old stack, stores the stack pointer, and pops the same from the new one.
-#if MINILVLM_EMU_ASM_SWITCH
-extern "C" void minilvlm_emu_switch(void** save_sp, void* new_sp);
-extern "C" void minilvlm_emu_trampoline();
-asm(R"(
-  .pushsection .text
-  .p2align 4
-  .globl minilvlm_emu_switch
-  .hidden minilvlm_emu_switch
-  .type minilvlm_emu_switch, @function
-minilvlm_emu_switch:
-  pushq %rbp
-  pushq %rbx
-  pushq %r12
-  pushq %r13
-  pushq %r14
-  pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
-  movq %rsp, (%rdi)
-  movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
-  popq %r15
-  popq %r14
-  popq %r13
-  popq %r12
-  popq %rbx
-  popq %rbp
-  ret
-  .size minilvlm_emu_switch, .-minilvlm_emu_switch
-
-  .p2align 4
-  .globl minilvlm_emu_trampoline
-  .hidden minilvlm_emu_trampoline
-  .type minilvlm_emu_trampoline, @function
-minilvlm_emu_trampoline:
-  .cfi_startproc
-  .cfi_undefined rip
-  movq %r12, %rdi
-  callq *%r13
-  ud2
-  .cfi_endproc
-  .size minilvlm_emu_trampoline, .-minilvlm_emu_trampoline
-  .popsection
-)");
-#endif
 
 namespace minilvlm_emu {
 
@@ -119,14 +65,6 @@ namespace detail {
 
 enum State : uint8_t { kRunnable, kAtBarrier, kAtWarp, kExited, kTrapped };
 
-struct Ctx {
-#if MINILVLM_EMU_ASM_SWITCH
-  void* sp = nullptr;
-#else
-  ucontext_t uc;
-#endif
-};
-
 struct Fiber {
   Ctx ctx;
   char* stack_lo = nullptr;
@@ -149,49 +87,7 @@ struct Fiber {
 
 namespace {
 
-inline void ctx_switch(Ctx* from, Ctx* to) {
-#if MINILVLM_EMU_ASM_SWITCH
-  minilvlm_emu_switch(&from->sp, to->sp);
-#else
-  swapcontext(&from->uc, &to->uc);
-#endif
-}
-
-#if !MINILVLM_EMU_ASM_SWITCH
-void uc_entry(unsigned hi, unsigned lo) {
-  uintptr_t p = (static_cast<uintptr_t>(hi) << 32) | static_cast<uintptr_t>(lo);
-  fiber_main(reinterpret_cast<Fiber*>(p));
-}
-#endif
-
-void ctx_init(Fiber* f, size_t size) {
-#if MINILVLM_EMU_ASM_SWITCH
-  uintptr_t top = reinterpret_cast<uintptr_t>(f->stack_lo + size) & ~static_cast<uintptr_t>(15);
-  uint64_t* ret_slot = reinterpret_cast<uint64_t*>(top - 24);  // trampoline starts 16-aligned
-  ret_slot[0] = reinterpret_cast<uint64_t>(&minilvlm_emu_trampoline);
-  uint64_t* sp = ret_slot - 7;
-  uint32_t mxcsr;
-  uint16_t fpcw;
-  asm volatile("stmxcsr %0" : "=m"(mxcsr));
-  asm volatile("fnstcw %0" : "=m"(fpcw));
-  sp[0] = static_cast<uint64_t>(mxcsr) | (static_cast<uint64_t>(fpcw) << 32);
-  sp[1] = 0;                                                // r15
-  sp[2] = 0;                                                // r14
-  sp[3] = reinterpret_cast<uint64_t>(&fiber_main);          // r13: entry
-  sp[4] = reinterpret_cast<uint64_t>(f);                    // r12: its argument
-  sp[5] = 0;                                                // rbx
-  sp[6] = 0;                                                // rbp
-  f->ctx.sp = sp;
-#else
-  getcontext(&f->ctx.uc);
-  f->ctx.uc.uc_stack.ss_sp = f->stack_lo;
-  f->ctx.uc.uc_stack.ss_size = size;
-  f->ctx.uc.uc_link = nullptr;
-  uintptr_t p = reinterpret_cast<uintptr_t>(f);
-  makecontext(&f->ctx.uc, reinterpret_cast<void (*)()>(&uc_entry), 2, static_cast<unsigned>(p >> 32),
-              static_cast<unsigned>(p & 0xffffffffu));
-#endif
-}
+void fiber_entry(void* f) { fiber_main(static_cast<Fiber*>(f)); }
 
 uint64_t splitmix(uint64_t& s) {
   uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -505,7 +401,7 @@ struct Runner {
         f.tid = uint3{static_cast<unsigned>(i % b.x), static_cast<unsigned>((i / b.x) % b.y),
                       static_cast<unsigned>(i / (b.x * b.y))};
         f.state = kRunnable;
-        ctx_init(&f, ssize);
+        ctx_init(&f.ctx, f.stack_lo, ssize, &fiber_entry, &f);
       }
       exited = 0;
       arrived = 0;
