@@ -208,3 +208,52 @@ def test_backward_op_checks_grad_shape():
     with pytest.raises(RuntimeError, match=r"grad_out must be \[2, 6, 100\], got \[2, 7, 100\]"):
         torch.ops.minilvlm.patch_embed_backward(torch.zeros(2, 7, 100), args["pixels"], args["weight"], 8, None, None,
                                                 False, False)
+
+
+# ---------------------------------------------------------------------------------------
+# the CUDA kernels, run by the SIMT emulator (GEMMs as ATen CPU matmuls)
+
+EMU_CASES = [dict(p=8, pixels=torch.uint8, channels_last=False, cls=True),
+             dict(p=14, pixels=torch.float32, channels_last=True, cls=False),
+             dict(p=16, pixels=torch.uint8, channels_last=True, cls=True),
+             dict(p=8, pixels=torch.float32, channels_last=False, cls=False)]
+
+
+@pytest.mark.parametrize("case", EMU_CASES, ids=case_id)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_emulated_cuda_forward_matches_reference(emu, case, seed):
+    emu.set_seed(seed)
+    try:
+        args, kwargs = make_case(**case)
+        assert rel_err(run_native(emu.patch_embed, args, kwargs), patch_embed_reference(**args, **kwargs)) <= 1e-5
+        a16, k16 = make_case(**case, dtype=torch.bfloat16)
+        check_bf16_rule(run_native(emu.patch_embed, a16, k16), a16, k16)
+    finally:
+        emu.set_seed(0)
+
+
+@pytest.mark.parametrize("bias,pos,cls", [(False, False, True), (True, False, False), (False, True, True)])
+def test_emulated_cuda_forward_optional_parts(emu, bias, pos, cls):
+    args, kwargs = make_case(p=8, dim=33, bias=bias, pos=pos, cls=cls, grid=(3, 1))
+    assert rel_err(run_native(emu.patch_embed, args, kwargs), patch_embed_reference(**args, **kwargs)) <= 1e-5
+
+
+@pytest.mark.parametrize("case", EMU_CASES[:2], ids=case_id)
+def test_emulated_cuda_backward_matches_native_cpu(emu, case):
+    args, kwargs = make_case(**case)
+    grad_out = torch.randn(2, 6 + case["cls"], 100, generator=torch.Generator().manual_seed(2))
+    common = (grad_out, args["pixels"], args["weight"], kwargs["patch_size"], list(MEAN), list(STD),
+              kwargs["channels_last"], case["cls"])
+    for ours, cpu in zip(emu.patch_embed_backward(*common), torch.ops.minilvlm.patch_embed_backward(*common)):
+        assert rel_err(ours, cpu) <= 1e-5
+
+
+def test_emulated_cuda_float64_and_errors(emu):
+    args, kwargs = make_case(p=4, grid=(2, 2), dim=5, dtype=torch.float64, cls=True)
+    assert rel_err(run_native(emu.patch_embed, args, kwargs), patch_embed_reference(**args, **kwargs)) <= 1e-12
+    args["pos_embed"] = args["pos_embed"][1:]
+    with pytest.raises(RuntimeError, match=r"pos_embed must be \[5, 5\]"):
+        run_native(emu.patch_embed, args, kwargs)
+    many = torch.zeros(1, 17, 4, 4)
+    with pytest.raises(RuntimeError, match="at most 16 channels"):
+        emu.patch_embed(many, torch.zeros(3, 17, 4, 4), None, None, None, 4, None, None, False)
