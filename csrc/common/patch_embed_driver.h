@@ -47,11 +47,19 @@ at::Tensor run_patch_embed(const PatchGeometry& g, const at::Tensor& pixels, con
 //   grad_tokens = sum over the batch of grad_out     = grad pos_embed; row 0 = grad cls_token
 //   grad_bias   = sum of grad_tokens over the patch rows
 // Reductions accumulate in float32 (float64 for float64) and round once.
-template <typename MakeRows>
+// sum_batch(grad, acc_dtype) -> [T, D] may be supplied by the backend (the CPU has a faster one);
+// aten_sum_batch is the default.
+inline at::Tensor aten_sum_batch(const at::Tensor& grad, at::ScalarType acc) {
+  const int64_t first = 0;
+  return at::sum(grad, at::IntArrayRef(first), /*keepdim=*/false, acc);
+}
+
+template <typename MakeRows, typename SumBatch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_patch_embed_backward(const PatchGeometry& g,
                                                                         const at::Tensor& grad_out,
                                                                         const at::Tensor& pixels,
-                                                                        const at::Tensor& weight, MakeRows make_rows) {
+                                                                        const at::Tensor& weight, MakeRows make_rows,
+                                                                        SumBatch sum_batch) {
   const int64_t rows_count = g.batch * g.tokens;
   const auto dtype = weight.scalar_type();
   const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -59,10 +67,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_patch_embed_backward(const Pa
   if (rows.numel() > 0) make_rows(pixels.contiguous(), rows);
   const at::Tensor grad = grad_out.contiguous();
   at::Tensor grad_weight = at::mm(grad.view({rows_count, g.dim}).t(), rows).view(weight.sizes());
-  const int64_t first = 0;
-  const at::IntArrayRef dim0(first);
-  at::Tensor tokens_acc = at::sum(grad, dim0, /*keepdim=*/false, acc);
-  at::Tensor grad_bias = at::sum(tokens_acc.narrow(0, g.has_cls ? 1 : 0, g.patches), dim0, false, acc).to(dtype);
+  at::Tensor tokens_acc = sum_batch(grad, acc);
+  at::Tensor grad_bias = sum_batch(tokens_acc.narrow(0, g.has_cls ? 1 : 0, g.patches).unsqueeze(1), acc)
+                             .view({g.dim})
+                             .to(dtype);
   return {grad_weight, grad_bias, tokens_acc.to(dtype)};
 }
 

@@ -110,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_embed_backward_device(
   const PatchLaunchConfig cfg = config_for(pixels);
   return run_patch_embed_backward(
       g, grad_out, pixels, weight,
-      [&](const at::Tensor& px, const at::Tensor& rows) { patch_rows(px, rows, g, norm, cfg); });
+      [&](const at::Tensor& px, const at::Tensor& rows) { patch_rows(px, rows, g, norm, cfg); }, aten_sum_batch);
 }
 
 }  // namespace cuda
