@@ -27,6 +27,11 @@ std::string cpu_capability();  // csrc/cpu/fused_adamw.cpp: "avx512", "avx2" or 
 
 namespace {
 
+// Each parallel task gets at least this many elements (some 50-100 us of work): below it a pass
+// runs on one thread, since waking a second one costs more than it saves, and far more when the
+// cores are shared with other processes (a descheduled OpenMP thread stalls the whole region).
+constexpr int64_t kMinTaskElements = 1 << 17;
+
 // ---------------------------------------------------------------------------------------
 // element conversions (Acc is float for float32/bf16, double for float64)
 
@@ -146,7 +151,7 @@ void make_rows_typed(const Pix* pixels, Out* rows, const PatchGeometry& g, const
     shift[i] = static_cast<Acc>(norm.shift[c]);
   }
   auto* normalize = MINILVLM_PE_PICK(normalize, Pix, Out, Acc);
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(run * p, 1));
+  const int64_t grain = std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(run * p, 1));
   at::parallel_for(0, g.batch * strips, grain, [&](int64_t s0, int64_t s1) {
     std::vector<Out> scratch(run);
     for (int64_t s = s0; s < s1; ++s) {
@@ -205,7 +210,7 @@ template <typename Out, typename Acc, bool kBias, bool kPos>
 void epilogue_typed(Out* out, const Out* bias, const Out* pos, const Out* cls, const PatchGeometry& g) {
   const int64_t D = g.dim;
   auto* row_op = MINILVLM_PE_PICK(epilogue, Out, Acc, kBias, kPos);
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+  const int64_t grain = std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(D, 1));
   at::parallel_for(0, g.batch * g.tokens, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       Out* y = out + r * D;
@@ -247,7 +252,7 @@ void epilogue(const at::Tensor& out, const std::optional<at::Tensor>& bias, cons
 template <typename In, typename Acc>
 void sum_batch_typed(const In* grad, Acc* out, int64_t batch, int64_t tokens, int64_t dim) {
   auto* accumulate = MINILVLM_PE_PICK(accumulate, In, Acc);
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(dim * batch, 1));
+  const int64_t grain = std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(dim * batch, 1));
   at::parallel_for(0, tokens, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t b = 0; b < batch; ++b) accumulate(out + t * dim, grad + (b * tokens + t) * dim, dim, b == 0);

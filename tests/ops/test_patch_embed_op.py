@@ -1,4 +1,8 @@
 """patch_embed: the CPU kernel and the emulated CUDA kernels against the plain-PyTorch reference."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -257,3 +261,30 @@ def test_emulated_cuda_float64_and_errors(emu):
     many = torch.zeros(1, 17, 4, 4)
     with pytest.raises(RuntimeError, match="at most 16 channels"):
         emu.patch_embed(many, torch.zeros(3, 17, 4, 4), None, None, None, 4, None, None, False)
+
+
+# ---------------------------------------------------------------------------------------
+# every SIMD path of the CPU kernel
+
+def test_every_cpu_path_matches_reference():
+    """The baseline build of the vector loops (forced with MINILVLM_CPU_CAPABILITY=default) gives
+    the same numbers as the reference; the AVX-512 build runs in the tests above."""
+    code = (
+        "import torch, minilvlm\n"
+        "from tests.ops.test_patch_embed_op import make_case, run_native, rel_err, check_bf16_rule\n"
+        "from minilvlm.ops import patch_embed_reference\n"
+        "assert minilvlm.ops.cpu_capability() == 'default'\n"
+        "for cl in (False, True):\n"
+        "    args, kwargs = make_case(p=14, channels_last=cl, cls=True)\n"
+        "    out = run_native(torch.ops.minilvlm.patch_embed, args, kwargs)\n"
+        "    assert rel_err(out, patch_embed_reference(**args, **kwargs)) <= 1e-5\n"
+        "    a16, k16 = make_case(p=14, channels_last=cl, cls=True, dtype=torch.bfloat16)\n"
+        "    check_bf16_rule(run_native(torch.ops.minilvlm.patch_embed, a16, k16), a16, k16)\n"
+        "    g = torch.randn(2, 7, 100)\n"
+        "    bwd = torch.ops.minilvlm.patch_embed_backward(g, args['pixels'], args['weight'], 14, None, None, cl, True)\n"
+        "    assert rel_err(bwd[2], g.sum(0)) <= 1e-6 and rel_err(bwd[1], g[:, 1:].sum((0, 1))) <= 1e-6\n"
+        "print('ok')\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                            env=dict(os.environ, MINILVLM_CPU_CAPABILITY="default"))
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
