@@ -158,6 +158,6 @@ if native_available():
         grad_weight, grad_bias, grad_tokens = torch.ops.minilvlm.patch_embed_backward(
             grad_out.contiguous(), pixels, weight, patch_size, mean, std, channels_last, has_cls)
         return (None, grad_weight, grad_bias if has_bias else None, grad_tokens if has_pos else None,
-                grad_tokens[0] if has_cls else None, None, None, None, None)
+                grad_tokens[0].clone() if has_cls else None, None, None, None, None)  # no .grad aliasing
 
     torch.library.register_autograd("minilvlm::patch_embed", _backward, setup_context=_setup_context)

@@ -288,3 +288,14 @@ def test_every_cpu_path_matches_reference():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                             env=dict(os.environ, MINILVLM_CPU_CAPABILITY="default"))
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_gradients_accumulate_over_two_backward_passes():
+    """Gradient accumulation: the cls_token and pos_embed grads must not share memory."""
+    args, kwargs = make_case(cls=True, dim=8)
+    leaves = params_requiring_grad(args, kwargs)
+    for _ in range(2):
+        patch_embed(**args, **kwargs).sum().backward()
+    weight, bias, pos, cls = leaves
+    assert torch.allclose(cls.grad, torch.full((8,), 4.0)) and torch.allclose(pos.grad, torch.full((7, 8), 4.0))
+    assert torch.allclose(bias.grad, torch.full((8,), 24.0))
