@@ -4,7 +4,7 @@ Run: python -m pytest -m bench tests/bench/test_patch_embed.py -s
 Each step is forward + backward (grads for weight, bias, pos_embed, cls_token). GFLOP/s counts the
 two GEMMs of a step, 2 * 2 * B*T*K*D (T tokens including the class token, K = C*p*p). "bare mm"
 times torch.mm on the same two GEMM shapes in the same run; "% of mm" = bare mm ms / our ms, the
-share of the GEMM's throughput the whole op keeps. Each figure is the best of three medians of 7
+share of the GEMM's throughput the whole op keeps. Each figure is the best of five medians of 7
 steps, the implementations taking turns.
 """
 import pytest
@@ -57,7 +57,7 @@ def bare_mm_fn(rows, k, dim, dtype):
     return lambda: (torch.mm(a, w.t()), torch.mm(dy.t(), a))  # forward GEMM, weight-gradient GEMM
 
 
-def interleaved_ms(fns, rounds=3):
+def interleaved_ms(fns, rounds=5):
     """The best of `rounds` medians per function, the functions taking turns: on a shared machine
     this keeps a burst of outside load from landing on one implementation only."""
     best = [float("inf")] * len(fns)
