@@ -25,6 +25,9 @@ bool built_with_cuda() {
 TORCH_LIBRARY(minilvlm, m) {
   // csrc/cpu/fused_adamw.cpp, csrc/cuda/fused_adamw.cu
   m.def(MINILVLM_SCHEMA_FUSED_ADAMW);
+  // csrc/cpu/patch_embed.cpp, csrc/cuda/patch_embed.cu
+  m.def(MINILVLM_SCHEMA_PATCH_EMBED);
+  m.def(MINILVLM_SCHEMA_PATCH_EMBED_BACKWARD);
   // Which SIMD path the CPU kernels take on this machine: "avx512" or "default".
   m.def("cpu_capability() -> str", &minilvlm::cpu_capability);
   m.def("built_with_cuda() -> bool", &minilvlm::built_with_cuda);

@@ -10,3 +10,20 @@
   "fused_adamw_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "      \
   "Tensor(d!)? master, int[] seg_bounds, float[] seg_lr, float[] seg_wd, int[] seg_step, "       \
   "float beta1, float beta2, float eps, Tensor? grad_scale) -> ()"
+
+// Patch embedding (ViT conv stem, EVE's embedder): pixels [B,C,H,W] (or [B,H,W,C] when
+// channels_last), uint8 (scaled by 1/255) or float32 -> per-channel (x - mean) / std ->
+// non-overlapping p x p patches -> patches @ weight^T + bias -> + pos_embed, with the class
+// token (cls_token + pos_embed[0]) prepended when given. Output [B, T, D] in weight's dtype,
+// T = N + (cls_token ? 1 : 0).
+#define MINILVLM_SCHEMA_PATCH_EMBED                                                              \
+  "patch_embed(Tensor pixels, Tensor weight, Tensor? bias, Tensor? pos_embed, Tensor? cls_token, " \
+  "int patch_size, float[]? mean, float[]? std, bool channels_last) -> Tensor"
+
+// Its backward. grad_out is [B, T, D]; the patches are recomputed from pixels. Returns
+// (grad_weight [D,C,p,p], grad_bias [D], grad_tokens [T, D]): grad_tokens is grad_out summed
+// over the batch, which is the gradient of pos_embed, and its row 0 is the gradient of
+// cls_token when has_cls. Every output is computed; Python drops the ones without an input.
+#define MINILVLM_SCHEMA_PATCH_EMBED_BACKWARD                                                      \
+  "patch_embed_backward(Tensor grad_out, Tensor pixels, Tensor weight, int patch_size, "          \
+  "float[]? mean, float[]? std, bool channels_last, bool has_cls) -> (Tensor, Tensor, Tensor)"

@@ -1,0 +1,87 @@
+"""patch_embed forward+backward from uint8 images against the plain-PyTorch reference on this CPU.
+
+Run: python -m pytest -m bench tests/bench/test_patch_embed.py -s
+Each step is forward + backward (grads for weight, bias, pos_embed, cls_token). GFLOP/s counts the
+two GEMMs of a step, 2 * 2 * B*T*K*D (T tokens including the class token, K = C*p*p). "bare mm"
+times torch.mm on the same two GEMM shapes in the same run; "% of mm" = bare mm ms / our ms, the
+share of the GEMM's throughput the whole op keeps. Each figure is the best of five medians of 7
+steps, the implementations taking turns.
+"""
+import pytest
+import torch
+
+from minilvlm.ops import patch_embed, patch_embed_reference
+from tests.bench.common import median_ms, print_table
+
+pytestmark = pytest.mark.bench
+
+CLIP_MEAN, CLIP_STD = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)
+CASES = [  # name, batch, image size, patch, D, class token
+    ("CLIP ViT-L/14 224px b8", 8, 224, 14, 1024, True),
+    ("demo 64px p8 D128 b32", 32, 64, 8, 128, False),
+]
+
+
+def make_inputs(batch, size, p, dim, cls):
+    g = torch.Generator().manual_seed(0)
+    tokens = (size // p) ** 2 + cls
+    pixels = torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8)
+    params = dict(weight=torch.randn(dim, 3, p, p, generator=g) * 0.02, bias=torch.zeros(dim),
+                  pos_embed=torch.randn(tokens, dim, generator=g) * 0.02,
+                  cls_token=torch.randn(dim, generator=g) * 0.02 if cls else None)
+    for t in params.values():
+        if t is not None:
+            t.requires_grad_()
+    grad = torch.randn(batch, tokens, dim, generator=g)
+    return pixels, params, grad
+
+
+def step_fn(fn, pixels, params, grad, p, autocast):
+    leaves = [t for t in params.values() if t is not None]
+    grads = {torch.float32: grad, torch.bfloat16: grad.to(torch.bfloat16)}  # cast outside the timed step
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = fn(pixels, params["weight"], params["bias"], params["pos_embed"], patch_size=p, mean=CLIP_MEAN,
+                     std=CLIP_STD, cls_token=params["cls_token"])
+        out.backward(grads[out.dtype])
+    return step
+
+
+def bare_mm_fn(rows, k, dim, dtype):
+    g = torch.Generator().manual_seed(1)
+    a, w = torch.randn(rows, k, generator=g).to(dtype), torch.randn(dim, k, generator=g).to(dtype)
+    dy = torch.randn(rows, dim, generator=g).to(dtype)
+    return lambda: (torch.mm(a, w.t()), torch.mm(dy.t(), a))  # forward GEMM, weight-gradient GEMM
+
+
+def interleaved_ms(fns, rounds=5):
+    """The best of `rounds` medians per function, the functions taking turns: on a shared machine
+    this keeps a burst of outside load from landing on one implementation only."""
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], median_ms(fn, reps=7, warmup=2))
+    return best
+
+
+def test_patch_embed_speed():
+    rows = []
+    for name, batch, size, p, dim, cls in CASES:
+        pixels, params, grad = make_inputs(batch, size, p, dim, cls)
+        tokens, k = grad.shape[1], 3 * p * p
+        flops = 2 * 2 * batch * tokens * k * dim
+        for label, autocast, dtype in (("fp32", False, torch.float32), ("bf16 autocast", True, torch.bfloat16)):
+            ours, ref, mm = interleaved_ms([step_fn(patch_embed, pixels, params, grad, p, autocast),
+                                            step_fn(patch_embed_reference, pixels, params, grad, p, autocast),
+                                            bare_mm_fn(batch * tokens, k, dim, dtype)])
+            gf = lambda ms: f"{flops / ms / 1e6:.0f}"  # noqa: E731
+            rows.append([name, label, "minilvlm patch_embed", f"{ours:.2f}", gf(ours), f"{ref / ours:.2f}x",
+                         f"{100 * mm / ours:.0f}%"])
+            rows.append([name, label, "reference (conv2d)", f"{ref:.2f}", gf(ref), "", f"{100 * mm / ref:.0f}%"])
+            rows.append([name, label, "bare torch.mm x2", f"{mm:.2f}", gf(mm), "", "100%"])
+    print_table(f"patch_embed forward+backward from uint8, {torch.get_num_threads()} threads",
+                ["case", "precision", "implementation", "median ms", "GFLOP/s", "speed-up vs ref", "% of mm"], rows)
+    assert all(float(r[3]) > 0 for r in rows)
