@@ -14,6 +14,7 @@ data set, which are counted in `skips`.
 """
 from collections import Counter
 
+import numpy as np
 import torch
 
 from minilvlm.data.dataset import Skipped
@@ -91,7 +92,9 @@ class Collator:
             "segment_ids": segment_ids,
             "position_ids": position_ids,
             "sample_index": sample_index,
-            "images": torch.cat(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8),
+            # numpy, not torch.cat: see images.py on small copies and the intra-op thread pool
+            "images": torch.from_numpy(np.concatenate([i.numpy() for i in images]))
+            if images else torch.empty(0, 3, size, size, dtype=torch.uint8),
             "image_rows": torch.tensor(image_rows, dtype=torch.long),
             "has_image": torch.tensor([s.has_image for s in samples], dtype=torch.bool),
             "ids": [s.id for s in samples],

@@ -83,7 +83,8 @@ class SFTDataset(torch.utils.data.Dataset):
             if self.on_error == "raise":
                 raise err from None
             return Skipped(index, err.reason, str(err))
-        images = torch.stack(decoded) if decoded else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        images = (torch.from_numpy(np.stack([d.numpy() for d in decoded])) if decoded
+                  else torch.empty(0, 3, size, size, dtype=torch.uint8))
         input_ids = torch.from_numpy(self.ids[index]).long()
         return Sample(index, record.id, input_ids, torch.from_numpy(self.labels[index]).long(),
                       images, self.was_truncated[index])

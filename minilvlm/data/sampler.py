@@ -30,6 +30,14 @@ class ResumableBatchSampler:
         self.group_by_length, self.group_size = group_by_length, group_size
         self.epoch, self.position = 0, 0
 
+    @classmethod
+    def for_this_rank(cls, lengths, batch_size, **kwargs):
+        """The sampler of this process's rank under torchrun (rank 0 of 1 without it)."""
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return cls(lengths, batch_size, rank=rank, world_size=world, **kwargs)
+
     @property
     def global_batch(self):
         return self.batch_size * self.world_size

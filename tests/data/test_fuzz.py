@@ -215,10 +215,11 @@ def test_worker_errors_reach_the_main_process(tmp_path):
     records = read_records(path, "llava", images)
     dataset = SFTDataset(records, ByteTokenizer(), toy_template, 4, 64, ImageConfig(size=16))
     sampler = ResumableBatchSampler(dataset.lengths, batch_size=1, shuffle=False)
-    with pytest.raises(DataError, match=r"data.jsonl, line 2, record 'b2': cannot decode image"):
-        list(ResumableLoader(dataset, sampler, pad_id=0, num_workers=2))
+    with ResumableLoader(dataset, sampler, pad_id=0, num_workers=2) as loader:
+        with pytest.raises(DataError, match=r"data.jsonl, line 2, record 'b2': cannot decode image"):
+            list(loader)
     dataset.on_error = "skip"
     sampler = ResumableBatchSampler(dataset.lengths, batch_size=1, shuffle=False)
-    loader = ResumableLoader(dataset, sampler, pad_id=0, num_workers=2)
-    assert [b["ids"] for b in loader] == [["bad"], []]
-    assert dict(loader.skips.counts) == {"bad_image": 1}
+    with ResumableLoader(dataset, sampler, pad_id=0, num_workers=2) as loader:
+        assert [b["ids"] for b in loader] == [["bad"], []]
+        assert dict(loader.skips.counts) == {"bad_image": 1}

@@ -72,3 +72,11 @@ def test_scienceqa_layout_and_metadata(tmp_path):
     assert second.meta["context_modality"] == "NO" and not second.has_image
     lectured = read_scienceqa(root, "test", with_lecture=True)[0]
     assert "Context: Look closely.\nOwls are birds.\nQuestion" in lectured.turns[0].text
+
+
+def test_byte_order_mark_and_crlf(tmp_path):
+    rows = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(json.dumps(r).encode() for r in rows))
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    for name in ("bom.jsonl", "bom.json"):
+        assert [r.turns[1].text for r in read_records(tmp_path / name, "alpaca")] == ["b", "d"]

@@ -101,8 +101,9 @@ def make_dataset(n=40):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_loader_checkpoint_resumes_despite_prefetch(num_workers):
     dataset = make_dataset()
-    full = [b["ids"] for b in ResumableLoader(
-        dataset, ResumableBatchSampler(dataset.lengths, 3, seed=5), pad_id=0, num_workers=num_workers)]
+    with ResumableLoader(dataset, ResumableBatchSampler(dataset.lengths, 3, seed=5), pad_id=0,
+                         num_workers=num_workers) as loader:
+        full = [b["ids"] for b in loader]
     loader = ResumableLoader(dataset, ResumableBatchSampler(dataset.lengths, 3, seed=5), pad_id=0,
                              num_workers=num_workers)
     head = []
@@ -111,8 +112,32 @@ def test_loader_checkpoint_resumes_despite_prefetch(num_workers):
         if len(head) == 4:
             state = loader.state_dict()
             break
+    loader.close()
     resumed = ResumableLoader(dataset, ResumableBatchSampler(dataset.lengths, 3, seed=5), pad_id=0,
                               num_workers=num_workers)
     resumed.load_state_dict(state)
     assert head + [b["ids"] for b in resumed] == full
+    resumed.close()
     assert resumed.sampler.epoch == 1 and resumed.samples_seen == 40
+
+
+def test_one_loader_across_epochs_and_interruptions():
+    dataset = make_dataset(20)
+    reference = ResumableBatchSampler(dataset.lengths, 3, seed=2)
+    expected = [[f"s{i}" for i in b] for e in range(2) for _, b in reference.chunks(epoch=e, position=0)]
+    loader = ResumableLoader(dataset, ResumableBatchSampler(dataset.lengths, 3, seed=2), pad_id=0,
+                             num_workers=2)
+    seen = []
+    for batch in loader:          # interrupted mid-epoch, then iterated again: it continues
+        seen.append(batch["ids"])
+        if len(seen) == 2:
+            break
+    seen += [b["ids"] for b in loader]   # rest of epoch 0
+    seen += [b["ids"] for b in loader]   # epoch 1, same workers
+    loader.close()
+    assert seen == expected
+
+
+def test_for_this_rank_without_torchrun():
+    s = ResumableBatchSampler.for_this_rank(LENGTHS, 4, seed=7)
+    assert (s.rank, s.world_size) == (0, 1) and list(s) == list(samplers(1)[0])
