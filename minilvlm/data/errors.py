@@ -4,6 +4,7 @@
 what is wrong. `on_error="skip"` counts the record under its reason in a SkipCounter instead;
 the counts are reported at the end of a run and in its metrics, so nothing is dropped silently.
 """
+import re
 from collections import Counter
 
 ON_ERROR_CHOICES = ("raise", "skip")
@@ -11,10 +12,15 @@ ON_ERROR_CHOICES = ("raise", "skip")
 
 class DataError(ValueError):
     """A bad record or image. `reason` is a short stable key (e.g. "missing_image") used for the
-    skip counts; the message is for people. The constructor also accepts a bare message, which
-    is how DataLoader workers re-raise it in the main process."""
+    skip counts, and ends the message in brackets; the rest of the message is for people.
 
-    def __init__(self, message, *, reason="invalid", file=None, record_id=None, line=None):
+    A DataLoader worker's exception reaches the main process as `DataError(text)`, where torch
+    has put the worker's traceback in front of our message; the constructor keeps only our
+    message and recovers the reason from it, so users see one clean line there too."""
+
+    def __init__(self, message, *, reason=None, file=None, record_id=None, line=None):
+        if reason is None:   # a bare message, e.g. re-raised from a DataLoader worker
+            message, reason = _unwrap(str(message))
         where = []
         if file is not None:
             where.append(str(file))
@@ -23,7 +29,7 @@ class DataError(ValueError):
         if record_id is not None:
             where.append(f"record {record_id!r}")
         text = f"{', '.join(where)}: {message}" if where else str(message)
-        super().__init__(text)
+        super().__init__(f"{text} [{reason}]")
         self.reason = reason
         self.file, self.record_id, self.line = file, record_id, line
         self.detail = message
@@ -33,6 +39,17 @@ class DataError(ValueError):
         return DataError(self.detail, reason=self.reason, file=self.file or file,
                          record_id=self.record_id if self.record_id is not None else record_id,
                          line=self.line if self.line is not None else line)
+
+
+def _unwrap(text):
+    """(our message, reason) from a DataError's text, possibly wrapped in a worker traceback."""
+    last = text.rstrip().rsplit("\n", 1)[-1]
+    if text.startswith("Caught DataError") and "DataError: " in last:
+        text = last.split("DataError: ", 1)[1]
+    match = re.search(r" \[(\w+)\]\Z", text)
+    if match:
+        return text[:match.start()], match.group(1)
+    return text, "invalid"
 
 
 def check_on_error(on_error):

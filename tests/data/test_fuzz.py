@@ -216,8 +216,9 @@ def test_worker_errors_reach_the_main_process(tmp_path):
     dataset = SFTDataset(records, ByteTokenizer(), toy_template, 4, 64, ImageConfig(size=16))
     sampler = ResumableBatchSampler(dataset.lengths, batch_size=1, shuffle=False)
     with ResumableLoader(dataset, sampler, pad_id=0, num_workers=2) as loader:
-        with pytest.raises(DataError, match=r"data.jsonl, line 2, record 'b2': cannot decode image"):
+        with pytest.raises(DataError, match=r"data.jsonl, line 2, record 'b2': cannot decode image") as info:
             list(loader)
+    assert info.value.reason == "bad_image" and "Traceback" not in str(info.value)
     dataset.on_error = "skip"
     sampler = ResumableBatchSampler(dataset.lengths, batch_size=1, shuffle=False)
     with ResumableLoader(dataset, sampler, pad_id=0, num_workers=2) as loader:

@@ -1,5 +1,6 @@
 """The sharded, resumable batch sampler: a run resumed mid-epoch (at the same or another world
 size) sees exactly the samples it had not yet seen, also through a prefetching DataLoader."""
+import json
 from collections import Counter
 
 import pytest
@@ -115,7 +116,7 @@ def test_loader_checkpoint_resumes_despite_prefetch(num_workers):
     loader.close()
     resumed = ResumableLoader(dataset, ResumableBatchSampler(dataset.lengths, 3, seed=5), pad_id=0,
                               num_workers=num_workers)
-    resumed.load_state_dict(state)
+    resumed.load_state_dict(json.loads(json.dumps(state)))   # it goes into the checkpoint's JSON
     assert head + [b["ids"] for b in resumed] == full
     resumed.close()
     assert resumed.sampler.epoch == 1 and resumed.samples_seen == 40
