@@ -5,6 +5,7 @@ CHW tensors: 4x less to move between processes than float32.
 Modes: "pad" pads to a square with a flat colour, then resizes (LLaVA's `pad`: nothing is cut
 off); "crop" resizes the short side and takes the centre square; "resize" squashes.
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,13 @@ DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 
 def resolve_image_path(image_root, name):
-    """`name` under `image_root`, refusing paths that escape it (`..`, absolute paths, symlinks
-    pointing outside) and files that do not exist."""
-    root = Path(image_root).resolve()
+    """`name` under `image_root`, refusing paths that escape it (`..`, absolute paths) and files
+    that do not exist. The check is on the path as written: records are untrusted, but symlinks
+    inside the root are the user's own layout (e.g. images/coco -> /mnt/coco) and are followed."""
+    root = Path(os.path.abspath(image_root))
     if not name:
         raise DataError("empty image path", reason="missing_image")
-    path = (root / name).resolve()
+    path = Path(os.path.normpath(root / name))
     if path != root and root not in path.parents:
         raise DataError(f"image path {name!r} leaves the image root {str(root)!r}",
                         reason="path_outside_root")

@@ -67,10 +67,12 @@ def test_pixel_limit(tmp_path):
 
 def test_paths_stay_under_the_root(tmp_path):
     images = make_images(tmp_path)
-    assert resolve_image_path(images, "good.png") == (images / "good.png").resolve()
+    assert resolve_image_path(images, "good.png") == (images / "good.png").absolute()
     (images / "sub").mkdir()
     (images / "sub" / "x.png").write_bytes((images / "good.png").read_bytes())
     assert resolve_image_path(images, "sub/../sub/x.png").name == "x.png"
-    for name in ("../outside.png", str(tmp_path / "outside.png"), "link.png"):
+    for name in ("../outside.png", str(tmp_path / "outside.png"), "sub/../../outside.png"):
         with pytest.raises(DataError, match="leaves the image root"):
             resolve_image_path(images, name)
+    # a symlink inside the root is the user's layout, not the record's doing: followed
+    assert load_image(resolve_image_path(images, "link.png"), 4).shape == (3, 4, 4)

@@ -27,7 +27,7 @@ def test_llava_json_and_jsonl_agree(tmp_path):
     assert [r.turns for r in from_json] == [r.turns for r in from_jsonl]
     a, b, c = from_jsonl
     assert [r.line for r in from_jsonl] == [1, 2, 3] and [r.line for r in from_json] == starts
-    assert a.images == [(images / "good.png").resolve()] and a.has_image
+    assert a.images == [(images / "good.png").absolute()] and a.has_image
     assert b.id == "7" and b.turns[0] == Turn("user", "<image>\nDescribe it.")
     assert c.turns[0] == Turn("system", "Be kind.") and not c.has_image and c.meta["has_image"] is False
 
@@ -63,7 +63,7 @@ def test_scienceqa_layout_and_metadata(tmp_path):
         Turn("user", "<image>\nContext: Look closely.\nQuestion: Which animal is shown?\n"
                      "Options: (A) cat (B) dog (C) owl"),
         Turn("assistant", "The answer is C.")]
-    assert first.images == [(root / "images/test/12/image.png").resolve()]
+    assert first.images == [(root / "images/test/12/image.png").absolute()]
     assert first.meta == {"subject": "natural science", "grade": "grade3", "topic": "biology",
                           "category": "Animals", "skill": "s", "question_type": "multiple_choice",
                           "choices": ["cat", "dog", "owl"], "answer": "C", "has_image": True,
