@@ -1,0 +1,1 @@
+"""Data: record readers, images, labels, batching, sampling and the demo data set."""

@@ -1,0 +1,93 @@
+"""The training data set: records tokenized up front, images decoded on access (in DataLoader
+workers).
+
+Tokenizing at construction makes every sample's length known to the length-grouping sampler and
+turns every text problem (no reply, image tokens cut off by max_len) into a counted skip or an
+error before training starts. Image problems show up only when an image is decoded: under
+on_error="skip", `__getitem__` then returns a `Skipped` marker, which the collate function drops
+and counts in the batch, so the count reaches the main process from any worker.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from minilvlm.data.errors import DataError, SkipCounter, check_on_error, handle
+from minilvlm.data.images import CLIP_MEAN_RGB, DEFAULT_MAX_PIXELS, load_image
+from minilvlm.data.labels import encode_record
+
+
+@dataclass
+class ImageConfig:
+    size: int = 224
+    mode: str = "pad"                 # "pad" | "crop" | "resize" (see images.py)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    pad_color: tuple = CLIP_MEAN_RGB
+
+
+@dataclass
+class Sample:
+    index: int
+    id: str
+    input_ids: torch.Tensor   # int64 [L]
+    labels: torch.Tensor      # int64 [L], IGNORE_INDEX outside assistant replies
+    images: torch.Tensor      # uint8 [n_images, 3, S, S]; n_images may be 0
+    truncated: bool
+
+    @property
+    def has_image(self):
+        return self.images.shape[0] > 0
+
+
+@dataclass
+class Skipped:
+    index: int
+    reason: str
+    message: str
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    def __init__(self, records, tokenizer, template, image_tokens, max_len, image=None,
+                 on_error="raise", skips=None):
+        self.on_error = check_on_error(on_error)
+        self.image = image or ImageConfig()
+        self.skips = skips if skips is not None else SkipCounter()
+        self.records, self.ids, self.labels = [], [], []
+        self.was_truncated = []
+        for record in records:
+            try:
+                encoded = encode_record(record, tokenizer, template, image_tokens, max_len)
+            except DataError as err:
+                handle(err.at(file=record.source or None, line=record.line, record_id=record.id),
+                       on_error, self.skips)
+                continue
+            self.records.append(record)
+            # int32 arrays: a large data set held as Python lists of ints would cost ~8x more.
+            self.ids.append(np.asarray(encoded.input_ids, dtype=np.int32))
+            self.labels.append(np.asarray(encoded.labels, dtype=np.int32))
+            self.was_truncated.append(encoded.truncated)
+        self.lengths = [len(ids) for ids in self.ids]
+        self.truncated = sum(self.was_truncated)
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        record = self.records[index]
+        size = self.image.size
+        try:
+            decoded = [load_image(path, size, self.image.mode, self.image.max_pixels,
+                                  self.image.pad_color) for path in record.images]
+        except DataError as err:
+            err = err.at(file=record.source or None, line=record.line, record_id=record.id)
+            if self.on_error == "raise":
+                raise err from None
+            return Skipped(index, err.reason, str(err))
+        images = (torch.from_numpy(np.stack([d.numpy() for d in decoded])) if decoded
+                  else torch.empty(0, 3, size, size, dtype=torch.uint8))
+        input_ids = torch.from_numpy(self.ids[index]).long()
+        return Sample(index, record.id, input_ids, torch.from_numpy(self.labels[index]).long(),
+                      images, self.was_truncated[index])
+
+    def report(self):
+        return f"data: {len(self)} samples, {self.truncated} truncated to max_len\n{self.skips.report()}"
