@@ -2,5 +2,7 @@
 fake (meta) registration. See DESIGN.md, "The op contract"."""
 from minilvlm.ops._registry import backend, cpu_capability, native_available, use_native
 from minilvlm.ops.fused_adamw import fused_adamw_, fused_adamw_reference
+from minilvlm.ops.mm_adapter import mm_adapter, mm_adapter_reference
 
-__all__ = ["backend", "cpu_capability", "native_available", "use_native", "fused_adamw_", "fused_adamw_reference"]
+__all__ = ["backend", "cpu_capability", "native_available", "use_native", "fused_adamw_", "fused_adamw_reference",
+           "mm_adapter", "mm_adapter_reference"]
