@@ -116,7 +116,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
   const at::Tensor dup_w = dupT.view({s.P, s.rg, s.D}).permute({0, 2, 1}).contiguous();
   const at::Tensor dup_b = at::mm(wT, S).mul_(scale);
   const at::Tensor dw = at::addmm(at::mm(S, m.up_b.t()), G, m.upT.t()).mul_(scale);  // [B, P]
-  const at::Tensor dlogits = (dw - (m.w * dw).sum(-1, true)).mul_(m.w).div_(temperature);
+  const at::Tensor dlogits = dw.sub(m.w.mul(dw).sum(-1, true)).mul_(m.w).div_(temperature);
   return {at::mm(dlogits, m.router_w).to(t.scalar_type()),
           at::mm(dlogits.t(), m.t).to(router_w.scalar_type()),
           dlogits.sum(0).to(router_b.scalar_type()),

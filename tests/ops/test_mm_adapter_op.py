@@ -199,3 +199,64 @@ def test_bad_groups_and_router_raise_clear_errors():
         mm_adapter(**dict(a, t=None, router_w=None, router_b=None), temperature=1.0, scale=1.0, groups=2)
     with pytest.raises(ValueError, match="missing"):
         mm_adapter(**dict(a, t=None), temperature=1.0, scale=1.0, groups=2)
+
+
+# ---------------------------------------------------------------------------------------
+# The CUDA kernels, run by the SIMT emulator (small grids: every CUDA thread is a fiber).
+
+EMU_SHAPES = [(3, 5, 37, 8, 1, 2), (2, 19, 74, 8, 2, 2), (2, 9, 33, 6, 3, 3), (1, 3, 300, 40, 2, 2)]
+
+
+@pytest.mark.parametrize("shape", EMU_SHAPES)
+@pytest.mark.parametrize("tau", [1.0, 5.0, 10.0])
+def test_emulated_cuda_kernels_match_reference(emu, shape, tau):
+    check_parity(emu, shape, tau)
+
+
+def test_emulated_cuda_kernels_without_router(emu):
+    check_parity(emu, (2, 5, 74, 8, 2, 1), 1.0, router=False)
+
+
+def test_emulated_cuda_kernels_bfloat16_within_twice_torch_bf16(emu):
+    B, T, D, r, groups, P = shape = (2, 18, 74, 8, 2, 2)
+    a = make_inputs(*shape, dtype=torch.bfloat16)
+    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    exact_out, exact = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.float32)
+    bf16_out, bf16 = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.bfloat16)
+    out, got = kernel_grads(emu, a, 5.0, 1.0, groups, grad_out)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, exact_out) <= 2 * rel_err(bf16_out, exact_out)
+    for name in exact:
+        assert rel_err(got[name], exact[name]) <= 2 * rel_err(bf16[name], exact[name]) + 1e-3, name
+
+
+def test_emulated_cuda_kernels_same_result_under_two_schedules(emu):
+    """A shared-memory race would make the result depend on the order the fibers run in."""
+    a = make_inputs(2, 17, 74, 8, 2, 2)
+    grad_out = torch.randn(2, 17, 74, generator=torch.Generator().manual_seed(1))
+    results = []
+    for seed in (0, 12345):
+        emu.set_seed(seed)
+        try:
+            results.append(kernel_grads(emu, a, 5.0, 1.0, 2, grad_out))
+        finally:
+            emu.set_seed(0)
+    assert torch.equal(results[0][0], results[1][0])
+    for name in results[0][1]:  # sums use atomics: equal up to the order of float additions
+        assert rel_err(results[1][1][name], results[0][1][name]) <= 1e-6, name
+
+
+def test_emulated_cuda_kernels_opcheck(emu):
+    from minilvlm.ops.mm_adapter import register_mm_adapter_autograd
+    if not hasattr(emu.mm_adapter, "_mm_adapter_registered"):
+        register_mm_adapter_autograd("minilvlm_emu")
+        emu.mm_adapter._mm_adapter_registered = True
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    args = tuple(v.requires_grad_() for v in native_args(a)) + (5.0, 0.7, 2)
+    torch.library.opcheck(emu.mm_adapter.default, args)
+
+
+def test_emulated_kernel_rejects_float64(emu):
+    a = make_inputs(2, 5, 74, 8, 2, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="x must be float32 or bfloat16"):
+        emu.mm_adapter(*native_args(a), 5.0, 1.0, 2)
