@@ -31,6 +31,9 @@ TORCH_LIBRARY(minilvlm, m) {
   // Which SIMD path the CPU kernels take on this machine: "avx512" or "default".
   m.def("cpu_capability() -> str", &minilvlm::cpu_capability);
   m.def("built_with_cuda() -> bool", &minilvlm::built_with_cuda);
+  // csrc/cpu/mm_adapter.cpp, csrc/cuda/mm_adapter.cu
+  m.def(MINILVLM_SCHEMA_MM_ADAPTER);
+  m.def(MINILVLM_SCHEMA_MM_ADAPTER_BACKWARD);
 }
 
 // minilvlm._C: importing it registers the ops above. Its one Python function is a hot-path

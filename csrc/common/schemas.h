@@ -27,3 +27,15 @@
 #define MINILVLM_SCHEMA_PATCH_EMBED_BACKWARD                                                      \
   "patch_embed_backward(Tensor grad_out, Tensor pixels, Tensor weight, int patch_size, "          \
   "float[]? mean, float[]? std, bool channels_last, bool has_cls) -> (Tensor, Tensor, Tensor)"
+
+// LaVIN's MM-Adapter (common/mm_adapter_host.h): out = x + scale * sum_i w_i (U_i h + c_i) with
+// h = down_w x + down_b and w = softmax((router_w t + router_b) / temperature). t may be [B, 0]
+// (no router; then up_w has one path and w = 1). The backward returns the gradients of
+// (x, t, router_w, router_b, down_w, down_b, up_w, up_b).
+#define MINILVLM_SCHEMA_MM_ADAPTER                                                                   \
+  "mm_adapter(Tensor x, Tensor t, Tensor router_w, Tensor router_b, Tensor down_w, Tensor down_b, "   \
+  "Tensor up_w, Tensor up_b, float temperature, float scale, int groups) -> Tensor"
+#define MINILVLM_SCHEMA_MM_ADAPTER_BACKWARD                                                          \
+  "mm_adapter_backward(Tensor grad_out, Tensor x, Tensor t, Tensor router_w, Tensor router_b, "       \
+  "Tensor down_w, Tensor down_b, Tensor up_w, Tensor up_b, float temperature, float scale, "          \
+  "int groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"

@@ -22,6 +22,7 @@
 #endif
 
 #include "common/adamw_host.h"
+#include "cpu/avx512_io.h"
 
 namespace minilvlm {
 namespace {
@@ -76,28 +77,6 @@ __attribute__((target("avx2,fma"))) void adamw_range_avx2(PT* param, const PT* g
 // (_mm512_undefined_ps) as maybe-uninitialized; the warning is about the header, not our code.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-// Masked loads and stores, so the tail of a segment takes the same vector math as its body.
-inline __m512 load16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
-inline __m512 load16(const c10::BFloat16* p, __mmask16 k) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(k, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-inline __m512 load16(const c10::Half* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
-
-inline void store16(float* p, __m512 x, __mmask16 k) { _mm512_mask_storeu_ps(p, k, x); }
-// Round to nearest even, NaN to 0x7fc0: the same bits as c10::BFloat16's conversion.
-inline void store16(c10::BFloat16* p, __m512 x, __mmask16 k) {
-  const __m512i bits = _mm512_castps_si512(x);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc00000));
-  _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
-}
-inline void store16(c10::Half* p, __m512 x, __mmask16 k) {
-  _mm256_mask_storeu_epi16(p, k, _mm512_maskz_cvtps_ph(0xffff, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-}
 
 // The vector form of adamw_update (common/adamw_math.h), op for op.
 template <typename PT, bool kMaster, bool kSmallWeight>

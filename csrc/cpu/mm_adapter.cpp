@@ -1,0 +1,163 @@
+// mm_adapter.cpp: the CPU kernels of minilvlm::mm_adapter and minilvlm::mm_adapter_backward
+// (LaVIN's MM-Adapter; the maths and the per-sample folding are described in
+// common/mm_adapter_host.h and cpu/mm_adapter_tokens.h).
+//
+// Forward reads each token row of x once from memory and writes out once: h (r dot products)
+// is computed while the row sits in L1, then out = x + cs + UsT^T h. Backward reads x and dy and
+// writes dx, in tiles of tokens of one sample; the parameter sums live in per-thread buffers
+// that are added up at the end. SIMD: AVX-512 for fp32/bf16 tokens when the CPU has it (the
+// same runtime choice as fused_adamw, MINILVLM_CPU_CAPABILITY caps it); float64 and other CPUs
+// take the portable loops.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "common/mm_adapter_host.h"
+#include "cpu/mm_adapter_tokens.h"
+
+namespace minilvlm {
+std::string cpu_capability();  // csrc/cpu/fused_adamw.cpp
+
+namespace {
+
+bool use_avx512() {
+#ifdef MINILVLM_HAVE_AVX512_PATH
+  static const bool yes = cpu_capability() == "avx512";
+  return yes;
+#else
+  return false;
+#endif
+}
+
+template <typename Acc>
+mm::TokenArgs<Acc> token_args(const MmAdapterShape& s, const MmRouting& m) {
+  return {m.A.data_ptr<Acc>(), m.bA.data_ptr<Acc>(), m.UsT.data_ptr<Acc>(), m.cs.data_ptr<Acc>(),
+          s.D, s.r, s.rg, s.Dg, s.groups};
+}
+
+template <typename T, typename Acc>
+void forward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tensor& x, at::Tensor& out) {
+  const auto a = token_args<Acc>(s, m);
+  const T* xp = x.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t T_ = s.T, D = s.D;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
+  at::parallel_for(0, s.B * s.T, grain, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> h(s.r);
+    for (int64_t i = begin; i < end; ++i) {
+#ifdef MINILVLM_HAVE_AVX512_PATH
+      if constexpr (!std::is_same_v<Acc, double>) {
+        if (use_avx512()) {
+          mm::forward_token_avx512(xp + i * D, op + i * D, a, i / T_, h.data());
+          continue;
+        }
+      }
+#endif
+      mm::forward_token_portable(xp + i * D, op + i * D, a, i / T_, h.data());
+    }
+  });
+}
+
+at::Tensor mm_adapter_cpu(const at::Tensor& x_in, const at::Tensor& t, const at::Tensor& router_w,
+                          const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
+                          const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
+                          int64_t groups) {
+  const MmAdapterShape s = check_mm_adapter(x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  TORCH_CHECK(x_in.device().is_cpu(), "mm_adapter (CPU kernel): tensors must be on the CPU, got ", x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
+  switch (x.scalar_type()) {
+    case at::kFloat: forward_typed<float, float>(s, m, x, out); break;
+    case at::kBFloat16: forward_typed<c10::BFloat16, float>(s, m, x, out); break;
+    default: forward_typed<double, double>(s, m, x, out); break;
+  }
+  return out;
+}
+
+// Tokens per backward tile: x and dy of a tile (plus the per-thread sums) should stay in L2.
+int64_t tile_tokens(int64_t D) { return std::clamp<int64_t>(32768 / std::max<int64_t>(D, 1), 2, 32); }
+
+template <typename T, typename Acc>
+void backward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tensor& x, const at::Tensor& dy,
+                    at::Tensor& dx, at::Tensor& dA, at::Tensor& dbA, at::Tensor& G, at::Tensor& S) {
+  const auto a = token_args<Acc>(s, m);
+  const T* xp = x.data_ptr<T>();
+  const T* gp = dy.data_ptr<T>();
+  T* dxp = dx.data_ptr<T>();
+  const int64_t D = s.D, r = s.r, rg = s.rg, B = s.B;
+  const int64_t tile = tile_tokens(D), tiles_per_sample = (s.T + tile - 1) / tile;
+  // Per-thread partial sums, one slot per thread of the pool, added up below.
+  const int64_t threads = at::get_num_threads();
+  const int64_t stride = r * D + r + B * rg * D + B * D;
+  at::Tensor partial = at::zeros({threads, stride}, dA.options());
+  Acc* base = partial.data_ptr<Acc>();
+  at::parallel_for(0, B * tiles_per_sample, 1, [&](int64_t begin, int64_t end) {
+    Acc* mine = base + at::get_thread_num() * stride;
+    std::vector<Acc> h(tile * r), dh(tile * r);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / tiles_per_sample;
+      const int64_t t0 = (job % tiles_per_sample) * tile, nt = std::min(tile, s.T - t0);
+      const mm::Sums<Acc> sums{mine, mine + r * D, mine + r * D + r + b * rg * D, mine + r * D + r + B * rg * D + b * D};
+      const int64_t off = (b * s.T + t0) * D;
+#ifdef MINILVLM_HAVE_AVX512_PATH
+      if constexpr (!std::is_same_v<Acc, double>) {
+        if (use_avx512()) {
+          mm::backward_tile_avx512(xp + off, gp + off, dxp + off, nt, a, b, sums, h.data(), dh.data());
+          continue;
+        }
+      }
+#endif
+      for (int64_t i = 0; i < nt; ++i)
+        mm::backward_token_portable(xp + off + i * D, gp + off + i * D, dxp + off + i * D, a, b, sums, h.data(),
+                                    dh.data());
+    }
+  });
+  const at::Tensor total = partial.sum(0);
+  dA.copy_(total.narrow(0, 0, r * D).view({r, D}));
+  dbA.copy_(total.narrow(0, r * D, r));
+  G.copy_(total.narrow(0, r * D + r, B * rg * D).view({B, rg * D}));
+  S.copy_(total.narrow(0, r * D + r + B * rg * D, B * D).view({B, D}));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& t,
+                        const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
+                        const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b, double temperature,
+                        double scale, int64_t groups) {
+  const MmAdapterShape s = check_mm_adapter(x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  TORCH_CHECK(x_in.device().is_cpu(), "mm_adapter_backward (CPU kernel): tensors must be on the CPU, got ",
+              x_in.device());
+  TORCH_CHECK(grad_out.sizes() == x_in.sizes() && grad_out.scalar_type() == x_in.scalar_type(),
+              "mm_adapter_backward: grad_out must match x (", x_in.scalar_type(), " ", x_in.sizes(), "), got ",
+              grad_out.scalar_type(), " ", grad_out.sizes());
+  const at::Tensor x = x_in.contiguous(), dy = grad_out.contiguous();
+  const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
+  const auto acc = m.A.options();
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor dA = at::zeros({s.r, s.D}, acc), dbA = at::zeros({s.r}, acc);
+  at::Tensor G = at::zeros({s.B, s.rg * s.D}, acc), S = at::zeros({s.B, s.D}, acc);
+  if (x.numel() > 0) {
+    switch (x.scalar_type()) {
+      case at::kFloat: backward_typed<float, float>(s, m, x, dy, dx, dA, dbA, G, S); break;
+      case at::kBFloat16: backward_typed<c10::BFloat16, float>(s, m, x, dy, dx, dA, dbA, G, S); break;
+      default: backward_typed<double, double>(s, m, x, dy, dx, dA, dbA, G, S); break;
+    }
+  }
+  auto [dt, drw, drb, ddw, ddb, duw, dub] =
+      mm_finalize(s, m, dA, dbA, G, S, temperature, scale, t, router_w, router_b, down_w, down_b, up_w, up_b);
+  return {dx, dt, drw, drb, ddw, ddb, duw, dub};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(minilvlm, CPU, m) {
+  m.impl("mm_adapter", &mm_adapter_cpu);
+  m.impl("mm_adapter_backward", &mm_adapter_backward_cpu);
+}
+
+}  // namespace minilvlm

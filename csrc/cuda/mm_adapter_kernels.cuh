@@ -1,0 +1,200 @@
+// mm_adapter_kernels.cuh: the CUDA kernels of minilvlm::mm_adapter and mm_adapter_backward and
+// their launchers. No ATen here: the same code is compiled by nvcc (csrc/cuda/mm_adapter.cu) and
+// by g++ against the SIMT emulator (csrc/emu/mm_adapter_emu.cpp).
+//
+// The host has folded the router into per-sample UsT [B, rg, D] = s * sum_i w_i U_i (transposed)
+// and cs [B, D] = s * sum_i w_i c_i (common/mm_adapter_host.h). One block takes a tile of
+// kMmTileTokens tokens of one sample (grid: tiles x B):
+//   phase 1  each warp takes whole tokens and forms their r dot products (h = A x + b_A; in the
+//            backward also dh = UsT dy per group) with lane-strided loads and __shfl_xor_sync
+//            reductions; the results go to shared memory;
+//   phase 2  threads own channels d and walk the tile's tokens: the forward writes
+//            out = x + cs + UsT^T h, the backward writes dx = dy + A^T dh and sums
+//            dA += dh x^T, G += h dy^T, S += dy over the tile, then adds them to global memory
+//            with one atomicAdd per value and tile.
+// UsT and cs are read through the read-only cache: at D = 4096 they take 80 KB per sample,
+// more than the default 48 KB of shared memory.
+#pragma once
+
+#include "common/launch.h"
+
+namespace minilvlm {
+namespace cuda {
+namespace mm {
+
+constexpr int kMmThreads = 256;
+constexpr int kMmWarps = kMmThreads / 32;
+constexpr int kMmTileTokens = 16;
+constexpr int kMmChunk = 8;  // dot products per pass over a row: the register array size
+
+struct MmDims {
+  int64_t T, D;
+  int r, rg, Dg, groups;
+};
+
+__device__ __forceinline__ float load_f(const float* p) { return __ldg(p); }
+__device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void store_f(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_f(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// out[j] = rows[j*ld : j*ld+n] . v[0:n] for j < count, computed by one warp; every lane gets
+// the results. kMmChunk rows per pass over v.
+template <typename T>
+__device__ __forceinline__ void warp_dot_rows(const float* __restrict__ rows, int64_t ld, const T* __restrict__ v,
+                                              int64_t n, int count, float* out, int lane) {
+  for (int j0 = 0; j0 < count; j0 += kMmChunk) {
+    float acc[kMmChunk];
+#pragma unroll
+    for (int j = 0; j < kMmChunk; ++j) acc[j] = 0.0f;
+    for (int64_t i = lane; i < n; i += 32) {
+      const float vi = load_f(v + i);
+#pragma unroll
+      for (int j = 0; j < kMmChunk; ++j)
+        if (j0 + j < count) acc[j] = fmaf(__ldg(rows + (j0 + j) * ld + i), vi, acc[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < kMmChunk; ++j) {
+      const float total = warp_sum(acc[j]);
+      if (lane == 0 && j0 + j < count) out[j0 + j] = total;
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kMmThreads)
+    mm_adapter_forward_kernel(const T* __restrict__ x, T* __restrict__ out, const float* __restrict__ A,
+                              const float* __restrict__ bA, const float* __restrict__ UsT,
+                              const float* __restrict__ cs, MmDims dims) {
+  MINILVLM_DYNAMIC_SMEM(float, h);  // [kMmTileTokens, r]
+  const int64_t b = blockIdx.y, t0 = static_cast<int64_t>(blockIdx.x) * kMmTileTokens;
+  const int nt = static_cast<int>(dims.T - t0 < kMmTileTokens ? dims.T - t0 : kMmTileTokens);
+  const int64_t D = dims.D;
+  const T* xs = x + (b * dims.T + t0) * D;
+  T* os = out + (b * dims.T + t0) * D;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int t = warp; t < nt; t += kMmWarps) {
+    warp_dot_rows(A, D, xs + t * D, D, dims.r, h + t * dims.r, lane);
+    __syncwarp();
+    for (int k = lane; k < dims.r; k += 32) h[t * dims.r + k] += bA[k];
+  }
+  __syncthreads();
+  const float* u = UsT + b * dims.rg * D;
+  for (int64_t d = threadIdx.x; d < D; d += kMmThreads) {
+    const int hg = static_cast<int>(d / dims.Dg) * dims.rg;
+    const float c = __ldg(cs + b * D + d);
+    for (int t = 0; t < nt; ++t) {
+      float v = c;
+      for (int j = 0; j < dims.rg; ++j) v = fmaf(__ldg(u + j * D + d), h[t * dims.r + hg + j], v);
+      store_f(os + t * D + d, load_f(xs + t * D + d) + v);
+    }
+  }
+}
+
+// Sums: dA [r, D], dbA [r], G [B, rg, D], S [B, D], zeroed by the caller.
+template <typename T>
+__global__ void __launch_bounds__(kMmThreads)
+    mm_adapter_backward_kernel(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx,
+                               const float* __restrict__ A, const float* __restrict__ bA,
+                               const float* __restrict__ UsT, float* dA, float* dbA, float* G, float* S,
+                               MmDims dims) {
+  MINILVLM_DYNAMIC_SMEM(float, h);  // [kMmTileTokens, r], then dh [kMmTileTokens, r]
+  float* dh = h + kMmTileTokens * dims.r;
+  const int64_t b = blockIdx.y, t0 = static_cast<int64_t>(blockIdx.x) * kMmTileTokens;
+  const int nt = static_cast<int>(dims.T - t0 < kMmTileTokens ? dims.T - t0 : kMmTileTokens);
+  const int64_t D = dims.D;
+  const int r = dims.r, rg = dims.rg;
+  const int64_t offset = (b * dims.T + t0) * D;
+  const T* xs = x + offset;
+  const T* gs = dy + offset;
+  T* dxs = dx + offset;
+  const float* u = UsT + b * rg * D;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int t = warp; t < nt; t += kMmWarps) {
+    warp_dot_rows(A, D, xs + t * D, D, r, h + t * r, lane);
+    for (int g = 0; g < dims.groups; ++g)
+      warp_dot_rows(u + g * dims.Dg, D, gs + t * D + g * dims.Dg, dims.Dg, rg, dh + t * r + g * rg, lane);
+    __syncwarp();
+    for (int k = lane; k < r; k += 32) h[t * r + k] += bA[k];
+  }
+  __syncthreads();
+  for (int k = threadIdx.x; k < r; k += kMmThreads) {
+    float total = 0.0f;
+    for (int t = 0; t < nt; ++t) total += dh[t * r + k];
+    atomicAdd(dbA + k, total);
+  }
+  float* Gb = G + b * rg * D;
+  for (int64_t d = threadIdx.x; d < D; d += kMmThreads) {
+    const int hg = static_cast<int>(d / dims.Dg) * rg;
+    float s = 0.0f;
+    for (int t = 0; t < nt; ++t) {  // dx = dy + A^T dh
+      const float gd = load_f(gs + t * D + d);
+      float v = gd;
+      for (int k = 0; k < r; ++k) v = fmaf(__ldg(A + k * D + d), dh[t * r + k], v);
+      store_f(dxs + t * D + d, v);
+      s += gd;
+    }
+    atomicAdd(S + b * D + d, s);
+    for (int k0 = 0; k0 < r; k0 += kMmChunk) {  // dA += dh x^T
+      float acc[kMmChunk];
+#pragma unroll
+      for (int j = 0; j < kMmChunk; ++j) acc[j] = 0.0f;
+      for (int t = 0; t < nt; ++t) {
+        const float xd = load_f(xs + t * D + d);
+#pragma unroll
+        for (int j = 0; j < kMmChunk; ++j)
+          if (k0 + j < r) acc[j] = fmaf(dh[t * r + k0 + j], xd, acc[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < kMmChunk; ++j)
+        if (k0 + j < r) atomicAdd(dA + (k0 + j) * D + d, acc[j]);
+    }
+    for (int j0 = 0; j0 < rg; j0 += kMmChunk) {  // G += h dy^T, this channel's group
+      float acc[kMmChunk];
+#pragma unroll
+      for (int j = 0; j < kMmChunk; ++j) acc[j] = 0.0f;
+      for (int t = 0; t < nt; ++t) {
+        const float gd = load_f(gs + t * D + d);
+#pragma unroll
+        for (int j = 0; j < kMmChunk; ++j)
+          if (j0 + j < rg) acc[j] = fmaf(h[t * r + hg + j0 + j], gd, acc[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < kMmChunk; ++j)
+        if (j0 + j < rg) atomicAdd(Gb + (j0 + j) * D + d, acc[j]);
+    }
+  }
+}
+
+inline dim3 mm_grid(int64_t B, int64_t T) {
+  return dim3(static_cast<unsigned>((T + kMmTileTokens - 1) / kMmTileTokens), static_cast<unsigned>(B));
+}
+
+template <typename T>
+void launch_mm_adapter_forward(const T* x, T* out, const float* A, const float* bA, const float* UsT,
+                               const float* cs, int64_t B, const MmDims& dims, cudaStream_t stream) {
+  if (B == 0 || dims.T == 0) return;
+  auto* kernel = &mm_adapter_forward_kernel<T>;
+  const size_t smem = sizeof(float) * kMmTileTokens * dims.r;
+  MINILVLM_LAUNCH(kernel, mm_grid(B, dims.T), dim3(kMmThreads), smem, stream)(x, out, A, bA, UsT, cs, dims);
+}
+
+template <typename T>
+void launch_mm_adapter_backward(const T* x, const T* dy, T* dx, const float* A, const float* bA, const float* UsT,
+                                float* dA, float* dbA, float* G, float* S, int64_t B, const MmDims& dims,
+                                cudaStream_t stream) {
+  if (B == 0 || dims.T == 0) return;
+  auto* kernel = &mm_adapter_backward_kernel<T>;
+  const size_t smem = 2 * sizeof(float) * kMmTileTokens * dims.r;
+  MINILVLM_LAUNCH(kernel, mm_grid(B, dims.T), dim3(kMmThreads), smem, stream)(x, dy, dx, A, bA, UsT, dA, dbA, G, S,
+                                                                               dims);
+}
+
+}  // namespace mm
+}  // namespace cuda
+}  // namespace minilvlm

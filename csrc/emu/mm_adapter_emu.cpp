@@ -1,0 +1,53 @@
+// mm_adapter_emu.cpp: minilvlm_emu::mm_adapter and mm_adapter_backward, the CUDA kernels of
+// mm_adapter (csrc/cuda/mm_adapter_kernels.cuh, host side common/mm_adapter_run.h) executed by
+// the SIMT emulator on CPU tensors. Same schemas and checks as the real ops.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "common/schemas.h"
+#include "cuda/mm_adapter_kernels.cuh"
+#include "common/mm_adapter_run.h"
+
+namespace minilvlm {
+namespace {
+
+at::Tensor mm_adapter_emu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& router_w,
+                          const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
+                          const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
+                          int64_t groups) {
+  const MmAdapterShape s = check_mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  TORCH_CHECK(x.device().is_cpu(), "minilvlm_emu::mm_adapter emulates the CUDA kernel on CPU tensors");
+  mm_cuda_check_dtype(x, "mm_adapter");
+  if (x.scalar_type() == at::kFloat)
+    return mm_cuda_forward<float, float>(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale,
+                                         groups, s, nullptr);
+  return mm_cuda_forward<__nv_bfloat16, at::BFloat16>(x, t, router_w, router_b, down_w, down_b, up_w, up_b,
+                                                      temperature, scale, groups, s, nullptr);
+}
+
+MmGrads mm_adapter_backward_emu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& t,
+                                const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
+                                const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b,
+                                double temperature, double scale, int64_t groups) {
+  const MmAdapterShape s = check_mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  TORCH_CHECK(x.device().is_cpu(), "minilvlm_emu::mm_adapter_backward emulates the CUDA kernel on CPU tensors");
+  mm_cuda_check_dtype(x, "mm_adapter_backward");
+  if (x.scalar_type() == at::kFloat)
+    return mm_cuda_backward<float, float>(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b,
+                                          temperature, scale, groups, s, nullptr);
+  return mm_cuda_backward<__nv_bfloat16, at::BFloat16>(grad_out, x, t, router_w, router_b, down_w, down_b, up_w,
+                                                       up_b, temperature, scale, groups, s, nullptr);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(minilvlm_emu, m) {
+  m.def(MINILVLM_SCHEMA_MM_ADAPTER);
+  m.def(MINILVLM_SCHEMA_MM_ADAPTER_BACKWARD);
+}
+TORCH_LIBRARY_IMPL(minilvlm_emu, CPU, m) {
+  m.impl("mm_adapter", &mm_adapter_emu);
+  m.impl("mm_adapter_backward", &mm_adapter_backward_emu);
+}
+
+}  // namespace minilvlm

@@ -1,0 +1,262 @@
+"""mm_adapter: the CPU kernels and the emulated CUDA kernels against the plain-PyTorch reference."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import minilvlm
+from minilvlm.ops import mm_adapter, mm_adapter_reference
+
+pytestmark = pytest.mark.skipif(not minilvlm.ops.native_available(), reason="minilvlm._C is not built")
+
+# (B, T, D, r, groups, P): odd D and T, a D whose groups are odd (74 = 2 x 37), tails of the
+# 16-lane loops, one token, three paths, and r not a multiple of 8.
+SHAPES = [(3, 5, 37, 8, 1, 2), (2, 7, 74, 8, 2, 2), (4, 1, 130, 4, 2, 2), (2, 9, 33, 6, 3, 3), (2, 3, 48, 12, 2, 2)]
+NAMES = ["t", "router_w", "router_b", "down_w", "down_b", "up_w", "up_b"]
+
+
+def make_inputs(B, T, D, r, groups, P, dtype=torch.float32, seed=0, router=True):
+    """A mixed batch: samples alternate between the "has image" and "text only" modality tokens."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape, s=1.0: (torch.randn(*shape, generator=g) * s).to(dtype)  # noqa: E731
+    modality = torch.randn(2, D, generator=g)
+    has_image = torch.arange(B) % 2
+    args = dict(x=rand(B, T, D), t=modality[has_image].to(dtype), router_w=rand(P, D, s=0.3), router_b=rand(P),
+                down_w=rand(r, D, s=D ** -0.5), down_b=rand(r, s=0.1), up_w=rand(P, D, r // groups, s=0.5),
+                up_b=rand(P, D, s=0.1))
+    if not router:
+        args.update(t=None, router_w=None, router_b=None)
+    return args
+
+
+def rel_err(actual, expected):
+    """max |actual - expected| / max |expected|: a norm-wise error that near-zero entries cannot blow up."""
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
+def native_args(a):
+    """The positional arguments of torch.ops.minilvlm.mm_adapter (an empty router when there is none)."""
+    x = a["x"]
+    t, rw, rb = a["t"], a["router_w"], a["router_b"]
+    if rw is None:
+        t, rw, rb = x.new_zeros(x.shape[0], 0), x.new_zeros(1, 0), x.new_zeros(1)
+    return (x, t, rw, rb, a["down_w"], a["down_b"], a["up_w"], a["up_b"])
+
+
+def reference_grads(a, tau, scale, groups, grad_out, dtype=torch.float64):
+    """Output and gradients of the reference, computed in `dtype`."""
+    leaves = {k: (None if v is None else v.detach().to(dtype).requires_grad_()) for k, v in a.items()}
+    out = mm_adapter_reference(**leaves, temperature=tau, scale=scale, groups=groups)
+    out.backward(grad_out.to(dtype))
+    return out.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+def kernel_grads(ops, a, tau, scale, groups, grad_out):
+    args = native_args(a)
+    out = ops.mm_adapter(*args, tau, scale, groups)
+    grads = ops.mm_adapter_backward(grad_out, *args, tau, scale, groups)
+    return out, dict(zip(["x"] + NAMES, grads))
+
+
+def check_parity(ops, shape, tau, scale=0.7, router=True, tol=1e-5):
+    """fp32 kernels against the fp64 reference: within `tol`, or within twice the fp32 reference's own
+    error where that is larger (the router's gradients pass a softmax Jacobian, w (dw - <w, dw>),
+    whose cancellation costs fp32 a few ulps of the largest entry)."""
+    B, T, D, r, groups, P = shape
+    a = make_inputs(*shape, router=router)
+    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1))
+    ref_out, ref = reference_grads(a, tau, scale, groups, grad_out)
+    _, ref32 = reference_grads(a, tau, scale, groups, grad_out, torch.float32)
+    out, got = kernel_grads(ops, a, tau, scale, groups, grad_out)
+    assert out.dtype == torch.float32 and out.shape == (B, T, D)
+    assert rel_err(out, ref_out) <= tol
+    for name, g in ref.items():
+        assert got[name].shape == g.shape, name
+        assert rel_err(got[name], g) <= max(tol, 2 * rel_err(ref32[name], g)), name
+    if not router:
+        assert got["t"].numel() == 0 and got["router_w"].numel() == 0
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("tau", [1.0, 5.0, 10.0])
+def test_cpu_kernel_forward_and_backward_match_reference(shape, tau):
+    check_parity(torch.ops.minilvlm, shape, tau)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 37, 8, 1, 1), (3, 4, 74, 8, 2, 1)])
+def test_single_path_without_router_is_rep_adapter(shape):
+    check_parity(torch.ops.minilvlm, shape, 1.0, router=False)
+
+
+def test_public_function_and_autograd_match_reference():
+    a = make_inputs(3, 5, 74, 8, 2, 2)
+    leaves = {k: v.clone().requires_grad_() for k, v in a.items()}
+    out = mm_adapter(**leaves, temperature=5.0, scale=0.5, groups=2)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(grad_out)
+    ref_out, ref = reference_grads(a, 5.0, 0.5, 2, grad_out)
+    _, ref32 = reference_grads(a, 5.0, 0.5, 2, grad_out, torch.float32)
+    assert rel_err(out.detach(), ref_out) <= 1e-5
+    for name, v in leaves.items():
+        assert rel_err(v.grad, ref[name]) <= max(1e-5, 2 * rel_err(ref32[name], ref[name])), name
+
+
+def test_each_sample_uses_its_own_routing_weights():
+    """In a mixed batch, every sample's output equals the output of that sample run alone."""
+    a = make_inputs(4, 6, 74, 8, 2, 2)
+    out = mm_adapter(**a, temperature=1.0, scale=1.0, groups=2)
+    for b in range(4):
+        alone = {k: (v[b:b + 1] if k in ("x", "t") else v) for k, v in a.items()}
+        assert rel_err(out[b:b + 1], mm_adapter(**alone, temperature=1.0, scale=1.0, groups=2)) <= 1e-6
+    assert rel_err(out[0], out[1]) > 1e-2  # the image and the text-only sample are adapted differently
+
+
+def test_gradcheck_float64():
+    a = make_inputs(2, 3, 10, 4, 2, 2, dtype=torch.float64)
+    leaves = tuple(v.requires_grad_() for v in native_args(a))
+    fn = lambda *args: torch.ops.minilvlm.mm_adapter(*args, 3.0, 0.8, 2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 74, 8, 2, 2), (3, 33, 130, 8, 2, 2)])
+def test_bfloat16_within_twice_the_error_of_torch_bf16(shape):
+    """The 2x rule: kernel error against the fp32 reference <= 2 x the reference's own bf16 error."""
+    B, T, D, r, groups, P = shape
+    a = make_inputs(*shape, dtype=torch.bfloat16)
+    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    exact_out, exact = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.float32)
+    bf16_out, bf16 = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.bfloat16)
+    out, got = kernel_grads(torch.ops.minilvlm, a, 5.0, 1.0, groups, grad_out)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, exact_out) <= 2 * rel_err(bf16_out, exact_out)
+    for name in exact:
+        assert got[name].dtype == torch.bfloat16
+        assert rel_err(got[name], exact[name]) <= 2 * rel_err(bf16[name], exact[name]) + 1e-3, name
+
+
+def test_bfloat16_tokens_with_float32_parameters():
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    a["x"] = a["x"].to(torch.bfloat16)
+    out = mm_adapter(**a, temperature=5.0, scale=1.0, groups=2)
+    ref = mm_adapter_reference(**{k: v.double() for k, v in a.items()}, temperature=5.0, scale=1.0, groups=2)
+    assert out.dtype == torch.bfloat16 and rel_err(out, ref) <= 2 ** -8
+
+
+def test_non_contiguous_tokens():
+    a = make_inputs(2, 6, 74, 8, 2, 2)
+    a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not a["x"].is_contiguous()
+    ref = mm_adapter_reference(**a, temperature=5.0, scale=1.0, groups=2)
+    assert rel_err(mm_adapter(**a, temperature=5.0, scale=1.0, groups=2), ref) <= 1e-5
+
+
+def test_opcheck():
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    args = tuple(v.requires_grad_() for v in native_args(a)) + (5.0, 0.7, 2)
+    torch.library.opcheck(torch.ops.minilvlm.mm_adapter.default, args)
+    grad_out = torch.randn(2, 5, 74)
+    torch.library.opcheck(torch.ops.minilvlm.mm_adapter_backward.default,
+                          (grad_out,) + tuple(v.detach() for v in args[:8]) + (5.0, 0.7, 2),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_portable_loops_match_reference():
+    """MINILVLM_CPU_CAPABILITY=default: the scalar loops that CPUs without AVX-512 run."""
+    script = ("import torch, minilvlm; from tests.ops.test_mm_adapter_op import check_parity;"
+              "assert minilvlm.ops.cpu_capability() == 'default';"
+              "[check_parity(torch.ops.minilvlm, s, 5.0) for s in [(2, 7, 74, 8, 2, 2), (2, 9, 33, 6, 3, 3)]]")
+    env = dict(os.environ, MINILVLM_CPU_CAPABILITY="default")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a: a.update(x=a["x"][0]), r"x must be \[batch, tokens, dim\]"),
+    (lambda a: a.update(down_w=a["down_w"][:, :-1]), r"down_w must have shape \[8, 74\]"),
+    (lambda a: a.update(up_w=a["up_w"][:, :, :3]), r"up_w must have shape \[2, 74, 4\]"),
+    (lambda a: a.update(t=a["t"][:1]), r"t \(modality token\) must have shape \[2, 74\]"),
+    (lambda a: a.update(up_b=a["up_b"].double()), "parameters must be float32 or x's dtype"),
+    (lambda a: a.update(x=a["x"].half()), "x must be float32, bfloat16 or float64"),
+])
+def test_bad_inputs_raise_clear_errors(change, message):
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    change(a)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.minilvlm.mm_adapter(*native_args(a), 5.0, 1.0, 2)
+
+
+def test_bad_groups_and_router_raise_clear_errors():
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    with pytest.raises(RuntimeError, match="groups=3 must divide"):
+        torch.ops.minilvlm.mm_adapter(*native_args(a), 5.0, 1.0, 3)
+    with pytest.raises(RuntimeError, match="temperature must be a positive number"):
+        torch.ops.minilvlm.mm_adapter(*native_args(a), 0.0, 1.0, 2)
+    with pytest.raises(ValueError, match="without a router there must be one path"):
+        mm_adapter(**dict(a, t=None, router_w=None, router_b=None), temperature=1.0, scale=1.0, groups=2)
+    with pytest.raises(ValueError, match="missing"):
+        mm_adapter(**dict(a, t=None), temperature=1.0, scale=1.0, groups=2)
+
+
+# ---------------------------------------------------------------------------------------
+# The CUDA kernels, run by the SIMT emulator (small grids: every CUDA thread is a fiber).
+
+EMU_SHAPES = [(3, 5, 37, 8, 1, 2), (2, 19, 74, 8, 2, 2), (2, 9, 33, 6, 3, 3), (1, 3, 300, 40, 2, 2)]
+
+
+@pytest.mark.parametrize("shape", EMU_SHAPES)
+@pytest.mark.parametrize("tau", [1.0, 5.0, 10.0])
+def test_emulated_cuda_kernels_match_reference(emu, shape, tau):
+    check_parity(emu, shape, tau)
+
+
+def test_emulated_cuda_kernels_without_router(emu):
+    check_parity(emu, (2, 5, 74, 8, 2, 1), 1.0, router=False)
+
+
+def test_emulated_cuda_kernels_bfloat16_within_twice_torch_bf16(emu):
+    B, T, D, r, groups, P = shape = (2, 18, 74, 8, 2, 2)
+    a = make_inputs(*shape, dtype=torch.bfloat16)
+    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    exact_out, exact = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.float32)
+    bf16_out, bf16 = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.bfloat16)
+    out, got = kernel_grads(emu, a, 5.0, 1.0, groups, grad_out)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, exact_out) <= 2 * rel_err(bf16_out, exact_out)
+    for name in exact:
+        assert rel_err(got[name], exact[name]) <= 2 * rel_err(bf16[name], exact[name]) + 1e-3, name
+
+
+def test_emulated_cuda_kernels_same_result_under_two_schedules(emu):
+    """A shared-memory race would make the result depend on the order the fibers run in."""
+    a = make_inputs(2, 17, 74, 8, 2, 2)
+    grad_out = torch.randn(2, 17, 74, generator=torch.Generator().manual_seed(1))
+    results = []
+    for seed in (0, 12345):
+        emu.set_seed(seed)
+        try:
+            results.append(kernel_grads(emu, a, 5.0, 1.0, 2, grad_out))
+        finally:
+            emu.set_seed(0)
+    assert torch.equal(results[0][0], results[1][0])
+    for name in results[0][1]:  # sums use atomics: equal up to the order of float additions
+        assert rel_err(results[1][1][name], results[0][1][name]) <= 1e-6, name
+
+
+def test_emulated_cuda_kernels_opcheck(emu):
+    from minilvlm.ops.mm_adapter import register_mm_adapter_autograd
+    if not hasattr(emu.mm_adapter, "_mm_adapter_registered"):
+        register_mm_adapter_autograd("minilvlm_emu")
+        emu.mm_adapter._mm_adapter_registered = True
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    args = tuple(v.requires_grad_() for v in native_args(a)) + (5.0, 0.7, 2)
+    torch.library.opcheck(emu.mm_adapter.default, args)
+
+
+def test_emulated_kernel_rejects_float64(emu):
+    a = make_inputs(2, 5, 74, 8, 2, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="x must be float32 or bfloat16"):
+        emu.mm_adapter(*native_args(a), 5.0, 1.0, 2)
