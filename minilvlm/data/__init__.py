@@ -1,0 +1,1 @@
+"""Data: tokenizer and chat templates (record formats, images and batching come later)."""
