@@ -2,6 +2,7 @@
 sharded with model.safetensors.index.json) to our modules, through one explicit key map per
 architecture. The model is built on the meta device and the memory-mapped tensors are assigned to
 it, so loading holds about one copy of the weights. Nothing is ever unpickled."""
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -181,16 +182,53 @@ def read_config(folder):
 
 # ---- safetensors files ---------------------------------------------------------------------------
 
-def _open(file):
-    try:
-        return safe_open(str(file), framework="pt", device="cpu")
-    except Exception as exc:  # safetensors raises its own error types for a bad header or short file
-        raise WeightsError(f"{file}: not a readable safetensors file ({exc}). It is probably truncated or "
-                           f"corrupt: download or save it again") from exc
+_FILE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class _Shard:
+    """One safetensors file: shapes from its header, tensors memory-mapped. A tensor cast to another
+    dtype is read with plain file reads instead, so its source bytes never stay mapped in memory:
+    casting then holds the result plus one tensor, not the result plus the whole mapped file."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self.handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for a bad header or short file
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc}). It is probably truncated or "
+                               f"corrupt: download or save it again") from exc
+        self._header = None
+
+    def keys(self):
+        return self.handle.keys()
+
+    def shape(self, key):
+        return list(self.handle.get_slice(key).get_shape())
+
+    def tensor(self, key, dtype=None):
+        entry = self._entry(key)
+        source = _FILE_DTYPES.get(entry["dtype"])
+        if dtype is None or source is None or source == dtype:
+            return self.handle.get_tensor(key)
+        begin, end = entry["data_offsets"]
+        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            if f.readinto(buffer.numpy()) != end - begin:
+                raise WeightsError(f"{self.path}: tensor {key} ends past the end of the file; it is truncated")
+        return buffer.view(source).view(entry["shape"]).to(dtype)
+
+    def _entry(self, key):
+        if self._header is None:
+            with open(self.path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                self._header = json.loads(f.read(size))
+            self._data_start = 8 + size
+        return self._header[key]
 
 
 def open_checkpoint(folder):
-    """{checkpoint key: open safetensors handle} for a single-file or sharded checkpoint."""
+    """{checkpoint key: the _Shard holding it} for a single-file or sharded checkpoint."""
     folder = Path(folder)
     index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
     if index.is_file():
@@ -201,7 +239,7 @@ def open_checkpoint(folder):
         missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
         if missing:
             raise WeightsError(f"{index} names shard files that are not in {folder}: {missing}")
-        handles = {name: _open(folder / name) for name in sorted(set(weight_map.values()))}
+        handles = {name: _Shard(folder / name) for name in sorted(set(weight_map.values()))}
         where = {}
         for name, handle in handles.items():
             for key in handle.keys():
@@ -211,7 +249,7 @@ def open_checkpoint(folder):
             raise WeightsError(f"{index} lists tensors its shards do not hold: {listed_elsewhere[:20]}")
         return where
     if single.is_file():
-        handle = _open(single)
+        handle = _Shard(single)
         return {key: handle for key in handle.keys()}
     pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
     hint = (f" It holds {pickled}: pickled weights are never loaded; convert them to safetensors first."
@@ -234,7 +272,7 @@ def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None):
             problems.append(f"missing: {key} (for {ours}, shape {list(param.shape)})")
             continue
         used.add(key)
-        shape = list(where[key].get_slice(key).get_shape())
+        shape = where[key].shape(key)
         if shape != list(param.shape):
             problems.append(f"wrong shape: {key} is {shape}, the model expects {list(param.shape)}")
         sources[ours] = key
@@ -242,18 +280,30 @@ def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None):
     ignore = re.compile("|".join([*ignored, *(["lm_head\\.weight"] if tied_head else [])]) or "(?!)")
     for key in sorted(set(where) - used):
         if not ignore.fullmatch(key):
-            problems.append(f"unexpected: {key} (shape {list(where[key].get_slice(key).get_shape())})")
+            problems.append(f"unexpected: {key} (shape {where[key].shape(key)})")
     if problems:
         raise WeightsError(f"checkpoint {folder} does not fit {type(model).__name__} "
                            f"({len(problems)} problems):\n  " + "\n  ".join(problems))
     state = {}
     for ours, key in sources.items():
-        tensor = where[key].get_tensor(key)
-        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-            tensor = tensor.to(dtype)
-        state[ours] = tensor
+        state[ours] = where[key].tensor(key, dtype)
     model.load_state_dict(state, strict=True, assign=True)
     return model
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """Random init of meta tensors is wasted work, and its first call imports torch._dynamo (~2 s):
+    make torch.nn.init's in-place initializers no-ops while the empty model is built."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "ones_", "zeros_", "xavier_uniform_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
 
 
 def from_pretrained(folder, dtype=torch.float32):
@@ -261,7 +311,7 @@ def from_pretrained(folder, dtype=torch.float32):
     dtype=None keeps the checkpoint's dtype."""
     model_type, config = read_config(folder)
     _, build, key_map, ignored = ARCHITECTURES[model_type]
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_init():
         model = build(config)
     load_state_dict_into(model, folder, key_map, ignored, dtype)
     return model.eval()

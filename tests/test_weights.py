@@ -118,7 +118,22 @@ def test_weights_are_memory_mapped_not_copied(llama_folder):
     path = str((llama_folder / "model.safetensors").resolve())
     with open("/proc/self/maps") as maps:
         assert path in maps.read()
+    # The mapping is private: training may update the weights in place without touching the file.
+    before = (llama_folder / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
     del model
+    assert (llama_folder / "model.safetensors").read_bytes() == before
+
+
+def test_cast_reads_the_same_values(llama_folder):
+    exact = from_pretrained(llama_folder)
+    cast = from_pretrained(llama_folder, dtype=torch.bfloat16)
+    for (name, a), (_, b) in zip(exact.named_parameters(), cast.named_parameters()):
+        assert b.dtype == torch.bfloat16 and torch.equal(a.to(torch.bfloat16), b), name
+    back = from_pretrained(llama_folder, dtype=torch.float64)
+    assert torch.equal(back.embed.weight, exact.embed.weight.double())
 
 
 def test_tied_embeddings_have_no_head(tmp_path):
