@@ -315,3 +315,12 @@ def from_pretrained(folder, dtype=torch.float32):
         model = build(config)
     load_state_dict_into(model, folder, key_map, ignored, dtype)
     return model.eval()
+
+
+def to_hf_state_dict(model, model_type):
+    """Our model's tensors under the checkpoint names of `model_type` (the inverse of loading, for
+    export back to Hugging Face). A tied head is left out, as `transformers` saves it."""
+    if model_type not in ARCHITECTURES:
+        raise WeightsError(f"model_type {model_type!r} is not supported; supported: {sorted(ARCHITECTURES)}")
+    key_map = ARCHITECTURES[model_type][2]
+    return {hf_key(name, key_map): tensor for name, tensor in model.state_dict().items()}

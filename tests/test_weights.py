@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minilvlm.models import Decoder, DecoderConfig, VisionConfig, VisionTransformer, from_pretrained
-from minilvlm.weights import WeightsError, hf_key, read_config
+from minilvlm.weights import WeightsError, hf_key, read_config, to_hf_state_dict
 from tests.models import hf_fixtures
 
 
@@ -170,3 +170,17 @@ def test_vision_preset_parameter_count_on_meta():
     with torch.device("meta"):
         model = VisionTransformer(VisionConfig.preset("clip-vit-l-14-336"))
     assert abs(_count(model) - 303.5e6) / 303.5e6 < 0.01  # CLIP ViT-L/14-336's vision tower
+
+
+@pytest.mark.parametrize("make, model_type", [(hf_fixtures.phi, "phi"), (hf_fixtures.siglip_vision, "siglip_vision_model")])
+def test_export_round_trips_into_transformers(tmp_path, make, model_type):
+    ref = make(tmp_path)
+    ours = from_pretrained(tmp_path)
+    exported = to_hf_state_dict(ours, model_type)
+    fresh = type(ref)(ref.config).eval()
+    result = fresh.load_state_dict(exported, strict=False)
+    assert not result.unexpected_keys
+    # Only SigLIP's attention-pooling head, which we do not load, is left at its fresh init.
+    assert all(k.startswith("vision_model.head.") for k in result.missing_keys)
+    for name in exported:
+        assert torch.equal(fresh.state_dict()[name], ref.state_dict()[name]), name
