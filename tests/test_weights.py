@@ -1,5 +1,7 @@
 """minilvlm.weights: every way a checkpoint can fail to fit, and parameter counts of the paper configs."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -184,3 +186,10 @@ def test_export_round_trips_into_transformers(tmp_path, make, model_type):
     assert all(k.startswith("vision_model.head.") for k in result.missing_keys)
     for name in exported:
         assert torch.equal(fresh.state_dict()[name], ref.state_dict()[name]), name
+
+
+def test_minilvlm_never_imports_transformers():
+    code = ("import sys, minilvlm.models, minilvlm.weights, minilvlm.data.templates, minilvlm.eval.generate; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

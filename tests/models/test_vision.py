@@ -1,7 +1,6 @@
 """The vision tower on its own: the stem against a convolution, input checks, presets."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from minilvlm.models import VisionConfig, VisionTransformer
 from minilvlm.models.vision import patch_embed_reference, patch_embed_stem
