@@ -113,7 +113,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        out = attention(q, k, v, mask)
+        out = attention(q, k, v, mask, causal=True)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -1,8 +1,6 @@
 """Pieces shared by the vision tower and the decoder: norms, activations, rotary embeddings and
 attention through `F.scaled_dot_product_attention`. Numerics follow the Hugging Face models we load
 (fp32 statistics in RMSNorm, rotary angles in fp32), so logits agree with `transformers`."""
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,9 +81,13 @@ def causal_mask(attention_mask, q_len, kv_len, device, segment_ids=None):
     kv_len positions. attention_mask: None, [B, kv_len] with 1 for real tokens and 0 for padding, or
     a ready boolean [B, 1, q_len, kv_len]. segment_ids [B, kv_len] restricts attention to tokens of the
     same packed sample. Every query keeps its own position, so a padding row never attends to
-    nothing (which would make SDPA return NaN); padding outputs are meaningless and ignored anyway."""
+    nothing (which would make SDPA return NaN); padding outputs are meaningless and ignored anyway.
+    Returns None for plain causal attention over the queries alone, so SDPA can use is_causal (and
+    its fastest kernels) instead of a mask."""
     if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask.to(torch.bool)
+    if attention_mask is None and segment_ids is None and q_len == kv_len:
+        return None
     offset = kv_len - q_len
     q_pos = torch.arange(q_len, device=device)[:, None] + offset
     k_pos = torch.arange(kv_len, device=device)[None, :]
@@ -102,14 +104,11 @@ def causal_mask(attention_mask, q_len, kv_len, device, segment_ids=None):
     return mask | diagonal
 
 
-def attention(q, k, v, mask=None, scale=None):
-    """q [B, H, T, hd]; k, v [B, Hkv, S, hd] with H a multiple of Hkv (grouped-query attention)."""
+def attention(q, k, v, mask=None, causal=False):
+    """q [B, H, T, hd]; k, v [B, Hkv, S, hd] with H a multiple of Hkv (grouped-query attention).
+    mask: boolean, True = may attend; causal: plain causal attention without a mask."""
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-
-def default_scale(head_dim):
-    return 1.0 / math.sqrt(head_dim)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)

@@ -100,3 +100,11 @@ def test_config_errors():
     with pytest.raises(ValueError, match="n_heads=6 is not a multiple of n_kv_heads=4"):
         DecoderConfig(n_heads=6, n_kv_heads=4)
     assert DecoderConfig.preset("phi-2", n_layers=2).rotary_dim == 32
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_unmasked_causal_path_equals_an_all_ones_mask(name):
+    model = _model(name)
+    ids = torch.randint(0, 101, (2, 10))
+    with torch.no_grad():
+        assert (model(ids) - model(ids, torch.ones_like(ids))).abs().max() < 1e-5
