@@ -1,1 +1,2 @@
-"""Data: record readers, images, labels, batching, sampling and the demo data set."""
+"""Data: tokenizer and chat templates, record readers, images, labels, batching, sampling and the
+demo data set."""

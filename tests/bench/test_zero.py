@@ -55,34 +55,27 @@ def worker(rank, world, init_file, out):
     x = torch.full((1,), float(rank + 1))
     results = {}
 
+    def timed(model, opt):
+        def step():
+            opt.zero_grad()
+            model(x).backward()
+            opt.step()
+        return time_steps(step)
+
     model = Flat()
     opt = ZeroAdamW(model.parameters(), lr=1e-4)
-
-    def ours():
-        opt.zero_grad()
-        model(x).backward()
-        opt.step()
-    results["minilvlm ZeroAdamW"] = (time_steps(ours), opt.state_bytes())
+    results["minilvlm ZeroAdamW"] = (timed(model, opt), opt.state_bytes())
     del opt, model
 
     model = DDP(Flat())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-    def ddp():
-        opt.zero_grad()
-        model(x).backward()
-        opt.step()
-    results["DDP + AdamW(fused=True)"] = (time_steps(ddp), state_bytes(opt.state.values()))
+    results["DDP + AdamW(fused=True)"] = (timed(model, opt), state_bytes(opt.state.values()))
     del opt, model
 
     model = DDP(Flat())
     opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-4, fused=True)
-
-    def zro():
-        opt.zero_grad()
-        model(x).backward()
-        opt.step()
-    results["DDP + ZeroRedundancyOptimizer(AdamW fused)"] = (time_steps(zro), state_bytes(opt.optim.state.values()))
+    results["DDP + ZeroRedundancyOptimizer(AdamW fused)"] = (timed(model, opt),
+                                                               state_bytes(opt.optim.state.values()))
     del opt, model
 
     Path(out, f"rank{rank}.json").write_text(json.dumps(results))

@@ -1,0 +1,1 @@
+"""Evaluation: generation and benchmark scoring."""

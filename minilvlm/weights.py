@@ -1,0 +1,326 @@
+"""Hugging Face checkpoints in: config.json to our config dataclasses, safetensors (single file or
+sharded with model.safetensors.index.json) to our modules, through one explicit key map per
+architecture. The model is built on the meta device and the memory-mapped tensors are assigned to
+it, so loading holds about one copy of the weights. Nothing is ever unpickled."""
+import contextlib
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from minilvlm.models.decoder import Decoder, DecoderConfig
+from minilvlm.models.layers import HF_ACTIVATIONS
+from minilvlm.models.vision import VisionConfig, VisionTransformer
+
+
+class WeightsError(ValueError):
+    """A checkpoint that does not fit the model: lists every problem at once."""
+
+
+# ---- key maps: our module (or parameter) name -> HF name, "{}" standing for the layer index ------
+# A module entry maps its parameters by suffix (.weight, .bias); bare parameters are mapped whole.
+
+_LLAMA_KEYS = {
+    "embed": "model.embed_tokens",
+    "layers.{}.attn_norm": "model.layers.{}.input_layernorm",
+    "layers.{}.attn.wq": "model.layers.{}.self_attn.q_proj",
+    "layers.{}.attn.wk": "model.layers.{}.self_attn.k_proj",
+    "layers.{}.attn.wv": "model.layers.{}.self_attn.v_proj",
+    "layers.{}.attn.wo": "model.layers.{}.self_attn.o_proj",
+    "layers.{}.mlp_norm": "model.layers.{}.post_attention_layernorm",
+    "layers.{}.mlp.w_gate": "model.layers.{}.mlp.gate_proj",
+    "layers.{}.mlp.w_up": "model.layers.{}.mlp.up_proj",
+    "layers.{}.mlp.w_down": "model.layers.{}.mlp.down_proj",
+    "norm": "model.norm",
+    "lm_head": "lm_head",
+}
+_PHI_KEYS = {
+    "embed": "model.embed_tokens",
+    "layers.{}.attn_norm": "model.layers.{}.input_layernorm",
+    "layers.{}.attn.wq": "model.layers.{}.self_attn.q_proj",
+    "layers.{}.attn.wk": "model.layers.{}.self_attn.k_proj",
+    "layers.{}.attn.wv": "model.layers.{}.self_attn.v_proj",
+    "layers.{}.attn.wo": "model.layers.{}.self_attn.dense",
+    "layers.{}.attn.q_norm": "model.layers.{}.self_attn.q_layernorm",
+    "layers.{}.attn.k_norm": "model.layers.{}.self_attn.k_layernorm",
+    "layers.{}.mlp.w_up": "model.layers.{}.mlp.fc1",
+    "layers.{}.mlp.w_down": "model.layers.{}.mlp.fc2",
+    "norm": "model.final_layernorm",
+    "lm_head": "lm_head",
+}
+_VIT_KEYS = {
+    "patch_weight": "vision_model.embeddings.patch_embedding.weight",
+    "patch_bias": "vision_model.embeddings.patch_embedding.bias",
+    "cls_token": "vision_model.embeddings.class_embedding",
+    "pos_embed": "vision_model.embeddings.position_embedding.weight",
+    "pre_norm": "vision_model.pre_layrnorm",  # sic: the HF CLIP name
+    "layers.{}.norm1": "vision_model.encoder.layers.{}.layer_norm1",
+    "layers.{}.attn.wq": "vision_model.encoder.layers.{}.self_attn.q_proj",
+    "layers.{}.attn.wk": "vision_model.encoder.layers.{}.self_attn.k_proj",
+    "layers.{}.attn.wv": "vision_model.encoder.layers.{}.self_attn.v_proj",
+    "layers.{}.attn.wo": "vision_model.encoder.layers.{}.self_attn.out_proj",
+    "layers.{}.norm2": "vision_model.encoder.layers.{}.layer_norm2",
+    "layers.{}.fc1": "vision_model.encoder.layers.{}.mlp.fc1",
+    "layers.{}.fc2": "vision_model.encoder.layers.{}.mlp.fc2",
+    "post_norm": "vision_model.post_layernorm",
+}
+
+# Checkpoint keys we know and deliberately do not load: buffers that older transformers saved, and
+# the parts of full CLIP/SigLIP checkpoints outside the vision tower (text tower, projections, and
+# SigLIP's attention-pooling head, which LVLMs do not use). Anything else unexpected is an error.
+_DECODER_IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
+_VIT_IGNORED = (r"vision_model\.embeddings\.position_ids", r"vision_model\.head\..*", r"text_model\..*",
+                r"visual_projection\..*", r"text_projection\..*", r"logit_scale", r"logit_bias")
+
+
+def hf_key(our_key, key_map):
+    """Our parameter name -> the checkpoint's, e.g. layers.3.attn.wq.weight -> model.layers.3.self_attn.q_proj.weight."""
+    match = re.search(r"\.(\d+)\.", our_key)
+    template = our_key.replace(match.group(0), ".{}.", 1) if match else our_key
+    fill = (lambda s: s.format(match.group(1))) if match else (lambda s: s)
+    if template in key_map:
+        return fill(key_map[template])
+    module, _, suffix = template.rpartition(".")
+    if module in key_map:
+        return fill(key_map[module]) + "." + suffix
+    raise KeyError(f"no checkpoint name for parameter {our_key!r}: add it to the key map")
+
+
+# ---- config.json -> our configs ------------------------------------------------------------------
+
+def _rope_theta(cfg, where):
+    scaling = cfg.get("rope_scaling")
+    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+        raise WeightsError(f"{where}: rope_scaling {scaling} is not supported (only plain RoPE is)")
+    return float(cfg.get("rope_theta", 10000.0))
+
+
+def _act(name, where):
+    if name not in HF_ACTIVATIONS:
+        raise WeightsError(f"{where}: hidden_act {name!r} is not supported; known: {sorted(HF_ACTIVATIONS)}")
+    return HF_ACTIVATIONS[name]
+
+
+def _llama_like(cfg, where, *, qkv_bias, out_bias, vocab, hidden, inter, max_pos):
+    heads = cfg.get("num_attention_heads", 32)
+    return DecoderConfig(
+        vocab_size=cfg.get("vocab_size", vocab), dim=cfg.get("hidden_size", hidden),
+        n_layers=cfg.get("num_hidden_layers", 32), n_heads=heads,
+        n_kv_heads=cfg.get("num_key_value_heads") or heads, head_dim=cfg.get("head_dim"),
+        mlp_dim=cfg.get("intermediate_size", inter), act=_act(cfg.get("hidden_act", "silu"), where),
+        norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=_rope_theta(cfg, where),
+        qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=cfg.get("mlp_bias", False),
+        tie_embeddings=cfg.get("tie_word_embeddings", False), max_seq_len=cfg.get("max_position_embeddings", max_pos))
+
+
+def _llama_config(cfg, where):
+    bias = cfg.get("attention_bias", False)
+    return _llama_like(cfg, where, qkv_bias=bias, out_bias=bias, vocab=32000, hidden=4096, inter=11008, max_pos=2048)
+
+
+def _qwen2_config(cfg, where):
+    if cfg.get("use_sliding_window", False):
+        raise WeightsError(f"{where}: use_sliding_window=true is not supported (Qwen2 checkpoints ship with it off)")
+    return _llama_like(cfg, where, qkv_bias=True, out_bias=False, vocab=151936, hidden=4096, inter=22016,
+                       max_pos=32768)
+
+
+def _phi_config(cfg, where):
+    heads = cfg.get("num_attention_heads", 32)
+    return DecoderConfig(
+        vocab_size=cfg.get("vocab_size", 51200), dim=cfg.get("hidden_size", 2048),
+        n_layers=cfg.get("num_hidden_layers", 24), n_heads=heads, n_kv_heads=cfg.get("num_key_value_heads") or heads,
+        mlp_dim=cfg.get("intermediate_size", 8192), mlp="plain", act=_act(cfg.get("hidden_act", "gelu_new"), where),
+        norm="layer", norm_eps=cfg.get("layer_norm_eps", 1e-5), parallel_block=True,
+        rope_theta=_rope_theta(cfg, where), rotary_fraction=cfg.get("partial_rotary_factor", 0.5),
+        qkv_bias=True, out_bias=True, mlp_bias=True, lm_head_bias=True, qk_norm=cfg.get("qk_layernorm", False),
+        tie_embeddings=cfg.get("tie_word_embeddings", False), max_seq_len=cfg.get("max_position_embeddings", 2048))
+
+
+def _vision_config(cfg, where, *, siglip):
+    d = (dict(patch_size=16, act="gelu_pytorch_tanh", eps=1e-6) if siglip
+         else dict(patch_size=32, act="quick_gelu", eps=1e-5))
+    return VisionConfig(
+        image_size=cfg.get("image_size", 224), patch_size=cfg.get("patch_size", d["patch_size"]),
+        channels=cfg.get("num_channels", 3), dim=cfg.get("hidden_size", 768), n_layers=cfg.get("num_hidden_layers", 12),
+        n_heads=cfg.get("num_attention_heads", 12), mlp_dim=cfg.get("intermediate_size", 3072),
+        act=_act(cfg.get("hidden_act", d["act"]), where), norm_eps=cfg.get("layer_norm_eps", d["eps"]),
+        class_token=not siglip, pre_norm=not siglip, stem_bias=siglip, norm_output=siglip)
+
+
+# model_type -> (reads our config from the config dict, builds the model, key map, ignored keys)
+ARCHITECTURES = {
+    "llama": (_llama_config, Decoder, _LLAMA_KEYS, _DECODER_IGNORED),
+    "qwen2": (_qwen2_config, Decoder, _LLAMA_KEYS, _DECODER_IGNORED),
+    "phi": (_phi_config, Decoder, _PHI_KEYS, _DECODER_IGNORED),
+    "clip_vision_model": (lambda c, w: _vision_config(c, w, siglip=False), VisionTransformer, _VIT_KEYS, _VIT_IGNORED),
+    "siglip_vision_model": (lambda c, w: _vision_config(c, w, siglip=True), VisionTransformer, _VIT_KEYS, _VIT_IGNORED),
+}
+# Full CLIP/SigLIP checkpoints (both towers): we read the vision tower.
+_NESTED_VISION = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
+
+
+def read_config(folder):
+    """(model_type, our config) from folder/config.json."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise WeightsError(f"{path} not found: a Hugging Face model folder needs config.json")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path} is not valid JSON: {exc}") from exc
+    model_type = cfg.get("model_type")
+    if model_type in _NESTED_VISION:
+        model_type, cfg = _NESTED_VISION[model_type], cfg.get("vision_config", {})
+    if model_type not in ARCHITECTURES:
+        known = sorted([*ARCHITECTURES, *_NESTED_VISION])
+        raise WeightsError(f"{path}: model_type {model_type!r} is not supported; supported: {known}")
+    return model_type, ARCHITECTURES[model_type][0](cfg, str(path))
+
+
+# ---- safetensors files ---------------------------------------------------------------------------
+
+_FILE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class _Shard:
+    """One safetensors file: shapes from its header, tensors memory-mapped. A tensor cast to another
+    dtype is read with plain file reads instead, so its source bytes never stay mapped in memory:
+    casting then holds the result plus one tensor, not the result plus the whole mapped file."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self.handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for a bad header or short file
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc}). It is probably truncated or "
+                               f"corrupt: download or save it again") from exc
+        self._header = None
+
+    def keys(self):
+        return self.handle.keys()
+
+    def shape(self, key):
+        return list(self.handle.get_slice(key).get_shape())
+
+    def tensor(self, key, dtype=None):
+        entry = self._entry(key)
+        source = _FILE_DTYPES.get(entry["dtype"])
+        if dtype is None or source is None or source == dtype:
+            return self.handle.get_tensor(key)
+        begin, end = entry["data_offsets"]
+        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            if f.readinto(buffer.numpy()) != end - begin:
+                raise WeightsError(f"{self.path}: tensor {key} ends past the end of the file; it is truncated")
+        return buffer.view(source).view(entry["shape"]).to(dtype)
+
+    def _entry(self, key):
+        if self._header is None:
+            with open(self.path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                self._header = json.loads(f.read(size))
+            self._data_start = 8 + size
+        return self._header[key]
+
+
+def open_checkpoint(folder):
+    """{checkpoint key: the _Shard holding it} for a single-file or sharded checkpoint."""
+    folder = Path(folder)
+    index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise WeightsError(f"{index}: not a safetensors index (need a JSON object with 'weight_map'): {exc}") from exc
+        missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
+        if missing:
+            raise WeightsError(f"{index} names shard files that are not in {folder}: {missing}")
+        handles = {name: _Shard(folder / name) for name in sorted(set(weight_map.values()))}
+        where = {}
+        for name, handle in handles.items():
+            for key in handle.keys():
+                where[key] = handle
+        listed_elsewhere = sorted(k for k, f in weight_map.items() if k not in where)
+        if listed_elsewhere:
+            raise WeightsError(f"{index} lists tensors its shards do not hold: {listed_elsewhere[:20]}")
+        return where
+    if single.is_file():
+        handle = _Shard(single)
+        return {key: handle for key in handle.keys()}
+    pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+    hint = (f" It holds {pickled}: pickled weights are never loaded; convert them to safetensors first."
+            if pickled else "")
+    raise WeightsError(f"{folder}: no model.safetensors or model.safetensors.index.json.{hint}")
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None):
+    """Assign the checkpoint's tensors to `model` (usually built on the meta device). Missing,
+    unexpected and wrong-shape tensors raise one WeightsError listing them all. Floating tensors are
+    cast to dtype when given; otherwise they keep the checkpoint's dtype."""
+    where = open_checkpoint(folder)
+    expected = model.state_dict()
+    problems, used, sources = [], set(), {}
+    for ours, param in expected.items():
+        key = hf_key(ours, key_map)
+        if key not in where:
+            problems.append(f"missing: {key} (for {ours}, shape {list(param.shape)})")
+            continue
+        used.add(key)
+        shape = where[key].shape(key)
+        if shape != list(param.shape):
+            problems.append(f"wrong shape: {key} is {shape}, the model expects {list(param.shape)}")
+        sources[ours] = key
+    tied_head = getattr(getattr(model, "config", None), "tie_embeddings", False)
+    ignore = re.compile("|".join([*ignored, *(["lm_head\\.weight"] if tied_head else [])]) or "(?!)")
+    for key in sorted(set(where) - used):
+        if not ignore.fullmatch(key):
+            problems.append(f"unexpected: {key} (shape {where[key].shape(key)})")
+    if problems:
+        raise WeightsError(f"checkpoint {folder} does not fit {type(model).__name__} "
+                           f"({len(problems)} problems):\n  " + "\n  ".join(problems))
+    state = {}
+    for ours, key in sources.items():
+        state[ours] = where[key].tensor(key, dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """Random init of meta tensors is wasted work, and its first call imports torch._dynamo (~2 s):
+    make torch.nn.init's in-place initializers no-ops while the empty model is built."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "ones_", "zeros_", "xavier_uniform_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def from_pretrained(folder, dtype=torch.float32):
+    """Our model for the folder's model_type (Decoder or VisionTransformer), weights loaded, in eval mode.
+    dtype=None keeps the checkpoint's dtype."""
+    model_type, config = read_config(folder)
+    _, build, key_map, ignored = ARCHITECTURES[model_type]
+    with torch.device("meta"), _skip_init():
+        model = build(config)
+    load_state_dict_into(model, folder, key_map, ignored, dtype)
+    return model.eval()
+
+
+def to_hf_state_dict(model, model_type):
+    """Our model's tensors under the checkpoint names of `model_type` (the inverse of loading, for
+    export back to Hugging Face). A tied head is left out, as `transformers` saves it."""
+    if model_type not in ARCHITECTURES:
+        raise WeightsError(f"model_type {model_type!r} is not supported; supported: {sorted(ARCHITECTURES)}")
+    key_map = ARCHITECTURES[model_type][2]
+    return {hf_key(name, key_map): tensor for name, tensor in model.state_dict().items()}
