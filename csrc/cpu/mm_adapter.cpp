@@ -2,9 +2,9 @@
 // (LaVIN's MM-Adapter; the maths and the per-sample folding are described in
 // common/mm_adapter_host.h and cpu/mm_adapter_tokens.h).
 //
-// Forward reads each token row of x once from memory and writes out once: h (r dot products)
-// is computed while the row sits in L1, then out = x + cs + UsT^T h. Backward reads x and dy and
-// writes dx, in tiles of tokens of one sample; the parameter sums live in per-thread buffers
+// Forward reads each token row of x once from memory and writes out once, in tiles of tokens of
+// one sample: h (r dot products per token) for the tile, then out = x + cs + UsT^T h while the
+// tile sits in L2. Backward reads x and dy and writes dx, in tiles of tokens of one sample; the parameter sums live in per-thread buffers
 // that are added up at the end. SIMD: AVX-512 for fp32/bf16 tokens when the CPU has it (the
 // same runtime choice as fused_adamw, MINILVLM_CPU_CAPABILITY caps it); float64 and other CPUs
 // take the portable loops.
@@ -43,20 +43,23 @@ void forward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tensor
   const auto a = token_args<Acc>(s, m);
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  const int64_t T_ = s.T, D = s.D;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
-  at::parallel_for(0, s.B * s.T, grain, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> h(s.r);
-    for (int64_t i = begin; i < end; ++i) {
+  const int64_t D = s.D, tile = mm::kTileTokens, tiles_per_sample = (s.T + tile - 1) / tile;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(tile * D, 1));
+  at::parallel_for(0, s.B * tiles_per_sample, grain, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> h(tile * s.r);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / tiles_per_sample;
+      const int64_t t0 = (job % tiles_per_sample) * tile, nt = std::min(tile, s.T - t0);
+      const int64_t off = (b * s.T + t0) * D;
 #ifdef MINILVLM_HAVE_AVX512_PATH
       if constexpr (!std::is_same_v<Acc, double>) {
         if (use_avx512()) {
-          mm::forward_token_avx512(xp + i * D, op + i * D, a, i / T_, h.data());
+          mm::forward_tile_avx512(xp + off, op + off, nt, a, b, h.data());
           continue;
         }
       }
 #endif
-      mm::forward_token_portable(xp + i * D, op + i * D, a, i / T_, h.data());
+      for (int64_t i = 0; i < nt; ++i) mm::forward_token_portable(xp + off + i * D, op + off + i * D, a, b, h.data());
     }
   });
 }
