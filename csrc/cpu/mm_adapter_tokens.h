@@ -136,6 +136,49 @@ inline void dot_tile(const float* rows, int64_t ld, int64_t nrows, const T* v, i
   }
 }
 
+// rows i < n (eight at a time): out[i*ldo + d..] = base_i + sum_{j<nw} W[j*D + d..] coef[i*ldc + j]
+// on one 16-lane column block, base_i = add + (base ? base[i*ldo + d..] : 0). Eight independent
+// FMA chains, so the 4-cycle FMA latency is hidden (one chain per token was latency-bound).
+// Rows past n repeat row n-1 and are not stored.
+template <typename T>
+inline void combine_rows(T* out, const T* base, __m512 add, int64_t ldo, int64_t n, const float* W, int64_t D,
+                         int64_t nw, const float* coef, int64_t ldc, int64_t d, __mmask16 m) {
+  for (int64_t i0 = 0; i0 < n; i0 += 8) {
+    __m512 acc[8];
+    const float* c[8];
+    for (int i = 0; i < 8; ++i) {
+      const int64_t row = std::min<int64_t>(i0 + i, n - 1);
+      c[i] = coef + row * ldc;
+      acc[i] = base ? _mm512_add_ps(add, load16(base + row * ldo + d, m)) : add;
+    }
+    for (int64_t j = 0; j < nw; ++j) {
+      const __m512 w = load16(W + j * D + d, m);
+      for (int i = 0; i < 8; ++i) acc[i] = _mm512_fmadd_ps(w, _mm512_set1_ps(c[i][j]), acc[i]);
+    }
+    for (int i = 0; i < 8 && i0 + i < n; ++i) store16(out + (i0 + i) * ldo + d, acc[i], m);
+  }
+}
+
+// sums[k*D + d..] += sum_{t<nt} coef[t*ldc + k] v[t*D + d..] for k < nk (eight rows at a time), on one
+// column block: eight independent chains again. Rows past nk repeat row nk-1 and are not stored.
+template <typename T>
+inline void accumulate_rows(float* sums, int64_t D, int64_t nk, const float* coef, int64_t ldc, const T* v,
+                            int64_t nt, int64_t d, __mmask16 m) {
+  for (int64_t k0 = 0; k0 < nk; k0 += 8) {
+    __m512 acc[8];
+    int64_t k[8];
+    for (int j = 0; j < 8; ++j) {
+      k[j] = std::min<int64_t>(k0 + j, nk - 1);
+      acc[j] = load16(sums + k[j] * D + d, m);
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+      const __m512 vv = load16(v + t * D + d, m);
+      for (int j = 0; j < 8; ++j) acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(coef[t * ldc + k[j]]), vv, acc[j]);
+    }
+    for (int j = 0; j < 8 && k0 + j < nk; ++j) store16(sums + (k0 + j) * D + d, acc[j], m);
+  }
+}
+
 // A tile of nt consecutive tokens of sample b: h for the whole tile, then out column block by
 // column block, so each block of UsT and cs is loaded once per tile. h is [nt, r] scratch.
 template <typename T>
@@ -147,16 +190,10 @@ void forward_tile_avx512(const T* x, T* out, int64_t nt, const TokenArgs<float>&
   const float* UsT = a.UsT + b * rg * D;
   const float* cs = a.cs + b * D;
   for (int64_t g = 0; g < a.groups; ++g) {
-    const float* hg = h + g * rg;
     const int64_t hi = (g + 1) * a.Dg;
     for (int64_t d = g * a.Dg; d < hi; d += 16) {
       const __mmask16 m = lanes(hi - d);
-      const __m512 c = load16(cs + d, m);
-      for (int64_t t = 0; t < nt; ++t) {
-        __m512 v = c;
-        for (int64_t j = 0; j < rg; ++j) v = _mm512_fmadd_ps(load16(UsT + j * D + d, m), _mm512_set1_ps(hg[t * r + j]), v);
-        store16(out + t * D + d, _mm512_add_ps(load16(x + t * D + d, m), v), m);
-      }
+      combine_rows(out, x, load16(cs + d, m), D, nt, UsT, D, rg, h + g * rg, r, d, m);
     }
   }
 }
@@ -181,27 +218,17 @@ void backward_tile_avx512(const T* x, const T* dy, T* dx, int64_t nt, const Toke
     const int64_t hi = (g + 1) * a.Dg;
     for (int64_t d = g * a.Dg; d < hi; d += 16) {
       const __mmask16 m = lanes(hi - d);
-      for (int64_t t = 0; t < nt; ++t) {  // dx = dy + A^T dh
-        __m512 v = load16(dy + t * D + d, m);
-        for (int64_t k = 0; k < r; ++k)
-          v = _mm512_fmadd_ps(load16(a.A + k * D + d, m), _mm512_set1_ps(dh[t * r + k]), v);
-        store16(dx + t * D + d, v, m);
+      combine_rows(dx, dy, _mm512_setzero_ps(), D, nt, a.A, D, r, dh, r, d, m);  // dx = dy + A^T dh
+      accumulate_rows(sums.dA, D, r, dh, r, x, nt, d, m);                         // dA += dh x^T
+      accumulate_rows(sums.G, D, rg, h + g * rg, r, dy, nt, d, m);                // G += h dy^T (this group)
+      __m512 s0 = load16(sums.S + d, m), s1 = _mm512_setzero_ps();                // S += dy
+      int64_t t = 0;
+      for (; t + 1 < nt; t += 2) {
+        s0 = _mm512_add_ps(s0, load16(dy + t * D + d, m));
+        s1 = _mm512_add_ps(s1, load16(dy + (t + 1) * D + d, m));
       }
-      for (int64_t k = 0; k < r; ++k) {  // dA += dh x^T
-        __m512 acc = load16(sums.dA + k * D + d, m);
-        for (int64_t t = 0; t < nt; ++t)
-          acc = _mm512_fmadd_ps(_mm512_set1_ps(dh[t * r + k]), load16(x + t * D + d, m), acc);
-        store16(sums.dA + k * D + d, acc, m);
-      }
-      for (int64_t j = 0; j < rg; ++j) {  // G += h dy^T, this group's h entries
-        __m512 acc = load16(sums.G + j * D + d, m);
-        for (int64_t t = 0; t < nt; ++t)
-          acc = _mm512_fmadd_ps(_mm512_set1_ps(h[t * r + g * rg + j]), load16(dy + t * D + d, m), acc);
-        store16(sums.G + j * D + d, acc, m);
-      }
-      __m512 s = load16(sums.S + d, m);  // S += dy
-      for (int64_t t = 0; t < nt; ++t) s = _mm512_add_ps(s, load16(dy + t * D + d, m));
-      store16(sums.S + d, s, m);
+      if (t < nt) s0 = _mm512_add_ps(s0, load16(dy + t * D + d, m));
+      store16(sums.S + d, _mm512_add_ps(s0, s1), m);
     }
   }
 }
