@@ -2,9 +2,9 @@
 // (LaVIN's MM-Adapter; the maths and the per-sample folding are described in
 // common/mm_adapter_host.h and cpu/mm_adapter_tokens.h).
 //
-// Forward reads each token row of x once from memory and writes out once: h (r dot products)
-// is computed while the row sits in L1, then out = x + cs + UsT^T h. Backward reads x and dy and
-// writes dx, in tiles of tokens of one sample; the parameter sums live in per-thread buffers
+// Forward reads each token row of x once from memory and writes out once, in tiles of tokens of
+// one sample: h (r dot products per token) for the tile, then out = x + cs + UsT^T h while the
+// tile sits in L2. Backward reads x and dy and writes dx, in tiles of tokens of one sample; the parameter sums live in per-thread buffers
 // that are added up at the end. SIMD: AVX-512 for fp32/bf16 tokens when the CPU has it (the
 // same runtime choice as fused_adamw, MINILVLM_CPU_CAPABILITY caps it); float64 and other CPUs
 // take the portable loops.
@@ -12,6 +12,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -43,22 +46,41 @@ void forward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tensor
   const auto a = token_args<Acc>(s, m);
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  const int64_t T_ = s.T, D = s.D;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
-  at::parallel_for(0, s.B * s.T, grain, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> h(s.r);
-    for (int64_t i = begin; i < end; ++i) {
+  const int64_t D = s.D, tile = mm::kTileTokens, tiles_per_sample = (s.T + tile - 1) / tile;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(tile * D, 1));
+  at::parallel_for(0, s.B * tiles_per_sample, grain, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> h(tile * s.r);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / tiles_per_sample;
+      const int64_t t0 = (job % tiles_per_sample) * tile, nt = std::min(tile, s.T - t0);
+      const int64_t off = (b * s.T + t0) * D;
 #ifdef MINILVLM_HAVE_AVX512_PATH
       if constexpr (!std::is_same_v<Acc, double>) {
         if (use_avx512()) {
-          mm::forward_token_avx512(xp + i * D, op + i * D, a, i / T_, h.data());
+          mm::forward_tile_avx512(xp + off, op + off, nt, a, b, h.data());
           continue;
         }
       }
 #endif
-      mm::forward_token_portable(xp + i * D, op + i * D, a, i / T_, h.data());
+      for (int64_t i = 0; i < nt; ++i) mm::forward_token_portable(xp + off + i * D, op + off + i * D, a, b, h.data());
     }
   });
+}
+
+// An output (out, or dx) of 32 MB or more (fp32 at B=4, T=512, D=4096) lies above glibc's largest mmap
+// threshold, so every call gets fresh pages and faults them in 4 KB at a time: that, not the
+// arithmetic, was most of the fp32 forward (x.clone() pays the same). Advising transparent huge
+// pages on the 2 MB-aligned interior of the fresh allocation cuts the faults 512-fold. It is
+// advice only (what torch's THP_MEM_ALLOC_ENABLE=1 does for every large tensor); if the kernel
+// declines, nothing changes but the speed, so the result is not checked.
+void advise_huge_pages(const at::Tensor& fresh) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (fresh.nbytes() < (uintptr_t(32) << 20)) return;
+  const auto start = reinterpret_cast<uintptr_t>(fresh.data_ptr());
+  const uintptr_t lo = (start + kHuge - 1) & ~(kHuge - 1), hi = (start + fresh.nbytes()) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#endif
 }
 
 at::Tensor mm_adapter_cpu(const at::Tensor& x_in, const at::Tensor& t, const at::Tensor& router_w,
@@ -70,6 +92,7 @@ at::Tensor mm_adapter_cpu(const at::Tensor& x_in, const at::Tensor& t, const at:
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
+  advise_huge_pages(out);
   const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
   switch (x.scalar_type()) {
     case at::kFloat: forward_typed<float, float>(s, m, x, out); break;
@@ -139,6 +162,7 @@ mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, cons
   const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
   const auto acc = m.A.options();
   at::Tensor dx = at::empty_like(x);
+  advise_huge_pages(dx);
   at::Tensor dA = at::zeros({s.r, s.D}, acc), dbA = at::zeros({s.r}, acc);
   at::Tensor G = at::zeros({s.B, s.rg * s.D}, acc), S = at::zeros({s.B, s.D}, acc);
   if (x.numel() > 0) {
