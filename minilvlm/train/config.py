@@ -19,8 +19,8 @@ class ConfigError(ValueError):
 
 
 def _demo_vision():
-    # 64 px pictures in 8x8 patches: 64 image tokens. Trained from scratch (no pretrained tower here).
-    return VisionConfig(image_size=64, patch_size=8, dim=96, n_layers=3, n_heads=4, mlp_dim=256, act="gelu")
+    # 64 px pictures in 16x16 patches: 16 image tokens. Trained from scratch (no pretrained tower here).
+    return VisionConfig(image_size=64, patch_size=16, dim=96, n_layers=3, n_heads=4, mlp_dim=256, act="gelu")
 
 
 def _demo_decoder():
@@ -54,7 +54,7 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    lr: float = 2e-3
+    lr: float = 1e-3                   # the demo: at 2e-3 the tower from scratch never learns to see
     projector_lr: float | None = None  # None: lr
     vision_lr: float | None = None     # None: lr
     min_lr: float = 2e-5               # the floor of every cosine schedule (eta_min)
@@ -76,14 +76,14 @@ class TrainSection:
     train_vision: bool = True          # the demo trains its tower from scratch; LLaVA keeps it frozen
     global_batch: int = 32
     micro_batch: int = 32
-    steps: int = 700
+    steps: int = 1000
     seed: int = 0
     bf16: bool = False                 # autocast matmuls to bf16 (CPU or GPU)
     deterministic: bool = False        # torch.use_deterministic_algorithms, for bitwise resume
     threads: int = 0                   # torch intra-op threads; 0 keeps torch's default
     log_every: int = 10
-    eval_every: int = 250
-    ckpt_every: int = 250
+    eval_every: int = 500
+    ckpt_every: int = 500
     stop_at: int = 0                   # stop (with a checkpoint) after this step; 0 runs to the end
     run_dir: str = "runs/demo"
 
