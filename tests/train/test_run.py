@@ -59,3 +59,11 @@ def test_tiny_run_writes_its_folder_and_resumes_bitwise(tmp_path, restore_determ
     assert tool_main()(["--resume", str(split), "train.stop_at=0"]) == 0
     assert losses(split) == losses(full)   # bitwise: the floats are compared exactly
     assert (split / "checkpoints" / "step_000006" / "model.safetensors").is_file()
+
+
+def test_command_line_errors(capsys, tmp_path):
+    main = tool_main()
+    assert main(["optim.lrr=1"]) == 2
+    assert "unknown key 'optim.lrr'; did you mean 'optim.lr'?" in capsys.readouterr().err
+    assert main(["--resume", str(tmp_path)]) == 2
+    assert "config.json not found" in capsys.readouterr().err
