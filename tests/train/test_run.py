@@ -67,3 +67,14 @@ def test_command_line_errors(capsys, tmp_path):
     assert "unknown key 'optim.lrr'; did you mean 'optim.lr'?" in capsys.readouterr().err
     assert main(["--resume", str(tmp_path)]) == 2
     assert "config.json not found" in capsys.readouterr().err
+
+
+def test_bf16_autocast_and_accumulation_run(tmp_path):
+    run = tmp_path / "bf16"
+    overrides = TINY + [f"train.run_dir={json.dumps(str(run))}", "train.bf16=true", "train.steps=2",
+                        "train.micro_batch=2", "train.eval_every=0", "optim.schedule=warm_restarts",
+                        "optim.restart_steps=1", "train.deterministic=false"]
+    summary = train(load_config(None, overrides))
+    assert summary["step"] == 2
+    rows = losses(run)
+    assert len(rows) == 2 and all(loss == loss and loss > 0 for _, loss in rows)   # finite, not NaN
