@@ -40,3 +40,12 @@ def atomic_write_json(obj, path):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
     _atomic(path, write)
+
+
+def atomic_write_text(text, path):
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_with(path, write):
+    """Atomically write a file through write(tmp_path), for writers that take a path."""
+    _atomic(path, write)

@@ -1,0 +1,122 @@
+"""The composite vision-language models. Recipe `llava` (LLaVA-1.5, ALLaVA): a ViT whose
+penultimate-layer patch features (CLIP's class token dropped) go through a projector and take the
+places of the image tokens in the decoder's input embeddings.
+
+The data pipeline repeats each `<image>` id `image_tokens` times (minilvlm.data.labels), so the
+model only has to write one image's features over each run of image ids, in order: images are
+listed in the order their runs appear when reading `input_ids` row by row (minilvlm.data.batching).
+
+Stages (LLaVA's two): `pretrain` trains the projector (and the LM too when `pretrain_lm`), `finetune`
+trains the LM and the projector. The vision tower stays frozen unless `train_vision` (the demo has
+no pretrained tower, so it trains one from scratch)."""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minilvlm.models.decoder import Decoder, DecoderConfig
+from minilvlm.models.vision import VisionConfig, VisionTransformer
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PROJECTORS = ("linear", "mlp2x_gelu")
+STAGES = ("pretrain", "finetune")
+
+
+@dataclass
+class LLaVAConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    projector: str = "mlp2x_gelu"
+    feature_layer: int = -2          # hidden-state index, as in transformers (LLaVA: penultimate)
+    image_token_id: int = -1         # the tokenizer's <image> id (may lie past the embedding table)
+    pixel_mean: tuple = CLIP_MEAN
+    pixel_std: tuple = CLIP_STD
+
+    @property
+    def image_tokens(self):
+        """Tokens per image in the decoder: the patches, without the class token."""
+        return self.vision.n_patches
+
+
+def make_projector(kind, vision_dim, lm_dim):
+    if kind == "linear":
+        return nn.Linear(vision_dim, lm_dim)
+    if kind == "mlp2x_gelu":
+        return nn.Sequential(nn.Linear(vision_dim, lm_dim), nn.GELU(), nn.Linear(lm_dim, lm_dim))
+    raise ValueError(f"unknown projector {kind!r}; known: {', '.join(PROJECTORS)}")
+
+
+class LLaVA(nn.Module):
+    def __init__(self, config: LLaVAConfig):
+        super().__init__()
+        self.config = config
+        self.vision = VisionTransformer(config.vision)
+        self.projector = make_projector(config.projector, config.vision.dim, config.decoder.dim)
+        self.lm = Decoder(config.decoder)
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def set_stage(self, stage, pretrain_lm=False, train_vision=False):
+        """requires_grad per part for a training stage; returns the names of the trained parts."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+        train_lm = stage == "finetune" or pretrain_lm
+        parts = {"vision": train_vision, "projector": True, "lm": train_lm}
+        for name, on in parts.items():
+            getattr(self, name).requires_grad_(on)
+        return [name for name, on in parts.items() if on]
+
+    def param_groups(self, lr, projector_lr=None, vision_lr=None):
+        """Optimizer groups of the trainable params: the projector (at projector_lr), the LM and
+        the vision tower (at lr unless given)."""
+        groups = []
+        for name, group_lr in (("projector", projector_lr), ("lm", None), ("vision", vision_lr)):
+            params = [p for p in getattr(self, name).parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": lr if group_lr is None else group_lr, "name": name})
+        return groups
+
+    def image_features(self, images):
+        """uint8 [N, 3, S, S] -> projected patch features [N, P, D_lm]."""
+        pixels = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+        frozen = not any(p.requires_grad for p in self.vision.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            features, = self.vision.forward_features(pixels, layers=[self.config.feature_layer])
+        if self.config.vision.class_token:
+            features = features[:, 1:]
+        return self.projector(features)
+
+    def embed(self, input_ids, images):
+        """Decoder input embeddings [B, T, D] with each run of image ids replaced by one image's
+        projected features."""
+        is_image = input_ids == self.config.image_token_id
+        n_image_tokens = int(is_image.sum())
+        expected = images.shape[0] * self.config.image_tokens
+        if n_image_tokens != expected:
+            raise ValueError(f"the batch has {n_image_tokens} image tokens but {images.shape[0]} image(s) "
+                             f"x {self.config.image_tokens} tokens = {expected}; were the records encoded "
+                             f"with image_tokens={self.config.image_tokens}?")
+        embeds = self.lm.embed(input_ids.masked_fill(is_image, 0))
+        if images.shape[0] == 0:
+            return embeds
+        features = self.image_features(images).to(embeds.dtype)
+        return embeds.masked_scatter(is_image.unsqueeze(-1), features.reshape(-1, features.shape[-1]))
+
+    def forward(self, input_ids, images, attention_mask=None, *, position_ids=None, segment_ids=None):
+        """Logits [B, T, V]."""
+        embeds = self.embed(input_ids, images)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       segment_ids=segment_ids)
+
+
+def lm_loss(logits, labels):
+    """Summed next-token cross-entropy in fp32 over labelled positions (labels aligned with
+    input_ids; -100 is ignored) and the number of those positions. The trainer divides by the
+    count of the whole global batch, so gradient accumulation weighs every token equally."""
+    targets = labels[:, 1:]
+    count = int((targets != -100).sum())
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    return loss, count

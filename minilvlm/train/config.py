@@ -1,0 +1,249 @@
+"""Run configuration: dataclasses filled from a TOML file (tomllib) and dotted command-line
+overrides (`optim.lr=1e-4`). Every key is checked: an unknown key is an error that names the
+closest valid one, and a value of the wrong type is an error naming the key, the expected type and
+where the value came from. The defaults are the embedded demo (`python tools/train.py`)."""
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minilvlm.models.decoder import DecoderConfig
+from minilvlm.models.vision import VisionConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _demo_vision():
+    # 64 px pictures in 16x16 patches: 16 image tokens. Trained from scratch (no pretrained tower here).
+    return VisionConfig(image_size=64, patch_size=16, dim=96, n_layers=3, n_heads=4, mlp_dim=256, act="gelu")
+
+
+def _demo_decoder():
+    # vocab_size is taken from the tokenizer when the model is built.
+    return DecoderConfig(vocab_size=0, dim=128, n_layers=3, n_heads=4, mlp_dim=352, max_seq_len=512)
+
+
+@dataclass
+class ModelSection:
+    recipe: str = "llava"
+    projector: str = "mlp2x_gelu"      # "linear" | "mlp2x_gelu"
+    feature_layer: int = -2            # LLaVA reads the penultimate layer
+    vision: VisionConfig = field(default_factory=_demo_vision)
+    decoder: DecoderConfig = field(default_factory=_demo_decoder)
+
+
+@dataclass
+class DataSection:
+    dataset: str = "demo"              # "demo" (generated into the run folder) or a LLaVA .json/.jsonl
+    image_root: str = ""               # for a LLaVA file: default its folder
+    eval_file: str = ""                # held-out LLaVA file (the demo uses its val/test splits)
+    demo_sizes: dict = field(default_factory=lambda: {"train": 6000, "val": 300, "test": 600})
+    demo_seed: int = 0
+    tokenizer: str = ""                # a tokenizer.json or model folder; "" builds one from the demo texts
+    template: str = "chatml"
+    max_len: int = 256
+    image_mode: str = "pad"
+    blank_images: bool = False         # the text-only baseline: every image becomes flat grey
+    num_workers: int = 0
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3                   # the demo: at 2e-3 the tower from scratch never learns to see
+    projector_lr: float | None = None  # None: lr
+    vision_lr: float | None = None     # None: lr
+    min_lr: float = 2e-5               # the floor of every cosine schedule (eta_min)
+    weight_decay: float = 0.0
+    betas: list = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    clip: float = 1.0                  # max grad norm; 0 turns clipping off
+    schedule: str = "cosine"           # "cosine" | "warm_restarts" | "lavin" | "constant"
+    warmup_steps: int = 30
+    restart_steps: int = 100           # warm_restarts: T_0 in optimizer steps
+    restart_mult: int = 1              # warm_restarts: T_mult
+    warmup_epochs: float = 0.2         # lavin: linear warmup over this many epochs, then half-cosine
+
+
+@dataclass
+class TrainSection:
+    stage: str = "finetune"            # "pretrain" | "finetune"
+    pretrain_lm: bool = False          # pretrain stage: also train the LM
+    train_vision: bool = True          # the demo trains its tower from scratch; LLaVA keeps it frozen
+    global_batch: int = 32
+    micro_batch: int = 32
+    steps: int = 1000
+    seed: int = 0
+    bf16: bool = False                 # autocast matmuls to bf16 (CPU or GPU)
+    deterministic: bool = False        # torch.use_deterministic_algorithms, for bitwise resume
+    threads: int = 0                   # torch intra-op threads; 0 keeps torch's default
+    log_every: int = 10
+    eval_every: int = 500
+    ckpt_every: int = 500
+    stop_at: int = 0                   # stop (with a checkpoint) after this step; 0 runs to the end
+    run_dir: str = "runs/demo"
+
+
+@dataclass
+class EvalSection:
+    split: str = "test"                # demo split for the final evaluation ("val" during training)
+    limit: int = 0                     # records evaluated during training (0: all); the final eval uses all
+    max_new_tokens: int = 8
+    batch: int = 100
+    samples: int = 6                   # sample answers printed and logged
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+# ---- parsing ------------------------------------------------------------------------------
+
+def _describe(kind):
+    return getattr(kind, "__name__", str(kind))
+
+
+def _coerce(value, kind, where):
+    """value checked against the annotation kind (ints are accepted for floats)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = typing.get_origin(kind) or kind
+    if base is tuple and isinstance(value, list):
+        return tuple(value)
+    if base is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if base is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, base):
+        raise ConfigError(f"{where}: expected {_describe(base)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _unknown_key(key, valid, where):
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"{where}: unknown key '{key}'{hint}")
+
+
+# Fields that a config's __post_init__ derives from others (None: derive): when their sources
+# change and they are not given, they are derived again rather than kept stale.
+_DERIVED = {DecoderConfig: {"n_kv_heads": ("n_heads",), "head_dim": ("dim", "n_heads")}}
+
+
+def _fill(obj, data, prefix, source):
+    """Set obj's fields from a dict, recursing into nested dataclasses."""
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise _unknown_key(path, [f"{prefix}{n}" for n in names], source)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{path}' is a section; give it a table, not {value!r}")
+            _fill(current, value, path + ".", source)
+        elif isinstance(current, dict) and isinstance(value, dict):
+            for sub in value:
+                if sub not in current:
+                    raise _unknown_key(f"{path}.{sub}", [f"{path}.{n}" for n in current], source)
+            current.update(value)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{source}: '{path}'"))
+    derived = _DERIVED.get(type(obj), {})
+    stale = [k for k, sources in derived.items() if k not in data and any(s in data for s in sources)]
+    if stale:
+        for key in stale:
+            setattr(obj, key, None)
+        obj.__post_init__()
+
+
+def _parse_value(text):
+    """An override's value as TOML (numbers, booleans, strings, arrays); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _nest(dotted, value):
+    out = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def apply_overrides(config, overrides):
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=1e-4")
+        _fill(config, _nest(key.strip(), _parse_value(text.strip())), "", f"override '{item}'")
+    return config
+
+
+def from_dict(data, source="config"):
+    config = RunConfig()
+    _fill(config, data, "", source)
+    return validate(config)
+
+
+def load_config(path=None, overrides=()):
+    """The RunConfig of a TOML file (None: the demo defaults) with dotted overrides applied."""
+    config = RunConfig()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        _fill(config, data, "", str(path))
+    apply_overrides(config, overrides)
+    return validate(config)
+
+
+def validate(c):
+    def check(ok, message):
+        if not ok:
+            raise ConfigError(message)
+    check(c.model.recipe == "llava", f"model.recipe: only 'llava' is implemented, got {c.model.recipe!r}")
+    check(c.model.projector in ("linear", "mlp2x_gelu"),
+          f"model.projector: expected 'linear' or 'mlp2x_gelu', got {c.model.projector!r}")
+    check(c.train.stage in ("pretrain", "finetune"),
+          f"train.stage: expected 'pretrain' or 'finetune', got {c.train.stage!r}")
+    check(c.optim.schedule in ("cosine", "warm_restarts", "lavin", "constant"),
+          f"optim.schedule: expected cosine, warm_restarts, lavin or constant, got {c.optim.schedule!r}")
+    check(c.train.micro_batch > 0 and c.train.global_batch % c.train.micro_batch == 0,
+          f"train.global_batch ({c.train.global_batch}) must be a positive multiple of "
+          f"train.micro_batch ({c.train.micro_batch})")
+    check(c.train.steps > 0, f"train.steps must be positive, got {c.train.steps}")
+    check(len(c.optim.betas) == 2, f"optim.betas: expected two numbers, got {c.optim.betas!r}")
+    for name in ("log_every", "eval_every", "ckpt_every"):
+        check(getattr(c.train, name) >= 0, f"train.{name} must be >= 0 (0 turns it off)")
+    return c
+
+
+def to_dict(config):
+    return dataclasses.asdict(config)

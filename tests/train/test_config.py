@@ -1,0 +1,99 @@
+"""Run configs: TOML plus dotted overrides, with errors that name the key."""
+import pytest
+
+from minilvlm.train.config import ConfigError, RunConfig, from_dict, load_config, to_dict
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_demo_and_validate():
+    cfg = load_config()
+    assert cfg.model.recipe == "llava" and cfg.data.dataset == "demo"
+    assert cfg.train.global_batch % cfg.train.micro_batch == 0
+
+
+def test_toml_and_overrides(tmp_path):
+    path = write(tmp_path, """
+[model]
+projector = "linear"
+[model.vision]
+dim = 48
+[optim]
+lr = 1          # an int where a float is expected is fine
+betas = [0.9, 0.95]
+[train]
+stage = "pretrain"
+""")
+    cfg = load_config(path, ["optim.lr=1e-4", "train.bf16=true", "model.decoder.n_layers=5",
+                             "data.template=vicuna_v1", "optim.projector_lr=3e-3", "data.demo_sizes.train=50"])
+    assert cfg.model.projector == "linear" and cfg.model.vision.dim == 48
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.projector_lr == 3e-3
+    assert cfg.train.stage == "pretrain" and cfg.train.bf16 is True
+    assert cfg.model.decoder.n_layers == 5 and cfg.data.template == "vicuna_v1"
+    assert cfg.data.demo_sizes == {"train": 50, "val": 300, "test": 600}
+
+
+def test_unknown_key_names_the_closest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.lrr'; did you mean 'optim.lr'\?"):
+        load_config(None, ["optim.lrr=1e-3"])
+    path = write(tmp_path, "[train]\nglobal_bach = 64\n")
+    with pytest.raises(ConfigError, match=r"run.toml: unknown key 'train.global_bach'; did you mean 'train.global_batch'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"unknown key 'optimizer'; did you mean 'optim'"):
+        load_config(None, ["optimizer.lr=1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'model.vision.dimm'; did you mean 'model.vision.dim'"):
+        load_config(None, ["model.vision.dimm=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'data.demo_sizes.tarin'"):
+        load_config(None, ["data.demo_sizes.tarin=3"])
+
+
+def test_wrong_types_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train.steps': expected int, got str 'many'"):
+        load_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match=r"'train.bf16': expected true or false, got 1"):
+        load_config(None, ["train.bf16=1"])
+    with pytest.raises(ConfigError, match=r"'train.steps': expected an integer, got True"):
+        load_config(None, ["train.steps=true"])
+    with pytest.raises(ConfigError, match=r"'optim.lr': expected float"):
+        load_config(write(tmp_path, '[optim]\nlr = "fast"\n'))
+    with pytest.raises(ConfigError, match=r"'model.vision' is a section"):
+        load_config(None, ["model.vision=3"])
+    with pytest.raises(ConfigError, match=r"expected key=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "[optim\nlr=1"))
+
+
+def test_bad_values_are_errors():
+    with pytest.raises(ConfigError, match="multiple of train.micro_batch"):
+        load_config(None, ["train.global_batch=30", "train.micro_batch=8"])
+    with pytest.raises(ConfigError, match="train.stage: expected 'pretrain' or 'finetune'"):
+        load_config(None, ["train.stage=sft"])
+    with pytest.raises(ConfigError, match="optim.schedule"):
+        load_config(None, ["optim.schedule=linear"])
+
+
+def test_round_trip_through_a_dict():
+    cfg = load_config(None, ["optim.lr=5e-4", "model.vision.patch_size=4"])
+    again = from_dict(to_dict(cfg))
+    assert again == cfg and isinstance(again, RunConfig)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for path in sorted(root.glob("*.toml")):
+        load_config(path)
+    assert load_config(root / "demo_text_only.toml").data.blank_images
+
+
+def test_derived_decoder_fields_follow_their_sources():
+    cfg = load_config(None, ["model.decoder.n_heads=2", "model.decoder.dim=16"])
+    assert cfg.model.decoder.n_kv_heads == 2 and cfg.model.decoder.head_dim == 8
+    cfg = load_config(None, ["model.decoder.n_heads=4", "model.decoder.n_kv_heads=2"])
+    assert cfg.model.decoder.n_kv_heads == 2

@@ -1,0 +1,80 @@
+"""A tiny end-to-end run: the run folder's files, and --resume giving bitwise the same losses as an
+uninterrupted run (deterministic mode, fixed seeds, no workers)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from minilvlm.train.checkpoint import latest, read_state
+from minilvlm.train.config import load_config
+from minilvlm.train.loop import train
+
+TINY = ["data.demo_sizes={train = 40, val = 8, test = 8}", "model.vision.dim=16", "model.vision.n_layers=2",
+        "model.vision.n_heads=2", "model.vision.mlp_dim=16", "model.vision.patch_size=16",
+        "model.decoder.dim=16", "model.decoder.n_layers=1", "model.decoder.n_heads=2", "model.decoder.mlp_dim=24",
+        "train.global_batch=8", "train.micro_batch=4", "train.steps=6", "train.log_every=1",
+        "train.eval_every=3", "train.ckpt_every=3", "train.deterministic=true", "optim.warmup_steps=2",
+        "eval.max_new_tokens=3", "eval.samples=1"]
+
+
+@pytest.fixture
+def restore_determinism():
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def tool_main():
+    path = Path(__file__).resolve().parents[2] / "tools" / "train.py"
+    spec = importlib.util.spec_from_file_location("tools_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def test_tiny_run_writes_its_folder_and_resumes_bitwise(tmp_path, restore_determinism):
+    full = tmp_path / "full"
+    summary = train(load_config(None, TINY + [f"train.run_dir={json.dumps(str(full))}"]))
+    assert summary["step"] == 6
+    assert sum(n for k, n in summary["count"].items() if not k.startswith("task/")) == 8
+    for name in ("metrics.jsonl", "metrics.png", "config.json", "tokenizer.json", "summary.json", "samples.tsv"):
+        assert (full / name).is_file(), name
+    assert Image.open(full / "metrics.png").size == (720, 600)
+    assert [s for s, _ in losses(full)] == [1, 2, 3, 4, 5, 6]
+    assert latest(full).name == "step_000006"
+    state = read_state(latest(full))
+    assert state["step"] == 6 and state["data"]["sampler"]["epoch"] == 1   # 6 steps x 8 > 40 samples
+    assert any(k.startswith("eval/") for k in json.loads((full / "metrics.jsonl").read_text().splitlines()[3]))
+
+    split = tmp_path / "split"
+    train(load_config(None, TINY + [f"train.run_dir={json.dumps(str(split))}", "train.stop_at=3"]))
+    assert latest(split).name == "step_000003"
+    assert tool_main()(["--resume", str(split), "train.stop_at=0"]) == 0
+    assert losses(split) == losses(full)   # bitwise: the floats are compared exactly
+    assert (split / "checkpoints" / "step_000006" / "model.safetensors").is_file()
+
+
+def test_command_line_errors(capsys, tmp_path):
+    main = tool_main()
+    assert main(["optim.lrr=1"]) == 2
+    assert "unknown key 'optim.lrr'; did you mean 'optim.lr'?" in capsys.readouterr().err
+    assert main(["--resume", str(tmp_path)]) == 2
+    assert "config.json not found" in capsys.readouterr().err
+
+
+def test_bf16_autocast_and_accumulation_run(tmp_path):
+    run = tmp_path / "bf16"
+    overrides = TINY + [f"train.run_dir={json.dumps(str(run))}", "train.bf16=true", "train.steps=2",
+                        "train.micro_batch=2", "train.eval_every=0", "optim.schedule=warm_restarts",
+                        "optim.restart_steps=1", "train.deterministic=false"]
+    summary = train(load_config(None, overrides))
+    assert summary["step"] == 2
+    rows = losses(run)
+    assert len(rows) == 2 and all(loss == loss and loss > 0 for _, loss in rows)   # finite, not NaN

@@ -1,0 +1,46 @@
+"""Train a vision-language model.
+
+    python tools/train.py                                  # the embedded demo (CPU, a few minutes)
+    python tools/train.py configs/x.toml optim.lr=1e-4     # a TOML config plus dotted overrides
+    python tools/train.py --resume RUN_DIR [overrides]     # continue a run from its last checkpoint
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from minilvlm.train.config import ConfigError, apply_overrides, from_dict, load_config, validate
+from minilvlm.train.loop import train
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python tools/train.py", description=__doc__.split("\n")[1].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("args", nargs="*", help="[CONFIG.toml] [section.key=value ...]")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    ns = parser.parse_args(argv)
+    config_path = None
+    overrides = list(ns.args)
+    if overrides and "=" not in overrides[0]:
+        config_path = overrides.pop(0)
+    try:
+        if ns.resume:
+            if config_path:
+                raise ConfigError("--resume reads the run's own config.json; pass only overrides")
+            saved = Path(ns.resume) / "config.json"
+            if not saved.is_file():
+                raise ConfigError(f"--resume {ns.resume}: {saved} not found (not a run folder?)")
+            cfg = from_dict(json.loads(saved.read_text()), str(saved))
+            cfg = validate(apply_overrides(cfg, overrides))
+            cfg.train.run_dir = ns.resume
+        else:
+            cfg = load_config(config_path, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    train(cfg, resume=bool(ns.resume))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
