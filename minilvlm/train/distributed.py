@@ -1,10 +1,18 @@
 """torch.distributed setup for torchrun: gloo on CPU, NCCL on GPU, with timeouts so that a dead or
 failed rank makes every other rank fail within the timeout instead of hanging."""
 import datetime
+import gc
 import os
 
 import torch
+import torch._dynamo  # noqa: F401  (imported before any process group exists; see below)
 import torch.distributed as dist
+
+# Importing torch._dynamo (torch.optim does it lazily when the first optimizer is built) after
+# init_process_group leaves references to the default group that destroy_process_group cannot drop.
+# The group then lives into interpreter shutdown, and a gloo worker thread that frees a finished
+# collective's tensors there needs the GIL and aborts the process ("terminate called without an
+# active exception"). Importing it first keeps the group destroyable: tests/train/test_distributed.py.
 
 DEFAULT_TIMEOUT_S = 30
 
@@ -29,5 +37,6 @@ def shutdown_distributed():
     """Destroy the process group. Free DDP modules and optimizers first: gloo may abort at exit
     when they outlive the group."""
     if dist.is_initialized():
+        gc.collect()  # tensors of finished collectives held only by cyclic garbage
         dist.barrier()
         dist.destroy_process_group()

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+
+import minilvlm.train.distributed  # noqa: F401  (import order: keeps the gloo group destroyable)
 import torch.multiprocessing as mp
 
 from tests.bench.common import print_table

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import minilvlm.train.distributed  # noqa: F401  (import order: keeps the gloo group destroyable)
+
 MICRO_STEPS = 6  # micro-grads per global step, divisible by every world size tested (1, 2, 3)
 SHAPES = [(37,), (64, 17), (5,), (3, 7, 11), (102,)]  # 1,463 elements: divisible by neither 2 nor 3
 
