@@ -110,6 +110,21 @@ class LLaVA(nn.Module):
         return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                        segment_ids=segment_ids)
 
+    # ---- the trainer's interface (every recipe model has these) ------------------------------
+
+    def batch_loss(self, batch, images):
+        """(summed next-token CE, labelled-token count, auxiliary loss or None) for one collated
+        micro-batch. The trainer divides the CE by the global batch's token count and adds the
+        auxiliary loss (EVE's alignment loss) as it is."""
+        logits = self(batch["input_ids"], images, batch["attention_mask"],
+                      position_ids=batch["position_ids"], segment_ids=batch["segment_ids"])
+        loss, count = lm_loss(logits, batch["labels"])
+        return loss, count, None
+
+    def generation_inputs(self, input_ids, images, attention_mask):
+        """(inputs_embeds, attention_mask) of left-padded prompts for `generate(self.lm, ...)`."""
+        return self.embed(input_ids, images), attention_mask
+
 
 def lm_loss(logits, labels):
     """Summed next-token cross-entropy in fp32 over labelled positions (labels aligned with

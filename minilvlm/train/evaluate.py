@@ -54,7 +54,7 @@ def evaluate(model, records, tokenizer, template, image_size, *, batch=64, max_n
         ids, mask = left_pad(prompts, tokenizer.pad_id)
         with torch.autocast(model.pixel_mean.device.type, dtype=autocast_dtype or torch.bfloat16,
                             enabled=autocast_dtype is not None):
-            embeds = model.embed(ids, images)
+            embeds, mask = model.generation_inputs(ids, images, mask)
             new = generate(model.lm, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                            stop_ids=stops, pad_id=tokenizer.pad_id)
         for record, row in zip(chunk, new.tolist()):

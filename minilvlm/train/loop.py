@@ -13,7 +13,6 @@ import torch
 from minilvlm.data.loader import ResumableLoader
 from minilvlm.data.sampler import ResumableBatchSampler
 from minilvlm.io import atomic_write_json, atomic_write_text
-from minilvlm.models.lvlm import lm_loss
 from minilvlm.optim import FusedAdamW
 from minilvlm.train import checkpoint, setup
 from minilvlm.train.config import to_dict
@@ -113,10 +112,11 @@ def train(cfg, run_dir=None, resume=False, stream=None):
         for batch in micro:
             images = torch.full_like(batch["images"], 128) if cfg.data.blank_images else batch["images"]
             with autocast:
-                logits = model(batch["input_ids"], images, batch["attention_mask"],
-                               position_ids=batch["position_ids"], segment_ids=batch["segment_ids"])
-            loss, _ = lm_loss(logits, batch["labels"])
-            (loss / max(total, 1)).backward()
+                loss, _, aux = model.batch_loss(batch, images)
+            objective = loss / max(total, 1)
+            if aux is not None:  # a per-micro-batch mean: weigh it by its share of the global batch
+                objective = objective + aux / accum
+            objective.backward()
             loss_sum += loss.item()
             window["tokens"] += int(batch["attention_mask"].sum())
             window["images"] += batch["images"].shape[0]

@@ -18,10 +18,11 @@ def gloo_threads():
     return sum(n.startswith(("pt_gloo", "gloo")) for n in names)
 
 init_distributed(backend="gloo")
-assert gloo_threads() > 0, "expected gloo worker threads while the group exists"
 params = [torch.nn.Parameter(torch.ones(5))]
 opt = torch.optim.AdamW(params)  # imports torch._dynamo lazily
 torch.distributed.all_reduce(params[0].data)
+torch.distributed.barrier()
+assert gloo_threads() > 0, "expected gloo worker threads while the group exists"
 del opt
 shutdown_distributed()
 print("gloo threads after shutdown:", gloo_threads())
