@@ -3,6 +3,7 @@
     python tools/train.py                                  # the embedded demo (CPU, a few minutes)
     python tools/train.py configs/x.toml optim.lr=1e-4     # a TOML config plus dotted overrides
     python tools/train.py --resume RUN_DIR [overrides]     # continue a run from its last checkpoint
+    torchrun --nproc_per_node 2 tools/train.py [...]       # data-parallel, ZeRO-1 sharded optimizer
 """
 import argparse
 import json
@@ -35,10 +36,10 @@ def main(argv=None):
             cfg.train.run_dir = ns.resume
         else:
             cfg = load_config(config_path, overrides)
+        train(cfg, resume=bool(ns.resume))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    train(cfg, resume=bool(ns.resume))
     return 0
 
 

@@ -61,6 +61,11 @@ def evaluate(model, records, tokenizer, template, image_size, *, batch=64, max_n
             text = tokenizer.decode(row)
             answers.append((record, text, is_correct(record, text)))
     model.train(was_training)
+    return summarize(answers)
+
+
+def summarize(answers):
+    """Accuracy per question type and per task from [(record, text, correct)]."""
     hits, counts = defaultdict(int), defaultdict(int)
     for record, _, correct in answers:
         for key in (record.meta.get("question_type", "all"), f"task/{record.meta.get('task', '?')}"):

@@ -11,11 +11,14 @@ from minilvlm.io import atomic_write_with
 
 class MetricsLog:
     """Appends to run_dir/metrics.jsonl. On resume, lines past the checkpoint's step are dropped
-    (the interrupted run logged them after its last checkpoint; the resumed run logs them again)."""
+    (the interrupted run logged them after its last checkpoint; the resumed run logs them again).
+    With path None (ranks other than 0) it only keeps the rows in memory."""
 
     def __init__(self, path, resume_step=None):
         self.path = path
         self.rows = []
+        if path is None:
+            return
         if resume_step is not None and path.exists():
             self.rows = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= resume_step]
         with open(path, "w") as f:
@@ -23,6 +26,8 @@ class MetricsLog:
 
     def write(self, row):
         self.rows.append(row)
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
