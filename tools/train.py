@@ -35,10 +35,10 @@ def main(argv=None):
             cfg.train.run_dir = ns.resume
         else:
             cfg = load_config(config_path, overrides)
-    except ConfigError as err:
+        train(cfg, resume=bool(ns.resume))
+    except ConfigError as err:   # also raised while building the run (e.g. a weights path that does not fit)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    train(cfg, resume=bool(ns.resume))
     return 0
 
 

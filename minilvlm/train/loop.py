@@ -94,7 +94,7 @@ def train(cfg, run_dir=None, resume=False, stream=None):
           f"{t.global_batch} ({accum} x {t.micro_batch}), {steps_per_epoch:.0f} steps per epoch", file=stream)
 
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext())
-    eval_kwargs = dict(template=cfg.data.template, image_size=cfg.model.vision.image_size,
+    eval_kwargs = dict(template=cfg.data.template, image_size=cfg.image_size,
                        batch=cfg.eval.batch, max_new_tokens=cfg.eval.max_new_tokens,
                        blank_images=cfg.data.blank_images, image_mode=cfg.data.image_mode,
                        autocast_dtype=torch.bfloat16 if t.bf16 else None)
@@ -108,7 +108,7 @@ def train(cfg, run_dir=None, resume=False, stream=None):
     while step < last:
         micro = [next(batches) for _ in range(accum)]
         total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-        loss_sum = 0.0
+        loss_sum, aux_sum = 0.0, None
         for batch in micro:
             images = torch.full_like(batch["images"], 128) if cfg.data.blank_images else batch["images"]
             with autocast:
@@ -116,6 +116,7 @@ def train(cfg, run_dir=None, resume=False, stream=None):
             objective = loss / max(total, 1)
             if aux is not None:  # a per-micro-batch mean: weigh it by its share of the global batch
                 objective = objective + aux / accum
+                aux_sum = (aux_sum or 0.0) + aux.item() / accum
             objective.backward()
             loss_sum += loss.item()
             window["tokens"] += int(batch["attention_mask"].sum())
@@ -132,6 +133,8 @@ def train(cfg, run_dir=None, resume=False, stream=None):
             row = {"step": step, "loss": loss_sum / max(total, 1), "lr": optimizer.param_groups[0]["lr"],
                    "grad_norm": float(grad_norm), "tokens_per_s": window["tokens"] / elapsed,
                    "images_per_s": window["images"] / elapsed, "time": time.perf_counter() - started}
+            if aux_sum is not None:
+                row["aux_loss"] = aux_sum   # the recipe's auxiliary term (EVE: alignment) at this step
             row.update(loader.metrics())
             log.write(row)
             progress.update(step, row["loss"], row["lr"], row["tokens_per_s"], row["images_per_s"])
