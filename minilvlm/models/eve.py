@@ -125,7 +125,7 @@ class EVE(nn.Module):
 
     def state_dict(self, *args, **kwargs):
         state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "") + "teacher."
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "") + "teacher."
         for key in [k for k in state if k.startswith(prefix)]:
             del state[key]
         return state

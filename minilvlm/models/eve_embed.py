@@ -19,7 +19,9 @@ from minilvlm import ops
 def window_attention(q, k, v, heads):
     """Multi-head dot-product attention within each group: q [M, Lq, D], k and v [M, K, D] -> [M, Lq, D]."""
     M, Lq, D = q.shape
-    split = lambda t: t.reshape(M, t.shape[1], heads, D // heads).transpose(1, 2)   # noqa: E731
+
+    def split(t):   # [M, L, D] -> [M, heads, L, D / heads]
+        return t.reshape(M, t.shape[1], heads, D // heads).transpose(1, 2)
     out = F.scaled_dot_product_attention(split(q), split(k), split(v))
     return out.transpose(1, 2).reshape(M, Lq, D)
 
