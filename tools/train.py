@@ -37,7 +37,7 @@ def main(argv=None):
         else:
             cfg = load_config(config_path, overrides)
         train(cfg, resume=bool(ns.resume))
-    except ConfigError as err:
+    except ConfigError as err:   # also raised while building the run (e.g. a weights path that does not fit)
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minilvlm.models import eve
 from minilvlm.models.decoder import DecoderConfig
 from minilvlm.models.vision import VisionConfig
 
@@ -29,12 +30,31 @@ def _demo_decoder():
 
 
 @dataclass
+class EveSection:
+    """The eve recipe (minilvlm/models/eve.py). model.vision describes its frozen teacher ViT and
+    model.feature_layer the teacher layer it aligns to; model.projector maps the embedder to the LM."""
+    image_size: int = 0                # 0: model.vision.image_size (the teacher sees its own size)
+    patch_size: int = 8                # the embedder's conv stride
+    pool: int = 2                      # pool x pool patches -> one LM token (local attention pooling)
+    dim: int = 128                     # the embedder's width
+    heads: int = 4
+    align_layers: list = field(default_factory=list)   # LM hidden states fused; []: every 4th from the last
+    align_weight: float = 1.0          # lambda in CE + lambda * (1 - cos)
+    random_teacher: bool = False       # no model.vision_weights: align to a random frozen ViT (demo only)
+
+
+@dataclass
 class ModelSection:
-    recipe: str = "llava"
+    recipe: str = "llava"              # "llava" | "eve"
     projector: str = "mlp2x_gelu"      # "linear" | "mlp2x_gelu"
     feature_layer: int = -2            # LLaVA reads the penultimate layer
     vision: VisionConfig = field(default_factory=_demo_vision)
     decoder: DecoderConfig = field(default_factory=_demo_decoder)
+    eve: EveSection = field(default_factory=EveSection)
+    # Pretrained weights ("": trained from scratch): a Hugging Face folder, or one of our .safetensors
+    # checkpoints (a run's model.safetensors: the tower's tensors under vision., the LM's under lm.).
+    vision_weights: str = ""           # the ViT (llava: the tower; eve: the frozen teacher)
+    lm_weights: str = ""
 
 
 @dataclass
@@ -104,6 +124,13 @@ class RunConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+
+    @property
+    def image_size(self):
+        """The side of the images the model reads (data and evaluation are fitted to it)."""
+        if self.model.recipe == "eve" and self.model.eve.image_size:
+            return self.model.eve.image_size
+        return self.model.vision.image_size
 
 
 # ---- parsing ------------------------------------------------------------------------------
@@ -224,15 +251,27 @@ def load_config(path=None, overrides=()):
     return validate(config)
 
 
+RECIPE_STAGES = {"llava": ("pretrain", "finetune"), "eve": eve.STAGES}
+
+
 def validate(c):
     def check(ok, message):
         if not ok:
             raise ConfigError(message)
-    check(c.model.recipe == "llava", f"model.recipe: only 'llava' is implemented, got {c.model.recipe!r}")
+    check(c.model.recipe in RECIPE_STAGES,
+          f"model.recipe: expected one of {', '.join(RECIPE_STAGES)}, got {c.model.recipe!r}")
     check(c.model.projector in ("linear", "mlp2x_gelu"),
           f"model.projector: expected 'linear' or 'mlp2x_gelu', got {c.model.projector!r}")
-    check(c.train.stage in ("pretrain", "finetune"),
-          f"train.stage: expected 'pretrain' or 'finetune', got {c.train.stage!r}")
+    stages = RECIPE_STAGES[c.model.recipe]
+    check(c.train.stage in stages, f"train.stage: the {c.model.recipe} recipe's stages are "
+          f"{', '.join(repr(s) for s in stages)}, got {c.train.stage!r}"
+          + (f"; {eve.STAGE_HELP}" if c.model.recipe == "eve" else ""))
+    if c.model.recipe == "eve":
+        check(all(isinstance(i, int) and not isinstance(i, bool) for i in c.model.eve.align_layers),
+              f"model.eve.align_layers: expected a list of integers, got {c.model.eve.align_layers!r}")
+        from minilvlm.train.eve_setup import check_teacher, eve_config   # it imports this module
+        check_teacher(c)
+        eve_config(c)
     check(c.optim.schedule in ("cosine", "warm_restarts", "lavin", "constant"),
           f"optim.schedule: expected cosine, warm_restarts, lavin or constant, got {c.optim.schedule!r}")
     check(c.train.micro_batch > 0 and c.train.global_batch % c.train.micro_batch == 0,

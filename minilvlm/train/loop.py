@@ -140,7 +140,7 @@ def _train(cfg, rank, world, run_dir, resume, stream):
           f"{steps_per_epoch:.0f} steps per epoch", file=stream)
 
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext())
-    eval_kwargs = dict(template=cfg.data.template, image_size=cfg.model.vision.image_size,
+    eval_kwargs = dict(template=cfg.data.template, image_size=cfg.image_size,
                        batch=cfg.eval.batch, max_new_tokens=cfg.eval.max_new_tokens,
                        blank_images=cfg.data.blank_images, image_mode=cfg.data.image_mode,
                        autocast_dtype=torch.bfloat16 if t.bf16 else None)
@@ -154,7 +154,7 @@ def _train(cfg, rank, world, run_dir, resume, stream):
     while step < last:
         micro = [next(batches) for _ in range(accum)]
         total, = _sum_over_ranks([sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)], world)
-        loss_sum = 0.0
+        loss_sum, aux_sum = 0.0, None
         for batch in micro:
             images = torch.full_like(batch["images"], 128) if cfg.data.blank_images else batch["images"]
             with autocast:
@@ -164,6 +164,7 @@ def _train(cfg, rank, world, run_dir, resume, stream):
             objective = loss * (world / max(total, 1))
             if aux is not None:  # a per-micro-batch mean: weigh it by its share of the global batch
                 objective = objective + aux / accum
+                aux_sum = (aux_sum or 0.0) + aux.item() / accum
             objective.backward()
             loss_sum += loss.item()
             window["tokens"] += int(batch["attention_mask"].sum())
@@ -181,6 +182,8 @@ def _train(cfg, rank, world, run_dir, resume, stream):
             row = {"step": step, "loss": loss_sum / max(total, 1), "lr": optimizer.param_groups[0]["lr"],
                    "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed,
                    "images_per_s": images / elapsed, "time": time.perf_counter() - started}
+            if aux_sum is not None:  # the recipe's auxiliary term (EVE: alignment), mean over ranks
+                row["aux_loss"] = _sum_over_ranks([aux_sum], world)[0] / world
             row.update(loader.metrics())
             log.write(row)
             progress.update(step, row["loss"], row["lr"], row["tokens_per_s"], row["images_per_s"])

@@ -13,16 +13,18 @@ from minilvlm.data.templates import chat_template
 from minilvlm.data.tokenizer import Tokenizer
 from minilvlm.models.lvlm import LLaVA, LLaVAConfig
 from minilvlm.train.demo_tokenizer import build_word_tokenizer
+from minilvlm.train.eve_setup import build_eve_model
+from minilvlm.train.pretrained import load_pretrained
 
 
 def demo_data_dir(cfg, run_dir):
     """The demo set, generated once per (seed, sizes) into run_dir/data (seconds)."""
     folder = Path(run_dir) / "data"
-    stamp = {"seed": cfg.data.demo_seed, "sizes": cfg.data.demo_sizes, "image_size": cfg.model.vision.image_size}
+    stamp = {"seed": cfg.data.demo_seed, "sizes": cfg.data.demo_sizes, "image_size": cfg.image_size}
     marker = folder / "generated.json"
     if not (marker.is_file() and json.loads(marker.read_text()) == stamp):
         demo.generate(folder, seed=cfg.data.demo_seed, sizes=cfg.data.demo_sizes,
-                      image_size=cfg.model.vision.image_size)
+                      image_size=cfg.image_size)
         marker.write_text(json.dumps(stamp))
     return folder
 
@@ -49,12 +51,19 @@ def load_tokenizer(cfg, run_dir, train_records):
     return Tokenizer(run_dir)
 
 
-def build_model(cfg, tokenizer):
+def build_model(cfg, tokenizer, load_weights=True):
+    """The configured recipe's model, with the pretrained weights the config names when load_weights."""
+    if cfg.model.recipe == "eve":
+        return build_eve_model(cfg, tokenizer, load_weights)
     decoder = dataclasses.replace(cfg.model.decoder, vocab_size=tokenizer.vocab_size)
     config = LLaVAConfig(vision=cfg.model.vision, decoder=decoder, projector=cfg.model.projector,
                          feature_layer=cfg.model.feature_layer, image_token_id=tokenizer.image_token_id)
     model = LLaVA(config)
     _init_weights(model)
+    if load_weights and cfg.model.vision_weights:
+        load_pretrained(model.vision, cfg.model.vision_weights, "model.vision_weights", "vision")
+    if load_weights and cfg.model.lm_weights:
+        load_pretrained(model.lm, cfg.model.lm_weights, "model.lm_weights", "decoder")
     return model
 
 
@@ -72,6 +81,6 @@ def _init_weights(model):
 
 
 def build_dataset(cfg, records, tokenizer, image_tokens):
-    image = ImageConfig(size=cfg.model.vision.image_size, mode=cfg.data.image_mode)
+    image = ImageConfig(size=cfg.image_size, mode=cfg.data.image_mode)
     return SFTDataset(records, tokenizer, chat_template(cfg.data.template), image_tokens,
                       cfg.data.max_len, image=image)

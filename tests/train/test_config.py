@@ -72,7 +72,7 @@ def test_wrong_types_are_errors(tmp_path):
 def test_bad_values_are_errors():
     with pytest.raises(ConfigError, match="multiple of train.micro_batch"):
         load_config(None, ["train.global_batch=30", "train.micro_batch=8"])
-    with pytest.raises(ConfigError, match="train.stage: expected 'pretrain' or 'finetune'"):
+    with pytest.raises(ConfigError, match="train.stage: the llava recipe's stages are 'pretrain', 'finetune', got 'sft'"):
         load_config(None, ["train.stage=sft"])
     with pytest.raises(ConfigError, match="optim.schedule"):
         load_config(None, ["optim.schedule=linear"])
