@@ -1,7 +1,9 @@
 """Training checkpoints: run_dir/checkpoints/step_NNNNNN/ holding model.safetensors (the model's
 state), optim.safetensors (AdamW moments, master weights, RNG states) and state.json (the resolved
 config, step, data position, optimizer hyperparameters, tensor-free state). Each file is written
-atomically and state.json last, so a folder with a state.json is complete; `latest` picks it."""
+atomically and state.json last, so a folder with a state.json is complete; `latest` picks it.
+Models of adapter recipes (they have `trainable_state_dict`) save only their trained tensors: the
+frozen base is rebuilt from its own weights on resume."""
 import json
 import random
 from pathlib import Path
@@ -32,7 +34,9 @@ def _optim_tensors(optimizer):
 
 def save_checkpoint(run_dir, step, model, optimizer, config_dict, extra):
     folder = checkpoint_dir(run_dir, step)
-    atomic_save_safetensors(model.state_dict(), folder / "model.safetensors")
+    trained_only = hasattr(model, "trainable_state_dict")
+    atomic_save_safetensors(model.trainable_state_dict() if trained_only else model.state_dict(),
+                            folder / "model.safetensors")
     tensors, optim_meta = _optim_tensors(optimizer)
     tensors["rng.torch"] = torch.get_rng_state()
     atomic_save_safetensors(tensors, folder / "optim.safetensors")
@@ -66,7 +70,11 @@ def load_checkpoint(folder, model, optimizer):
     """Restore model, optimizer and RNG states; returns the state.json dict."""
     folder = Path(folder)
     state = read_state(folder)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
+    tensors = load_file(folder / "model.safetensors")
+    if hasattr(model, "load_trainable_state_dict"):
+        model.load_trainable_state_dict(tensors, str(folder / "model.safetensors"))
+    else:
+        model.load_state_dict(tensors)
     tensors = load_file(folder / "optim.safetensors")
     optim_state = {}
     for index, step in state["optim"]["steps"].items():
