@@ -34,6 +34,15 @@ QUESTIONS = {   # task: (question, answer options)
     "same_colour": ("Are the two shapes the same colour?", ("yes", "no")),
 }
 MC_TASKS = ("colour", "shape", "count", "position", "comparison")
+# The mma demo's question types, new to a model trained on QUESTIONS but worded only with words
+# QUESTIONS already use (a frozen LM cannot learn new words): tasks="mma".
+MMA_QUESTIONS = {
+    "shape_left": ("What shape is on the left?", SHAPES),
+    "larger_shape": ("What is the larger shape?", SHAPES),
+    "count_left": ("How many shapes are on the left?", ("1", "2", "3")),
+}
+TASK_SETS = {"shapes": QUESTIONS, "mma": MMA_QUESTIONS}
+ALL_QUESTIONS = {**QUESTIONS, **MMA_QUESTIONS}
 WORDS = ("apple", "river", "stone", "cloud", "tiger", "lemon", "chair", "grape", "plant", "music",
          "ocean", "pencil", "garden", "rabbit", "window", "silver", "candle", "forest", "button",
          "kite", "moon", "star", "book", "lamp", "frog", "bread", "horse", "sugar", "paper", "train")
@@ -81,6 +90,16 @@ def build_scene(task, answer, size, rng):
         first = colour()
         second = first if answer == "yes" else _others(rng, COLOUR_NAMES, first)
         specs, x_ranges = [(kind(), first, radius(0.1, 0.18)), (kind(), second, radius(0.1, 0.18))], None
+    elif task == "shape_left":
+        specs = [(answer, colour(), radius(0.1, 0.18)), (_others(rng, SHAPES, answer), colour(), radius(0.1, 0.18))]
+        x_ranges = [(0.0, 0.42), (0.58, 1.0)]
+    elif task == "larger_shape":
+        specs = [(answer, colour(), radius(0.2, 0.26)), (_others(rng, SHAPES, answer), colour(), radius(0.08, 0.12))]
+        x_ranges = None
+    elif task == "count_left":
+        right = rng.randint(0, 2)
+        specs = [(kind(), colour(), radius(0.07, 0.09)) for _ in range(int(answer) + right)]
+        x_ranges = [(0.0, 0.42)] * int(answer) + [(0.58, 1.0)] * right
     else:
         raise ValueError(f"unknown task {task!r}")
     if x_ranges is None and len(specs) == 2 and rng.random() < 0.5:
@@ -91,7 +110,7 @@ def build_scene(task, answer, size, rng):
 
 def image_question(task, rng, chooser, multiple_choice):
     """(prompt, reply, answer, choices) with the answer drawn in balanced rounds per prompt."""
-    question, options = QUESTIONS[task]
+    question, options = ALL_QUESTIONS[task]
     if not multiple_choice:
         answer = chooser.draw(question, options)
         return f"<image>\n{question}", answer, answer, list(options)
@@ -121,7 +140,9 @@ def text_task(rng):
     return kind, "language", f"How many letters are in the word '{word}'?", str(len(word))
 
 
-def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fraction=0.3):
+def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fraction=0.3, tasks="shapes"):
+    if tasks not in TASK_SETS:
+        raise ValueError(f"unknown demo task set {tasks!r}; known: {', '.join(TASK_SETS)}")
     rng = random.Random(f"minilvlm-demo:{seed}:{split}")
     chooser = BalancedChooser(rng)
     folder = out_dir / "images" / split
@@ -135,7 +156,7 @@ def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fr
                             "question_type": "text_instruction", "task": task, "subject": subject,
                             "category": task, "has_image": False, "answer": reply, "choices": []})
             continue
-        task = rng.choice(list(QUESTIONS))
+        task = rng.choice(list(TASK_SETS[tasks]))
         multiple_choice = task in MC_TASKS and rng.random() < mc_fraction
         prompt, reply, answer, choices = image_question(task, rng, chooser, multiple_choice)
         value = choices[LETTERS.index(answer)] if multiple_choice else answer
@@ -155,11 +176,12 @@ def _turns(prompt, reply):
     return [{"from": "human", "value": prompt}, {"from": "gpt", "value": reply}]
 
 
-def generate(out_dir, seed=0, sizes=None, image_size=64):
-    """Write the demo data set to out_dir; returns {split: number of records}."""
+def generate(out_dir, seed=0, sizes=None, image_size=64, tasks="shapes"):
+    """Write the demo data set to out_dir; returns {split: number of records}. tasks="mma" asks
+    the MMA_QUESTIONS instead of QUESTIONS (text-only records are mixed in either way)."""
     out_dir = Path(out_dir)
     sizes = dict(SPLIT_SIZES if sizes is None else sizes)
-    return {split: len(make_split(split, n, out_dir, seed, image_size)) for split, n in sizes.items()}
+    return {split: len(make_split(split, n, out_dir, seed, image_size, tasks=tasks)) for split, n in sizes.items()}
 
 
 def load_demo(out_dir, split, on_error="raise", skips=None):
@@ -174,11 +196,13 @@ def main(argv=None):
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--tasks", choices=sorted(TASK_SETS), default="shapes", help="question set")
     for split, n in SPLIT_SIZES.items():
         parser.add_argument(f"--{split}", type=int, default=n, help=f"records in {split} (default {n})")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    counts = generate(args.out_dir, args.seed, {s: getattr(args, s) for s in SPLIT_SIZES}, args.image_size)
+    counts = generate(args.out_dir, args.seed, {s: getattr(args, s) for s in SPLIT_SIZES}, args.image_size,
+                      args.tasks)
     print(f"wrote {counts} to {args.out_dir} in {time.perf_counter() - start:.1f} s")
 
 

@@ -50,9 +50,11 @@ class ResumableLoader:
             extra = ({"prefetch_factor": self.prefetch_factor, "persistent_workers": True}
                      if self.num_workers else {})
             collate = _NumpyBatches(self.collate) if self.num_workers else self.collate
+            # Its own generator: each new iterator draws a base seed, which from the global RNG would
+            # shift a resumed run's dropout masks against the uninterrupted run's.
             self._dataloader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self.sampler, collate_fn=collate,
-                num_workers=self.num_workers, pin_memory=self.pin_memory, **extra)
+                num_workers=self.num_workers, pin_memory=self.pin_memory, generator=torch.Generator(), **extra)
         return self._dataloader
 
     def __iter__(self):

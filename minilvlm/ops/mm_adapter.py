@@ -69,8 +69,11 @@ def mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, temperat
         if router_w is None:  # RepAdapter: an empty router gives w_0 = softmax of one logit = 1
             t = x.new_zeros(x.shape[0], 0)
             router_w, router_b = x.new_zeros(1, 0), x.new_zeros(1)
-        return torch.ops.minilvlm.mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b,
-                                             float(temperature), float(scale), int(groups))
+        # The kernels take bf16 tokens beside fp32 weights themselves; autocast left on would recast
+        # the ATen matmuls inside them and break their dtype contract.
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.ops.minilvlm.mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b,
+                                                 float(temperature), float(scale), int(groups))
     return mm_adapter_reference(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature=temperature,
                                 scale=scale, groups=groups)
 
@@ -97,7 +100,8 @@ def register_mm_adapter_autograd(namespace):
         ctx.hyper = (temperature, scale, groups)
 
     def _backward(ctx, grad_out):
-        grads = lib.mm_adapter_backward(grad_out.contiguous(), *ctx.saved_tensors, *ctx.hyper)
+        with torch.autocast(grad_out.device.type, enabled=False):   # as in the forward
+            grads = lib.mm_adapter_backward(grad_out.contiguous(), *ctx.saved_tensors, *ctx.hyper)
         return (*grads, None, None, None)
 
     torch.library.register_autograd(f"{namespace}::mm_adapter", _backward, setup_context=_setup_context)

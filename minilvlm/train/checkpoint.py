@@ -6,7 +6,10 @@ atomically and state.json last, so a folder with a state.json is complete; `late
 Under torchrun (world size > 1) the optimizer state is ZeroAdamW's sharded checkpoint in optim/
 (one file per rank plus a manifest; it re-slices on load at another world size, and consolidates
 for a single process), each rank's RNG states go to rank_R.safetensors / rank_R.json, and rank 0
-writes model.safetensors and, after a barrier, state.json."""
+writes model.safetensors and, after a barrier, state.json.
+
+Models of adapter recipes (they have `trainable_state_dict`) save only their trained tensors: the
+frozen base is rebuilt from its own weights on resume."""
 import json
 import random
 from pathlib import Path
@@ -48,11 +51,23 @@ def _set_rng_state(rng, torch_state):
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
+def _model_tensors(model):
+    return model.trainable_state_dict() if hasattr(model, "trainable_state_dict") else model.state_dict()
+
+
+def _load_model(folder, model):
+    tensors = load_file(folder / "model.safetensors")
+    if hasattr(model, "load_trainable_state_dict"):
+        model.load_trainable_state_dict(tensors, str(folder / "model.safetensors"))
+    else:
+        model.load_state_dict(tensors)
+
+
 def save_checkpoint(run_dir, step, model, optimizer, config_dict, extra, rank=0, world=1):
     """Collective under torchrun: every rank calls it."""
     folder = checkpoint_dir(run_dir, step)
     if world == 1:
-        atomic_save_safetensors(model.state_dict(), folder / "model.safetensors")
+        atomic_save_safetensors(_model_tensors(model), folder / "model.safetensors")
         tensors, optim_meta = _optim_tensors(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
         atomic_save_safetensors(tensors, folder / "optim.safetensors")
@@ -60,7 +75,7 @@ def save_checkpoint(run_dir, step, model, optimizer, config_dict, extra, rank=0,
                            **extra}, folder / "state.json")
         return folder
     if rank == 0:
-        atomic_save_safetensors(model.state_dict(), folder / "model.safetensors")
+        atomic_save_safetensors(_model_tensors(model), folder / "model.safetensors")
     save_sharded(optimizer, folder / "optim")  # ends with a barrier
     atomic_save_safetensors({"rng.torch": torch.get_rng_state()}, folder / f"rank_{rank}.safetensors")
     atomic_write_json(_rng_state(), folder / f"rank_{rank}.json")
@@ -97,7 +112,7 @@ def load_checkpoint(folder, model, optimizer, rank=0, world=1):
     at one world size loads at another; the RNG states are restored only at the same world size."""
     folder = Path(folder)
     state = read_state(folder)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
+    _load_model(folder, model)
     if (folder / "optim").is_dir():
         if world > 1:
             load_sharded(optimizer, folder / "optim")

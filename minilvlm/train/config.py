@@ -44,8 +44,25 @@ class EveSection:
 
 
 @dataclass
+class MMASection:
+    """Recipe `mma` (LaVIN): adapters on a frozen base. The base comes from a llava-recipe minilvlm
+    checkpoint (base_checkpoint) or from Hugging Face folders (vision_weights and lm_weights)."""
+    base_checkpoint: str = ""          # e.g. runs/demo/checkpoints/step_001000 (its model.safetensors)
+    vision_weights: str = ""           # a CLIP vision folder (config.json + safetensors)
+    lm_weights: str = ""               # a LLaMA folder
+    hidden: int = 8                    # MM-Adapter bottleneck r
+    groups: int = 2
+    scale: float = 1.0
+    temperature: float = 10.0          # LaVIN: 10 for 7B, 5 for 13B
+    dropout: float = 0.1
+    vision_layers: list = field(default_factory=list)   # [] = every 4th block: [4, 8, ..., n_layers]
+    visual_hidden: int = 128
+    text_only_prefix: str = "Image: N/A\n"   # put before the first question of records without images
+
+
+@dataclass
 class ModelSection:
-    recipe: str = "llava"              # "llava" | "eve"
+    recipe: str = "llava"              # "llava" | "mma" | "eve"
     projector: str = "mlp2x_gelu"      # "linear" | "mlp2x_gelu"
     feature_layer: int = -2            # LLaVA reads the penultimate layer
     vision: VisionConfig = field(default_factory=_demo_vision)
@@ -55,6 +72,7 @@ class ModelSection:
     # checkpoints (a run's model.safetensors: the tower's tensors under vision., the LM's under lm.).
     vision_weights: str = ""           # the ViT (llava: the tower; eve: the frozen teacher)
     lm_weights: str = ""
+    mma: MMASection = field(default_factory=MMASection)
 
 
 @dataclass
@@ -64,6 +82,7 @@ class DataSection:
     eval_file: str = ""                # held-out LLaVA file (the demo uses its val/test splits)
     demo_sizes: dict = field(default_factory=lambda: {"train": 6000, "val": 300, "test": 600})
     demo_seed: int = 0
+    demo_tasks: str = "shapes"         # demo question set: "shapes" | "mma" (new types for the mma demo)
     tokenizer: str = ""                # a tokenizer.json or model folder; "" builds one from the demo texts
     template: str = "chatml"
     max_len: int = 256
@@ -251,7 +270,7 @@ def load_config(path=None, overrides=()):
     return validate(config)
 
 
-RECIPE_STAGES = {"llava": ("pretrain", "finetune"), "eve": eve.STAGES}
+RECIPE_STAGES = {"llava": ("pretrain", "finetune"), "mma": ("finetune",), "eve": eve.STAGES}
 
 
 def validate(c):
@@ -272,6 +291,9 @@ def validate(c):
         from minilvlm.train.eve_setup import check_teacher, eve_config   # it imports this module
         check_teacher(c)
         eve_config(c)
+    if c.model.recipe == "mma":
+        _validate_mma(c, check)
+    check(c.data.demo_tasks in ("shapes", "mma"), f"data.demo_tasks: expected 'shapes' or 'mma', got {c.data.demo_tasks!r}")
     check(c.optim.schedule in ("cosine", "warm_restarts", "lavin", "constant"),
           f"optim.schedule: expected cosine, warm_restarts, lavin or constant, got {c.optim.schedule!r}")
     check(c.train.micro_batch > 0 and c.train.global_batch % c.train.micro_batch == 0,
@@ -282,6 +304,27 @@ def validate(c):
     for name in ("log_every", "eval_every", "ckpt_every"):
         check(getattr(c.train, name) >= 0, f"train.{name} must be >= 0 (0 turns it off)")
     return c
+
+
+def _validate_mma(c, check):
+    m = c.model.mma
+    has_hf = bool(m.vision_weights or m.lm_weights)
+    check(bool(m.base_checkpoint) != has_hf,
+          "model.mma: the mma recipe trains adapters on a frozen base; set model.mma.base_checkpoint (a llava-recipe "
+          "checkpoint folder) or both model.mma.vision_weights and model.mma.lm_weights, not both kinds")
+    check(not has_hf or bool(m.vision_weights and m.lm_weights),
+          "model.mma: give both vision_weights and lm_weights (Hugging Face folders)")
+    check(not c.train.train_vision and not c.train.pretrain_lm,
+          "train.train_vision / train.pretrain_lm: the mma recipe keeps the ViT and the LM frozen; set both to false")
+    n = c.model.vision.n_layers
+    check(bool(m.vision_layers) or n >= 4,
+          f"model.mma.vision_layers: the tower has {n} blocks, fewer than 4; list the layers to read, e.g. [1, 2, 3]")
+    check(all(isinstance(i, int) and 1 <= i <= n for i in m.vision_layers),
+          f"model.mma.vision_layers: expected block indices in 1..{n}, got {m.vision_layers!r}")
+    check(m.hidden > 0 and m.groups > 0 and m.hidden % m.groups == 0,
+          f"model.mma: hidden ({m.hidden}) must be a positive multiple of groups ({m.groups})")
+    check(m.temperature > 0, f"model.mma.temperature must be positive, got {m.temperature}")
+    check(0 <= m.dropout < 1, f"model.mma.dropout must be in [0, 1), got {m.dropout}")
 
 
 def to_dict(config):

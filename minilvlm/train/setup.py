@@ -12,6 +12,7 @@ from minilvlm.data.records import read_records
 from minilvlm.data.templates import chat_template
 from minilvlm.data.tokenizer import Tokenizer
 from minilvlm.models.lvlm import LLaVA, LLaVAConfig
+from minilvlm.train import mma_setup
 from minilvlm.train.demo_tokenizer import build_word_tokenizer
 from minilvlm.train.eve_setup import build_eve_model
 from minilvlm.train.pretrained import load_pretrained
@@ -21,16 +22,25 @@ def demo_data_dir(cfg, run_dir):
     """The demo set, generated once per (seed, sizes) into run_dir/data (seconds)."""
     folder = Path(run_dir) / "data"
     stamp = {"seed": cfg.data.demo_seed, "sizes": cfg.data.demo_sizes, "image_size": cfg.image_size}
+    if cfg.data.demo_tasks != "shapes":
+        stamp["tasks"] = cfg.data.demo_tasks
     marker = folder / "generated.json"
     if not (marker.is_file() and json.loads(marker.read_text()) == stamp):
         demo.generate(folder, seed=cfg.data.demo_seed, sizes=cfg.data.demo_sizes,
-                      image_size=cfg.image_size)
+                      image_size=cfg.image_size, tasks=cfg.data.demo_tasks)
         marker.write_text(json.dumps(stamp))
     return folder
 
 
 def load_records(cfg, run_dir):
     """{split: records}: train, and the held-out splits for evaluation."""
+    splits = _read_splits(cfg, run_dir)
+    if cfg.model.recipe == "mma":
+        splits = {k: mma_setup.prefix_text_only(v, cfg.model.mma.text_only_prefix) for k, v in splits.items()}
+    return splits
+
+
+def _read_splits(cfg, run_dir):
     if cfg.data.dataset == "demo":
         folder = demo_data_dir(cfg, run_dir)
         return {split: demo.load_demo(folder, split) for split in cfg.data.demo_sizes}
@@ -55,6 +65,8 @@ def build_model(cfg, tokenizer, load_weights=True):
     """The configured recipe's model, with the pretrained weights the config names when load_weights."""
     if cfg.model.recipe == "eve":
         return build_eve_model(cfg, tokenizer, load_weights)
+    if cfg.model.recipe == "mma":
+        return mma_setup.build_mma_model(cfg, tokenizer)
     decoder = dataclasses.replace(cfg.model.decoder, vocab_size=tokenizer.vocab_size)
     config = LLaVAConfig(vision=cfg.model.vision, decoder=decoder, projector=cfg.model.projector,
                          feature_layer=cfg.model.feature_layer, image_token_id=tokenizer.image_token_id)

@@ -26,7 +26,7 @@ def test_eve_section_and_stage_errors(tmp_path):
         load_config(None, EVE_TINY + ["train.stage=stage2"])
     with pytest.raises(ConfigError, match="llava recipe's stages are 'pretrain', 'finetune', got 'prealign'"):
         load_config(None, ["train.stage=prealign"])
-    with pytest.raises(ConfigError, match="model.recipe: expected one of llava, eve"):
+    with pytest.raises(ConfigError, match="model.recipe: expected one of llava, mma, eve"):
         load_config(None, ["model.recipe=fuyu"])
     with pytest.raises(ConfigError, match="model.vision_weights: stage 'pretrain' aligns .* model.eve.random_teacher = true"):
         load_config(None, EVE_TINY)

@@ -1,0 +1,265 @@
+"""The mma recipe (LaVIN) on tiny shapes: the modality token is seen by the routers only, routing
+splits text-only from image samples, only adapters train, adapter-only checkpoints, mixed batches
+through the loss and through cached generation, and LaVIN's trainable-parameter counts."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from minilvlm.eval.generate import generate, left_pad
+from minilvlm.models.decoder import DecoderConfig
+from minilvlm.models.mma import ADAPTER_PREFIXES, MMA, MMAConfig
+from minilvlm.models.vision import VisionConfig
+from minilvlm.optim import FusedAdamW
+from minilvlm.train.config import load_config
+from minilvlm.train.mma_setup import mma_config
+
+IMAGE_ID, VOCAB = 39, 40
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    vision = VisionConfig(image_size=32, patch_size=16, dim=16, n_layers=4, n_heads=2, mlp_dim=32, act="gelu")
+    decoder = DecoderConfig(vocab_size=VOCAB, dim=16, n_layers=2, n_heads=2, mlp_dim=24, max_seq_len=64)
+    settings = dict(hidden=4, groups=2, vision_layers=(2, 4), visual_hidden=8, image_token_id=IMAGE_ID, dropout=0.0)
+    settings.update(overrides)
+    model = MMA(MMAConfig(vision=vision, decoder=decoder, **settings))
+    for module in (model.vision, model.lm):
+        for p in module.parameters():
+            if p.dim() > 1:
+                torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def randomize_adapters(model, std=0.3):
+    """Fresh adapters are the identity (zero up-projections); give them random ones."""
+    with torch.no_grad():
+        for adapter in (*model.vision_adapters, *model.lm_adapters):
+            adapter.up_w.normal_(std=std)
+            adapter.up_b.normal_(std=std)
+            adapter.router_w.normal_(std=3.0)   # strong enough to route visibly at temperature 10
+
+
+def mixed_batch():
+    """Two image rows (2 image tokens each) and two text-only rows, right-padded."""
+    rows = [[1, IMAGE_ID, IMAGE_ID, 5, 6, 7, 8], [2, 9, 10, 11], [1, IMAGE_ID, IMAGE_ID, 12, 13], [3, 14, 15, 16, 17]]
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = torch.tensor(row)
+        mask[r, :len(row)] = True
+    labels = ids.masked_fill(~mask, -100)
+    labels[:, :3] = -100
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions,
+            "segment_ids": mask.int()}, images
+
+
+def select(batch, images, rows):
+    """A sub-batch of the given rows (and their images), trimmed to its own width."""
+    image_rows = [r for r in range(batch["input_ids"].shape[0]) if (batch["input_ids"][r] == IMAGE_ID).any()]
+    width = int(batch["attention_mask"][rows].sum(-1).max())
+    sub = {k: v[rows][:, :width] for k, v in batch.items()}
+    return sub, images[[image_rows.index(r) for r in rows if r in image_rows]]
+
+
+def test_modality_token_is_seen_by_the_routers_only():
+    model = tiny_model().eval()
+    randomize_adapters(model)
+    batch, images = mixed_batch()
+    args = (batch["input_ids"], images, batch["attention_mask"])
+    kwargs = dict(position_ids=batch["position_ids"])
+    other = torch.randn_like(model.modality_token.embedding.weight)
+    with torch.no_grad():
+        base = model(*args, **kwargs)
+        # Routers blind to t (router_w = 0): swapping the token must change nothing after position 0.
+        for adapter in model.lm_adapters:
+            adapter.router_w.zero_()
+        blind = model(*args, **kwargs)
+        original = model.modality_token.embedding.weight.clone()
+        model.modality_token.embedding.weight.copy_(other)
+        blind_swapped = model(*args, **kwargs)
+        assert torch.equal(blind_swapped[:, 1:], blind[:, 1:])
+        assert not torch.allclose(blind_swapped[:, 0], blind[:, 0])   # position 0 itself did change
+        # Control: were column 0 not masked, the same swap would reach the other tokens.
+        embeds = model.embed(batch["input_ids"], images)
+        unmasked = torch.cat((torch.ones_like(batch["attention_mask"][:, :1]), batch["attention_mask"]), 1)
+        model.modality_token.embedding.weight.copy_(original)
+        seen = model.lm(inputs_embeds=model.embed(batch["input_ids"], images), attention_mask=unmasked)
+        seen_swapped = model.lm(inputs_embeds=embeds, attention_mask=unmasked)
+        assert not torch.allclose(seen[:, 1:], seen_swapped[:, 1:])
+        # With the routers reading t again, the swap changes the routing and through it the outputs.
+        randomize_adapters(model)
+        routed = model(*args, **kwargs)
+        w = model.routing_weights(batch["input_ids"])
+        model.modality_token.embedding.weight.copy_(other)
+        assert not torch.allclose(model(*args, **kwargs)[:, 1:], routed[:, 1:])
+        assert not torch.allclose(model.routing_weights(batch["input_ids"]), w)
+    assert base.shape == (4, 8, VOCAB)
+
+
+def test_routing_separates_text_only_from_image_samples_after_training():
+    model = tiny_model(seed=2)
+    model.set_stage("finetune")
+    with torch.no_grad():   # start with one token for both modalities: identical routing
+        model.modality_token.embedding.weight[1] = model.modality_token.embedding.weight[0]
+    has_image = torch.tensor([False, True])
+    start = model.routing_weights(has_image=has_image)
+    assert torch.equal(start[0], start[1])
+    batch, images = mixed_batch()
+    # Toy task: image rows and text rows continue differently, so the two modalities pull apart.
+    batch["labels"][0, 3:7] = torch.tensor([20, 21, 22, 23])
+    batch["labels"][2, 3:5] = torch.tensor([20, 21])
+    optimizer = FusedAdamW(model.param_groups(3e-2), lr=3e-2)
+    for _ in range(8):
+        loss, count, _ = model.batch_loss(batch, images)
+        (loss / count).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.routing_weights(has_image=has_image)
+    assert (after[0] - after[1]).abs().max() > 1e-3
+
+
+def test_only_adapters_get_gradients():
+    model = tiny_model()
+    randomize_adapters(model)
+    parts = model.set_stage("finetune")
+    assert parts == ["vision_adapters", "lm_adapters", "modality_token", "visual_adapter"]
+    batch, images = mixed_batch()
+    loss, count, aux = model.batch_loss(batch, images)
+    assert aux is None and count == int((batch["labels"][:, 1:] != -100).sum())
+    loss.backward()
+    for name, p in model.named_parameters():
+        if name.startswith(ADAPTER_PREFIXES):
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    # Both modality rows were used by the batch, so both got gradient.
+    assert (model.modality_token.embedding.weight.grad.abs().sum(-1) > 0).all()
+    groups = model.param_groups(1e-3)
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="keeps the ViT and the LM frozen"):
+        model.set_stage("finetune", train_vision=True)
+
+
+def test_adapter_checkpoint_holds_only_trainable_tensors_and_round_trips(tmp_path):
+    from safetensors import safe_open
+    model = tiny_model().eval()
+    randomize_adapters(model)
+    model.set_stage("finetune")
+    path = tmp_path / "adapters.safetensors"
+    model.save_adapters(path)
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+    assert keys == {n for n, p in model.named_parameters() if p.requires_grad}
+    fresh = tiny_model().eval()   # same seed: the same base, fresh (identity) adapters
+    batch, images = mixed_batch()
+    args = (batch["input_ids"], images, batch["attention_mask"])
+    with torch.no_grad():
+        assert not torch.allclose(fresh(*args), model(*args))
+        fresh.load_adapters(path)
+        assert torch.equal(fresh(*args), model(*args))
+    other = tiny_model(hidden=6)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        other.load_adapters(path)
+
+
+def test_mixed_batch_loss_equals_the_rows_alone():
+    model = tiny_model().eval()
+    randomize_adapters(model)
+    batch, images = mixed_batch()
+    with torch.no_grad():
+        total, count, _ = model.batch_loss(batch, images)
+        parts = [model.batch_loss(*select(batch, images, [r])) for r in range(4)]
+    assert count == sum(c for _, c, _ in parts)
+    torch.testing.assert_close(total, sum(loss for loss, _, _ in parts), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_batches_are_refused():
+    model = tiny_model()
+    batch, images = mixed_batch()
+    batch["segment_ids"][0, 4:] = 2
+    with pytest.raises(ValueError, match="turn packing off"):
+        model.batch_loss(batch, images)
+
+
+def test_cached_generation_matches_greedy_recompute():
+    model = tiny_model(seed=3).eval()
+    randomize_adapters(model)
+    prompts = [[1, IMAGE_ID, IMAGE_ID, 5, 6], [2, 9], [1, IMAGE_ID, IMAGE_ID, 12, 13, 14, 15], [3, 14, 15]]
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    ids, mask = left_pad(prompts, pad_id=0)
+    embeds, gen_mask = model.generation_inputs(ids, images, mask)
+    assert gen_mask[:, 0].eq(0).all() and embeds.shape[1] == ids.shape[1] + 1
+    cached = generate(model.lm, inputs_embeds=embeds, attention_mask=gen_mask, max_new_tokens=6)
+    recomputed = generate(model.lm, inputs_embeds=embeds, attention_mask=gen_mask, max_new_tokens=6, use_cache=False)
+    assert torch.equal(cached, recomputed)
+    # Each row decodes as it would alone (padding and the other rows' modalities do not leak in).
+    for row, image_index in ((1, []), (2, [1])):
+        one_ids, one_mask = left_pad([prompts[row]], pad_id=0)
+        one_embeds, one_gen_mask = model.generation_inputs(one_ids, images[image_index], one_mask)
+        one = generate(model.lm, inputs_embeds=one_embeds, attention_mask=one_gen_mask, max_new_tokens=6)
+        assert torch.equal(one[0], cached[row])
+    assert len(set(map(tuple, cached.tolist()))) > 1   # not a degenerate constant output
+
+
+LAVIN_7B = Path(__file__).resolve().parents[2] / "configs" / "lavin_llama7b_sqa.toml"
+TO_13B = ["model.decoder.dim=5120", "model.decoder.n_layers=40", "model.decoder.n_heads=40",
+          "model.decoder.mlp_dim=13824", "model.mma.temperature=5"]
+
+
+def lavin_trainable(overrides, preset):
+    """Trainable parameters of the LaVIN config, built on the meta device (no weights)."""
+    cfg = load_config(LAVIN_7B, overrides)
+    reference = DecoderConfig.preset(preset)
+    assert (cfg.model.decoder.dim, cfg.model.decoder.n_layers, cfg.model.decoder.mlp_dim) == (
+        reference.dim, reference.n_layers, reference.mlp_dim)
+    assert cfg.model.vision == VisionConfig.preset("clip-vit-l-14")
+    with torch.device("meta"):
+        model = MMA(mma_config(cfg, cfg.model.vision, cfg.model.decoder, 32000))
+    model.set_stage(cfg.train.stage)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trained, sum(p.numel() for p in model.parameters()), model
+
+
+def test_lavin_trainable_parameter_counts_on_meta():
+    """LaVIN Table 1: 3.8M trainable for 7B, 5.4M for 13B (the count is explained in the config)."""
+    n7, total7, model = lavin_trainable([], "llama-7b")
+    assert model.config.image_tokens == 6 and model.config.temperature == 10.0
+    assert n7 == 3_781_296 and abs(n7 / 3.8e6 - 1) <= 0.03
+    assert n7 / total7 < 0.001
+    n13, _, model = lavin_trainable(TO_13B, "llama-13b")
+    assert model.config.temperature == 5.0
+    assert n13 == 5_390_080 and abs(n13 / 5.4e6 - 1) <= 0.03
+
+
+def test_bf16_autocast_training_and_generation():
+    """LaVIN trains under bf16 autocast: the fused adapter op must run inside it (forward and
+    backward) and the loss stay close to fp32's."""
+    model = tiny_model(seed=5)
+    randomize_adapters(model, std=0.1)
+    model.set_stage("finetune")
+    batch, images = mixed_batch()
+    loss32, count, _ = model.batch_loss(batch, images)
+    loss32.backward()
+    grads32 = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, _, _ = model.batch_loss(batch, images)
+        loss16.backward()
+    torch.testing.assert_close(loss16 / count, loss32 / count, rtol=3e-2, atol=3e-2)
+    for name, grad in grads32.items():
+        got = dict(model.named_parameters())[name].grad
+        assert got.dtype == torch.float32 and torch.isfinite(got).all(), name
+    g16 = torch.cat([dict(model.named_parameters())[n].grad.flatten() for n in grads32])
+    g32 = torch.cat([g.flatten() for g in grads32.values()])
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.95
+    model.eval()
+    ids, mask = left_pad([[1, IMAGE_ID, IMAGE_ID, 5], [2, 9]], pad_id=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        embeds, gen_mask = model.generation_inputs(ids, images[:1], mask)
+        cached = generate(model.lm, inputs_embeds=embeds, attention_mask=gen_mask, max_new_tokens=4)
+    assert cached.shape == (2, 4)
