@@ -75,8 +75,9 @@ def descendants(pid):
 
 
 def kill_at_random_step(run_dir, world, steps, seed):
-    """Start a run, SIGKILL its whole process group once it has logged a random step in 3..steps-2."""
-    target = random.Random(seed).randint(3, steps - 2)
+    """Start a run, SIGKILL it and every rank once it has logged a random step in 3..steps/2 (the kill
+    lands a step or two later on a fast machine: what counts is that the run did not finish)."""
+    target = random.Random(seed).randint(3, steps // 2)
     proc = launch(run_dir, world, [f"train.steps={steps}"])
     deadline = time.monotonic() + 240
     while logged_step(run_dir) < target:
@@ -94,7 +95,7 @@ def kill_at_random_step(run_dir, world, steps, seed):
 
 @pytest.mark.parametrize("world", [1, 2])
 def test_sigkill_then_resume_is_bitwise(world, tmp_path):
-    steps = 30  # long enough (about 1.5 s of steps) to be killed before the end
+    steps = 40  # long enough (about 2 s of steps) to be killed well before the end
     full = tmp_path / "full"
     finish(launch(full, world, [f"train.steps={steps}"]))
     reference = losses(full)
@@ -105,7 +106,7 @@ def test_sigkill_then_resume_is_bitwise(world, tmp_path):
     resumed_from = latest(killed)
     assert resumed_from is not None
     start = int(resumed_from.name.split("_")[1])
-    assert start <= target and start < steps, f"killed after step {target}, last checkpoint {start}"
+    assert start < steps, f"the run finished before the kill (target step {target})"
     finish(launch(killed, world, resume=True))
     after = losses(killed)
     assert sorted(after) == list(range(1, steps + 1))
