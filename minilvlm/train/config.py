@@ -31,8 +31,9 @@ def _demo_decoder():
 
 @dataclass
 class EveSection:
-    """The eve recipe (minilvlm/models/eve.py). model.vision describes its frozen teacher ViT and
-    model.feature_layer the teacher layer it aligns to; model.projector maps the embedder to the LM."""
+    """The eve recipe (minilvlm/models/eve.py). model.vision (weights: model.vision_weights) is its
+    frozen teacher ViT, model.feature_layer the teacher layer it aligns to; model.projector maps the
+    embedder to the LM."""
     image_size: int = 0                # 0: model.vision.image_size (the teacher sees its own size)
     patch_size: int = 8                # the embedder's conv stride
     pool: int = 2                      # pool x pool patches -> one LM token (local attention pooling)
@@ -72,6 +73,7 @@ class ModelSection:
     # checkpoints (a run's model.safetensors: the tower's tensors under vision., the LM's under lm.).
     vision_weights: str = ""           # the ViT (llava: the tower; eve: the frozen teacher)
     lm_weights: str = ""
+    init_from: str = ""                # a previous stage's model.safetensors (whole model; after the above)
     mma: MMASection = field(default_factory=MMASection)
 
 

@@ -42,22 +42,30 @@ def _load_hf(module, folder, key, kinds):
         raise ConfigError(f"{key}: {err}") from None
 
 
-def _load_ours(module, path, key, prefix):
+def _read_ours(path, key):
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"{key} = '{path}': expected a .safetensors file, a checkpoint folder holding "
                           f"model.safetensors, or a Hugging Face folder with config.json")
-    state = load_file(file)
+    return file, load_file(file)
+
+
+def _load_ours(module, path, key, prefix):
+    file, state = _read_ours(path, key)
     if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    _assign(module, state, key, file, f" (keys read under '{prefix}' when present)")
+
+
+def _assign(module, state, key, file, note=""):
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(f"{k} {list(state[k].shape)} (expected {list(expected[k].shape)})"
                    for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
-        raise ConfigError(f"{key} = '{file}' does not fit the configured {type(module).__name__} "
-                          f"(keys read under '{prefix}' when present): missing {missing[:8]}, unexpected "
+        raise ConfigError(f"{key} = '{file}' does not fit the configured {type(module).__name__}"
+                          f"{note}: missing {missing[:8]}, unexpected "
                           f"{unexpected[:8]}, wrong shape {wrong[:8]}; does the config section match the run "
                           f"that saved it?")
     module.load_state_dict(state, strict=True)
@@ -72,3 +80,16 @@ def load_pretrained(module, path, key, kind):
     else:
         _load_ours(module, path, key, "vision." if kind == "vision" else "lm.")
     return module
+
+
+def load_previous_stage(model, path, key="model.init_from"):
+    """A whole model from an earlier run's checkpoint (the previous training stage). Tensors of parts
+    this stage drops (EVE's aligner in instruction tuning) are left out; any other difference is an
+    error."""
+    path = Path(path)
+    _check_exists(path, key)
+    file, state = _read_ours(path, key)
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith("aligner.")}
+    _assign(model, state, key, file)
+    return model

@@ -15,7 +15,7 @@ from minilvlm.models.lvlm import LLaVA, LLaVAConfig
 from minilvlm.train import mma_setup
 from minilvlm.train.demo_tokenizer import build_word_tokenizer
 from minilvlm.train.eve_setup import build_eve_model
-from minilvlm.train.pretrained import load_pretrained
+from minilvlm.train.pretrained import load_pretrained, load_previous_stage
 
 
 def demo_data_dir(cfg, run_dir):
@@ -63,10 +63,16 @@ def load_tokenizer(cfg, run_dir, train_records):
 
 def build_model(cfg, tokenizer, load_weights=True):
     """The configured recipe's model, with the pretrained weights the config names when load_weights."""
-    if cfg.model.recipe == "eve":
-        return build_eve_model(cfg, tokenizer, load_weights)
-    if cfg.model.recipe == "mma":
+    if cfg.model.recipe == "mma":  # adapters on a frozen base: its own weights (model.mma)
         return mma_setup.build_mma_model(cfg, tokenizer)
+    model = build_eve_model(cfg, tokenizer, load_weights) if cfg.model.recipe == "eve" \
+        else _build_llava(cfg, tokenizer, load_weights)
+    if load_weights and cfg.model.init_from:
+        load_previous_stage(model, cfg.model.init_from)
+    return model
+
+
+def _build_llava(cfg, tokenizer, load_weights):
     decoder = dataclasses.replace(cfg.model.decoder, vocab_size=tokenizer.vocab_size)
     config = LLaVAConfig(vision=cfg.model.vision, decoder=decoder, projector=cfg.model.projector,
                          feature_layer=cfg.model.feature_layer, image_token_id=tokenizer.image_token_id)

@@ -6,8 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
+from minilvlm.data.tokenizer import Tokenizer
 from minilvlm.models.lvlm import LLaVA, LLaVAConfig
 from minilvlm.train.config import ConfigError, load_config
 from minilvlm.train.setup import build_model
@@ -83,13 +85,25 @@ def test_short_eve_run_through_the_tool(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 4 and sum(n for k, n in summary["count"].items() if not k.startswith("task/")) == 8
     saved = run / "checkpoints" / "step_000004" / "model.safetensors"
-    from safetensors import safe_open
     with safe_open(str(saved), "pt") as f:
         keys = list(f.keys())
     assert any(k.startswith("embedder.") for k in keys) and not any(k.startswith("teacher.") for k in keys)
     # resume the finished run's folder one step further: the checkpoint loads without teacher tensors
     assert tool_main()(["--resume", str(run), "train.steps=5"]) == 0
     assert [s for s, _ in losses(run)][-1] == 5
+    # the next stage (instruction tuning) starts from this run's weights; the aligner is dropped
+    previous = run / "checkpoints" / "step_000005"
+    stage3 = load_config(None, EVE_TINY + ["train.stage=finetune", f"model.init_from={json.dumps(str(previous))}"])
+    tokenizer = Tokenizer(run)
+    model = build_model(stage3, tokenizer)
+    assert model.aligner is None and model.teacher is None
+    with safe_open(str(previous / "model.safetensors"), "pt") as f:
+        for key in ("embedder.separator", "projector.0.weight", "lm.layers.0.attn.wq.weight"):
+            torch.testing.assert_close(model.state_dict()[key], f.get_tensor(key), rtol=0, atol=0)
+    wider = load_config(None, EVE_TINY + ["train.stage=finetune", "model.eve.dim=32",
+                                          f"model.init_from={json.dumps(str(previous))}"])
+    with pytest.raises(ConfigError, match="model.init_from = .* does not fit the configured EVE.*wrong shape"):
+        build_model(wider, tokenizer)
 
 
 def meta_model(name):
