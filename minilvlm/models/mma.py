@@ -2,7 +2,7 @@
 
 A frozen ViT and a frozen decoder LM, bridged and adapted by small trained modules only:
 - an MM-Adapter (minilvlm.models.adapters.MMAdapter) between the pre-attention norm and the
-  attention of EVERY ViT block and EVERY LM block. The adapters are attached with forward hooks on
+  attention of EVERY ViT block (up to the deepest one read) and EVERY LM block. The adapters are attached with forward hooks on
   the existing blocks' norms, so the base modules, their code and their state-dict keys
   (`vision.*`, `lm.*`, as in the llava recipe) stay untouched;
 - the modality token: a learned embedding per sample, "text only" (0) or "has image" (1), at
@@ -77,7 +77,8 @@ class MMA(nn.Module):
         self.vision = vision if vision is not None else VisionTransformer(c.vision)
         self.lm = lm if lm is not None else Decoder(c.decoder)
         adapter = dict(hidden=c.hidden, groups=c.groups, scale=c.scale, dropout=c.dropout, temperature=c.temperature)
-        self.vision_adapters = nn.ModuleList(MMAdapter(c.vision.dim, **adapter) for _ in self.vision.layers)
+        # Blocks past the deepest chosen layer never run, so they get no adapter.
+        self.vision_adapters = nn.ModuleList(MMAdapter(c.vision.dim, **adapter) for _ in range(max(c.vision_layers)))
         self.lm_adapters = nn.ModuleList(MMAdapter(c.decoder.dim, **adapter) for _ in self.lm.layers)
         self.modality_token = ModalityToken(c.decoder.dim)
         self.visual_adapter = nn.Sequential(nn.Linear(c.vision.dim, c.visual_hidden), nn.SiLU(),
@@ -92,6 +93,8 @@ class MMA(nn.Module):
         for block, adapter in zip(self.vision.layers, self.vision_adapters):
             # ViT: route each sample on its own (normed) class token.
             block.norm1.register_forward_hook(lambda _m, _a, h, adapter=adapter: adapter(h, h[:, 0]))
+        # LM: after attn_norm. In a parallel block (Phi) that norm also feeds the MLP, so there the
+        # adapter reaches both; LLaMA (LaVIN's LM) has a norm of its own before the MLP.
         for i, (block, adapter) in enumerate(zip(self.lm.layers, self.lm_adapters)):
             tap = _RouterTap(i, adapter)
             block.register_forward_pre_hook(tap.see_cache)

@@ -9,16 +9,15 @@ import torch
 from minilvlm.models.mma import MMA, MMAConfig
 
 
-def vision_layers(cfg):
+def vision_layers(cfg, n_layers):
     """The configured ViT layers, or every 4th block ([4, 8, ..., n])."""
-    m = cfg.model.mma
-    return tuple(m.vision_layers) or tuple(range(4, cfg.model.vision.n_layers + 1, 4))
+    return tuple(cfg.model.mma.vision_layers) or tuple(range(4, n_layers + 1, 4))
 
 
 def mma_config(cfg, vision, decoder, image_token_id):
     m = cfg.model.mma
     return MMAConfig(vision=vision, decoder=decoder, hidden=m.hidden, groups=m.groups, scale=m.scale,
-                     temperature=m.temperature, dropout=m.dropout, vision_layers=vision_layers(cfg),
+                     temperature=m.temperature, dropout=m.dropout, vision_layers=vision_layers(cfg, vision.n_layers),
                      visual_hidden=m.visual_hidden, image_token_id=image_token_id)
 
 
@@ -41,6 +40,9 @@ def build_mma_model(cfg, tokenizer):
         _check_exists(m.vision_weights, "vision_weights")
         _check_exists(m.lm_weights, "lm_weights")
         vision, lm = from_pretrained(m.vision_weights), from_pretrained(m.lm_weights)
+        _check_sizes(cfg.model.vision, vision.config, "model.vision", m.vision_weights,
+                     ("image_size", "patch_size", "dim", "n_layers"))
+        _check_sizes(cfg.model.decoder, lm.config, "model.decoder", m.lm_weights, ("dim", "n_layers", "n_heads", "mlp_dim"))
         if lm.config.vocab_size < tokenizer.vocab_size - 1:
             raise ValueError(f"model.mma.lm_weights: the LM has {lm.config.vocab_size} embeddings but the tokenizer "
                              f"{tokenizer.vocab_size} ids; use the LM's own tokenizer (data.tokenizer)")
@@ -51,6 +53,15 @@ def build_mma_model(cfg, tokenizer):
                 torch.nn.init.xavier_uniform_(layer.weight)
                 torch.nn.init.zeros_(layer.bias)
     return model
+
+
+def _check_sizes(configured, loaded, section, folder, fields):
+    """The run config's sizes (they drive the data pipeline) must be the loaded model's."""
+    wrong = [f"{section}.{k} = {getattr(configured, k)} but {folder} has {getattr(loaded, k)}"
+             for k in fields if getattr(configured, k) != getattr(loaded, k)]
+    if wrong:
+        raise ValueError("the config does not describe the base weights: " + "; ".join(wrong)
+                         + f". Set [{section}] to the folder's sizes")
 
 
 def prefix_text_only(records, prefix):

@@ -263,3 +263,36 @@ def test_bf16_autocast_training_and_generation():
         embeds, gen_mask = model.generation_inputs(ids, images[:1], mask)
         cached = generate(model.lm, inputs_embeds=embeds, attention_mask=gen_mask, max_new_tokens=4)
     assert cached.shape == (2, 4)
+
+
+class _Tokenizer:
+    vocab_size, image_token_id = 211, 210   # the tiny LLaMA's table; <image> is the last id
+
+
+def test_base_from_hugging_face_folders(tmp_path):
+    from tests.models import hf_fixtures
+    from minilvlm.train.mma_setup import build_mma_model
+    from minilvlm.weights import from_pretrained
+    hf_fixtures.llama(tmp_path / "llama")
+    hf_fixtures.clip_vision(tmp_path / "clip")
+    sizes = ["model.vision.image_size=30", "model.vision.patch_size=6", "model.vision.dim=48",
+             "model.vision.n_layers=3", "model.decoder.dim=64", "model.decoder.n_layers=2",
+             "model.decoder.n_heads=4", "model.decoder.mlp_dim=96"]
+    common = ["model.recipe=mma", "train.train_vision=false", "model.mma.vision_layers=[1, 3]",
+              f"model.mma.vision_weights={str(tmp_path / 'clip')!r}", f"model.mma.lm_weights={str(tmp_path / 'llama')!r}"]
+    model = build_mma_model(load_config(None, common + sizes), _Tokenizer())
+    reference = from_pretrained(tmp_path / "llama")
+    assert all(torch.equal(a, b) for a, b in zip(model.lm.state_dict().values(), reference.state_dict().values()))
+    assert model.config.image_tokens == 2 and len(model.vision_adapters) == 3 and len(model.lm_adapters) == 2
+    model.set_stage("finetune")
+    ids = torch.tensor([[1, 210, 210, 5, 6], [2, 7, 8, 9, 10]])
+    images = torch.randint(0, 256, (1, 3, 30, 30), dtype=torch.uint8)
+    labels = ids.masked_fill(ids == 210, -100)
+    loss, count, _ = model.batch_loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+                                       "position_ids": torch.arange(5).expand(2, 5), "segment_ids": None}, images)
+    assert torch.isfinite(loss) and count == 2 * 5 - 2   # every token but the two image ids
+    with pytest.raises(ValueError, match=r"model.decoder.dim = 32 but .*llama has 64. Set \[model.decoder\]"):
+        build_mma_model(load_config(None, common + sizes + ["model.decoder.dim=32"]), _Tokenizer())
+    with pytest.raises(FileNotFoundError, match="model.mma.lm_weights = .*nowhere.*no such file"):
+        build_mma_model(load_config(None, common + sizes + [f"model.mma.lm_weights={str(tmp_path / 'nowhere')!r}"]),
+                        _Tokenizer())
