@@ -17,3 +17,12 @@ def max_rel_diff(actual, expected, floor=1e-6):
     """Largest elementwise |actual - expected| / max(|expected|, floor)."""
     actual, expected = actual.double(), expected.double()
     return ((actual - expected).abs() / expected.abs().clamp_min(floor)).max().item()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The folder of a tiny demo run (tests/tiny_run.py), trained once per session."""
+    from tests.tiny_run import train_tiny
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    train_tiny(run_dir)
+    return run_dir

@@ -39,11 +39,12 @@ def next_token(logits, temperature=0.0, top_p=1.0, generator=None):
 
 @torch.no_grad()
 def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, max_new_tokens=32,
-             temperature=0.0, top_p=1.0, stop_ids=(), pad_id=0, use_cache=True, generator=None):
+             temperature=0.0, top_p=1.0, stop_ids=(), pad_id=0, use_cache=True, generator=None, on_token=None):
     """New tokens [B, max_new_tokens or fewer] after left-padded prompts (input_ids, or inputs_embeds
     [B, T, D] for prompts that hold image features) with attention_mask [B, T] (1 = real token).
     A row that emits a stop id keeps it and is padded with pad_id after it; decoding ends when every
-    row has stopped. Positions count real tokens only, so padding does not shift a row."""
+    row has stopped. Positions count real tokens only, so padding does not shift a row.
+    on_token(tokens [B]) is called with each step's tokens as soon as they are chosen (streaming)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     embeds = model.embed(input_ids) if inputs_embeds is None else inputs_embeds
@@ -59,6 +60,8 @@ def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, 
         token = next_token(logits[:, -1], temperature, top_p, generator)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         out.append(token)
+        if on_token is not None:
+            on_token(token)
         finished |= torch.isin(token, stop)
         if finished.all():
             break

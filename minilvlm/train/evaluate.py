@@ -18,11 +18,16 @@ def normalize(text):
     return re.sub(r"[^a-z0-9]+", "", text.lower())
 
 
+def extract_letter(answer_text):
+    """The option letter of "The answer is X" in a generated reply, or None when there is none."""
+    found = _LETTER.search(answer_text)
+    return found.group(1) if found else None
+
+
 def is_correct(record, answer_text):
     expected = str(record.meta.get("answer", ""))
     if record.meta.get("question_type") == "multiple_choice":
-        found = _LETTER.search(answer_text)
-        return found is not None and found.group(1) == expected
+        return extract_letter(answer_text) == expected
     return normalize(answer_text) == normalize(expected)
 
 

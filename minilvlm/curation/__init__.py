@@ -1,0 +1,1 @@
+"""Data and model curation: perplexity filtering of training records, model soups."""

@@ -1,0 +1,154 @@
+"""Model soups: the element-wise mean of N fine-tuned checkpoints of one architecture (uniform),
+or a greedy soup that takes members in order of held-out accuracy and keeps one only when the
+soup's accuracy does not drop (Wortsman et al., 2022). Members must agree on the model config,
+the trained parts, the tokenizer and every tensor's name, shape and dtype."""
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from minilvlm.eval.load import LoadError, resolve_checkpoint
+from minilvlm.io import atomic_save_safetensors, atomic_write_json
+
+
+class SoupError(ValueError):
+    """Checkpoints that cannot be averaged, and why."""
+
+
+@dataclass
+class Member:
+    folder: Path
+    run_dir: Path
+    state: dict
+    tensors: dict
+
+    @property
+    def name(self):
+        return str(self.folder)
+
+
+def read_member(path):
+    try:
+        folder, run_dir = resolve_checkpoint(path)
+    except LoadError as err:
+        raise SoupError(str(err)) from None
+    state = json.loads((folder / "state.json").read_text())
+    if "config" not in state:
+        raise SoupError(f"{folder / 'state.json'} has no 'config' entry (not written by the trainer or soup)")
+    return Member(folder, run_dir, state, load_file(folder / "model.safetensors"))
+
+
+def trained_parts(config):
+    """The parts a run trained, from its config (as LLaVA.set_stage decides them)."""
+    t = config["train"]
+    parts = {"projector"}
+    if t["stage"] == "finetune" or t.get("pretrain_lm"):
+        parts.add("lm")
+    if t.get("train_vision"):
+        parts.add("vision")
+    return sorted(parts)
+
+
+def _differences(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(set(a) | set(b)):
+            found += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return found
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} vs {b!r}"]
+
+
+def tokenizer_file(member):
+    name = member.state["config"]["data"].get("tokenizer")
+    if name:
+        path = Path(name)
+        return path if path.is_file() else path / "tokenizer.json"
+    for place in (member.folder, member.run_dir):
+        if (place / "tokenizer.json").is_file():
+            return place / "tokenizer.json"
+    return None
+
+
+def check_compatible(members):
+    """Raise SoupError naming the first member that differs from the first one, and how."""
+    if len(members) < 2:
+        raise SoupError(f"a soup needs at least two checkpoints, got {len(members)}")
+    first = members[0]
+    for other in members[1:]:
+        where = f"{other.name} and {first.name}"
+        diffs = _differences(first.state["config"]["model"], other.state["config"]["model"], "model.")
+        if diffs:
+            raise SoupError(f"{where} have different architectures: {'; '.join(diffs[:4])}")
+        a, b = trained_parts(first.state["config"]), trained_parts(other.state["config"])
+        if a != b:
+            raise SoupError(f"{where} trained different parts ({', '.join(b)} vs {', '.join(a)}); "
+                            "soup checkpoints of the same stage")
+        missing, extra = sorted(set(first.tensors) - set(other.tensors)), sorted(set(other.tensors) - set(first.tensors))
+        if missing or extra:
+            raise SoupError(f"{where} hold different tensors: missing {missing[:3]}, extra {extra[:3]}")
+        for key, tensor in first.tensors.items():
+            theirs = other.tensors[key]
+            if theirs.shape != tensor.shape or theirs.dtype != tensor.dtype:
+                raise SoupError(f"{where} disagree on {key!r}: {tuple(theirs.shape)} {theirs.dtype} vs "
+                                f"{tuple(tensor.shape)} {tensor.dtype}")
+        mine, theirs = tokenizer_file(first), tokenizer_file(other)
+        if mine and theirs and mine.read_bytes() != theirs.read_bytes():
+            raise SoupError(f"{where} use different tokenizers ({theirs} vs {mine}); their token ids do not agree")
+
+
+def uniform_soup(tensor_dicts):
+    """Element-wise mean of floating tensors, accumulated in fp32 (fp64 for fp64) and cast back;
+    integer tensors must be equal and are taken as they are."""
+    soup = {}
+    for key, tensor in tensor_dicts[0].items():
+        if not tensor.is_floating_point():
+            if any(not torch.equal(d[key], tensor) for d in tensor_dicts[1:]):
+                raise SoupError(f"integer tensor {key!r} differs between checkpoints and cannot be averaged")
+            soup[key] = tensor
+            continue
+        acc_dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+        total = torch.zeros(tensor.shape, dtype=acc_dtype)
+        for d in tensor_dicts:
+            total += d[key].to(acc_dtype)
+        soup[key] = (total / len(tensor_dicts)).to(tensor.dtype)
+    return soup
+
+
+def greedy_soup(members, accuracy):
+    """(tensors, log): members sorted by accuracy(tensors) (best first); each next one joins the
+    soup only if the soup's accuracy does not drop. The log lists every trial."""
+    scored = sorted(((accuracy(m.tensors), i, m) for i, m in enumerate(members)), key=lambda s: (-s[0], s[1]))
+    best_score, _, best = scored[0]
+    ingredients = [best]
+    log = [{"member": m.name, "accuracy": s} for s, _, m in scored]
+    trials = [{"added": best.name, "soup_accuracy": best_score, "kept": True}]
+    soup = best.tensors
+    for _, _, member in scored[1:]:
+        candidate = uniform_soup([m.tensors for m in ingredients + [member]])
+        score = accuracy(candidate)
+        kept = score >= best_score
+        trials.append({"added": member.name, "soup_accuracy": score, "kept": kept})
+        if kept:
+            ingredients.append(member)
+            soup, best_score = candidate, score
+    return soup, {"members": log, "trials": trials, "ingredients": [m.name for m in ingredients],
+                  "accuracy": best_score}
+
+
+def write_soup(out, tensors, members, info):
+    """out/model.safetensors, out/state.json (the members' config, so tools/eval.py loads it) and
+    the members' tokenizer files."""
+    out = Path(out)
+    atomic_save_safetensors(tensors, out / "model.safetensors")
+    source = tokenizer_file(members[0])
+    if source is not None and not members[0].state["config"]["data"].get("tokenizer"):
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if (source.parent / name).is_file():
+                shutil.copyfile(source.parent / name, out / name)
+    state = {"step": max(m.state.get("step", 0) for m in members), "config": members[0].state["config"],
+             "soup": info}
+    atomic_write_json(state, out / "state.json")
+    return out

@@ -1,0 +1,80 @@
+"""One question to a loaded model, with an optional image, answered token by token: the reply is
+decoded after every new token and only the new text is handed to `on_text`, so a terminal shows
+it as it is generated. Greedy when temperature is 0; else temperature and top-p sampling."""
+import torch
+
+from minilvlm.data.images import load_image
+from minilvlm.data.labels import expand_images
+from minilvlm.data.records import IMAGE_TAG
+from minilvlm.data.templates import render, stop_tokens
+from minilvlm.eval.generate import generate
+from minilvlm.eval.load import LoadError
+
+LAVIN_TEMPERATURE, LAVIN_TOP_P = 0.1, 0.75
+
+
+class TextStream:
+    """Turns streamed token ids into text pieces: the decoded reply so far, minus what was already
+    emitted. The pieces concatenate to the decoding of all the ids."""
+
+    def __init__(self, tokenizer, on_text):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids, self.emitted = [], ""
+
+    def __call__(self, token):
+        self.ids.append(int(token[0]))
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.emitted):
+            piece = text[len(self.emitted):]
+        else:   # a decoder that rewrites earlier text (merged bytes): hold it until the end
+            return
+        if piece:
+            self.emitted = text
+            self.on_text(piece)
+
+    def finish(self):
+        text = self.tokenizer.decode(self.ids)
+        if text != self.emitted and text.startswith(self.emitted):
+            self.on_text(text[len(self.emitted):])
+        self.emitted = text
+        return text
+
+
+def prompt_inputs(loaded, prompt, image=None):
+    """(input_ids [1, T], images [N, 3, S, S]) for one user turn; an image goes where the prompt's
+    <image> tag is, or before the text when the prompt has none."""
+    cfg, tokenizer = loaded.cfg, loaded.tokenizer
+    size = cfg.model.vision.image_size
+    tags = prompt.count(IMAGE_TAG)
+    if image is None and tags:
+        raise LoadError(f"the prompt holds {IMAGE_TAG} but no image was given (--image PATH)")
+    if image is not None and tags == 0:
+        prompt = f"{IMAGE_TAG}\n{prompt}"
+    elif image is not None and tags > 1:
+        raise LoadError(f"the prompt holds {tags} {IMAGE_TAG} tags for one image")
+    ids = render([{"role": "user", "content": prompt}], tokenizer, cfg.data.template, generation_prompt=True).ids
+    ids, _, _ = expand_images(ids, [False] * len(ids), tokenizer.image_token_id, loaded.model.config.image_tokens)
+    if image is None:
+        images = torch.empty(0, 3, size, size, dtype=torch.uint8)
+    else:
+        images = load_image(image, size, cfg.data.image_mode)[None]
+        if cfg.data.blank_images:
+            images = torch.full_like(images, 128)
+    return torch.tensor([ids]), images
+
+
+@torch.no_grad()
+def ask(loaded, prompt, image=None, *, temperature=LAVIN_TEMPERATURE, top_p=LAVIN_TOP_P, max_new_tokens=64,
+        on_text=None, seed=None):
+    """The model's reply to `prompt` (with `image`, a path); `on_text(piece)` streams it."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    ids, images = prompt_inputs(loaded, prompt, image)
+    stream = TextStream(tokenizer, on_text or (lambda piece: None))
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=loaded.cfg.train.bf16)
+    with autocast:
+        embeds, mask = model.generation_inputs(ids, images, torch.ones_like(ids))
+        generate(model.lm, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                 temperature=temperature, top_p=top_p, stop_ids=stop_tokens(loaded.cfg.data.template, tokenizer),
+                 pad_id=tokenizer.pad_id, generator=generator, on_token=stream)
+    return stream.finish()
