@@ -18,11 +18,12 @@ from minilvlm.train.demo_tokenizer import build_word_tokenizer
 def demo_data_dir(cfg, run_dir):
     """The demo set, generated once per (seed, sizes) into run_dir/data (seconds)."""
     folder = Path(run_dir) / "data"
-    stamp = {"seed": cfg.data.demo_seed, "sizes": cfg.data.demo_sizes, "image_size": cfg.model.vision.image_size}
+    stamp = {"seed": cfg.data.demo_seed, "sizes": cfg.data.demo_sizes, "image_size": cfg.model.vision.image_size,
+             "mc_fraction": cfg.data.demo_mc_fraction}
     marker = folder / "generated.json"
     if not (marker.is_file() and json.loads(marker.read_text()) == stamp):
         demo.generate(folder, seed=cfg.data.demo_seed, sizes=cfg.data.demo_sizes,
-                      image_size=cfg.model.vision.image_size)
+                      image_size=cfg.model.vision.image_size, mc_fraction=cfg.data.demo_mc_fraction)
         marker.write_text(json.dumps(stamp))
     return folder
 
