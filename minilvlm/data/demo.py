@@ -1,6 +1,7 @@
 """The demo data set: generated shape pictures with questions about them, plus text-only tasks.
 
     python -m minilvlm.data.demo OUT_DIR [--seed 0] [--train 3000] [--val 300] [--test 300]
+                                         [--image-size 32] [--mc-fraction 0.5]
 
 writes OUT_DIR/{train,val,test}.json in LLaVA's conversation format (so it doubles as a format
 example) and OUT_DIR/images/<split>/<id>.png. Read it back with `load_demo`.
@@ -43,6 +44,9 @@ MMA_QUESTIONS = {
 }
 TASK_SETS = {"shapes": QUESTIONS, "mma": MMA_QUESTIONS}
 ALL_QUESTIONS = {**QUESTIONS, **MMA_QUESTIONS}
+# How often each image task is asked: shape and count take a small tower longest to learn (colour
+# questions are answered near perfectly long before), so they get twice the share.
+TASK_WEIGHTS = {"colour": 1, "shape": 2, "count": 2, "position": 1, "comparison": 1, "same_colour": 1}
 WORDS = ("apple", "river", "stone", "cloud", "tiger", "lemon", "chair", "grape", "plant", "music",
          "ocean", "pencil", "garden", "rabbit", "window", "silver", "candle", "forest", "button",
          "kite", "moon", "star", "book", "lamp", "frog", "bread", "horse", "sugar", "paper", "train")
@@ -75,7 +79,7 @@ def build_scene(task, answer, size, rng):
     if task == "colour":
         specs, x_ranges = [(kind(), answer, radius(0.12, 0.3))], None
     elif task == "shape":
-        specs, x_ranges = [(answer, colour(), radius(0.12, 0.3))], None
+        specs, x_ranges = [(answer, colour(), radius(0.22, 0.38))], None   # big enough to see the outline
     elif task == "count":
         specs, x_ranges = [(kind(), colour(), radius(0.08, 0.13)) for _ in range(int(answer))], None
     elif task == "position":
@@ -114,7 +118,10 @@ def image_question(task, rng, chooser, multiple_choice):
     if not multiple_choice:
         answer = chooser.draw(question, options)
         return f"<image>\n{question}", answer, answer, list(options)
-    choices = rng.sample(list(options), rng.randint(2, len(options)))
+    # A random subset of 2 or more options, always listed in the options' own order: the model
+    # still has to find what it sees among them, with one fewer thing to learn than shuffled lists.
+    picked = set(rng.sample(list(options), rng.randint(2, len(options))))
+    choices = [o for o in options if o in picked]
     prompt = mc_prompt(question, choices, has_image=True)
     index = chooser.draw(prompt, range(len(choices)))
     return prompt, mc_answer(index), LETTERS[index], choices
@@ -140,7 +147,7 @@ def text_task(rng):
     return kind, "language", f"How many letters are in the word '{word}'?", str(len(word))
 
 
-def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fraction=0.3, tasks="shapes"):
+def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fraction=0.5, tasks="shapes"):
     if tasks not in TASK_SETS:
         raise ValueError(f"unknown demo task set {tasks!r}; known: {', '.join(TASK_SETS)}")
     rng = random.Random(f"minilvlm-demo:{seed}:{split}")
@@ -156,7 +163,10 @@ def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fr
                             "question_type": "text_instruction", "task": task, "subject": subject,
                             "category": task, "has_image": False, "answer": reply, "choices": []})
             continue
-        task = rng.choice(list(TASK_SETS[tasks]))
+        if tasks == "shapes":
+            task = rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()))[0]
+        else:
+            task = rng.choice(list(TASK_SETS[tasks]))
         multiple_choice = task in MC_TASKS and rng.random() < mc_fraction
         prompt, reply, answer, choices = image_question(task, rng, chooser, multiple_choice)
         value = choices[LETTERS.index(answer)] if multiple_choice else answer
@@ -176,12 +186,13 @@ def _turns(prompt, reply):
     return [{"from": "human", "value": prompt}, {"from": "gpt", "value": reply}]
 
 
-def generate(out_dir, seed=0, sizes=None, image_size=64, tasks="shapes"):
+def generate(out_dir, seed=0, sizes=None, image_size=32, mc_fraction=0.5, tasks="shapes"):
     """Write the demo data set to out_dir; returns {split: number of records}. tasks="mma" asks
     the MMA_QUESTIONS instead of QUESTIONS (text-only records are mixed in either way)."""
     out_dir = Path(out_dir)
     sizes = dict(SPLIT_SIZES if sizes is None else sizes)
-    return {split: len(make_split(split, n, out_dir, seed, image_size, tasks=tasks)) for split, n in sizes.items()}
+    return {split: len(make_split(split, n, out_dir, seed, image_size, mc_fraction=mc_fraction, tasks=tasks))
+            for split, n in sizes.items()}
 
 
 def load_demo(out_dir, split, on_error="raise", skips=None):
@@ -195,14 +206,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minilvlm.data.demo", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--mc-fraction", type=float, default=0.5,
+                        help="share of the colour/shape/count/position/comparison questions asked as multiple choice")
     parser.add_argument("--tasks", choices=sorted(TASK_SETS), default="shapes", help="question set")
     for split, n in SPLIT_SIZES.items():
         parser.add_argument(f"--{split}", type=int, default=n, help=f"records in {split} (default {n})")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     counts = generate(args.out_dir, args.seed, {s: getattr(args, s) for s in SPLIT_SIZES}, args.image_size,
-                      args.tasks)
+                      args.mc_fraction, args.tasks)
     print(f"wrote {counts} to {args.out_dir} in {time.perf_counter() - start:.1f} s")
 
 

@@ -20,8 +20,9 @@ class ConfigError(ValueError):
 
 
 def _demo_vision():
-    # 64 px pictures in 16x16 patches: 16 image tokens. Trained from scratch (no pretrained tower here).
-    return VisionConfig(image_size=64, patch_size=16, dim=96, n_layers=3, n_heads=4, mlp_dim=256, act="gelu")
+    # 32 px pictures in 8x8 patches: 16 image tokens, each seeing more of a shape's outline than
+    # 16x16 patches of 64 px did. Trained from scratch (no pretrained tower here).
+    return VisionConfig(image_size=32, patch_size=8, dim=96, n_layers=3, n_heads=4, mlp_dim=256, act="gelu")
 
 
 def _demo_decoder():
@@ -82,9 +83,10 @@ class DataSection:
     dataset: str = "demo"              # "demo" (generated into the run folder) or a LLaVA .json/.jsonl
     image_root: str = ""               # for a LLaVA file: default its folder
     eval_file: str = ""                # held-out LLaVA file (the demo uses its val/test splits)
-    demo_sizes: dict = field(default_factory=lambda: {"train": 6000, "val": 300, "test": 600})
+    demo_sizes: dict = field(default_factory=lambda: {"train": 16000, "val": 300, "test": 600})
     demo_seed: int = 0
     demo_tasks: str = "shapes"         # demo question set: "shapes" | "mma" (new types for the mma demo)
+    demo_mc_fraction: float = 0.5      # share of the demo's colour/shape/count/position/comparison questions asked as multiple choice
     tokenizer: str = ""                # a tokenizer.json or model folder; "" builds one from the demo texts
     template: str = "chatml"
     max_len: int = 256
@@ -117,13 +119,13 @@ class TrainSection:
     train_vision: bool = True          # the demo trains its tower from scratch; LLaVA keeps it frozen
     global_batch: int = 32
     micro_batch: int = 32
-    steps: int = 1000
+    steps: int = 3000
     seed: int = 0
     bf16: bool = False                 # autocast matmuls to bf16 (CPU or GPU)
     deterministic: bool = False        # torch.use_deterministic_algorithms, for bitwise resume
     threads: int = 0                   # torch intra-op threads; 0 keeps torch's default
     log_every: int = 10
-    eval_every: int = 500
+    eval_every: int = 1000
     ckpt_every: int = 500
     stop_at: int = 0                   # stop (with a checkpoint) after this step; 0 runs to the end
     run_dir: str = "runs/demo"
@@ -132,7 +134,7 @@ class TrainSection:
 @dataclass
 class EvalSection:
     split: str = "test"                # demo split for the final evaluation ("val" during training)
-    limit: int = 0                     # records evaluated during training (0: all); the final eval uses all
+    limit: int = 150                   # records evaluated during training (0: all); the final eval uses all
     max_new_tokens: int = 8
     batch: int = 100
     samples: int = 6                   # sample answers printed and logged

@@ -21,13 +21,14 @@ from minilvlm.train.pretrained import load_pretrained, load_previous_stage
 def demo_data_dir(cfg, run_dir):
     """The demo set, generated once per (seed, sizes) into run_dir/data (seconds)."""
     folder = Path(run_dir) / "data"
-    stamp = {"seed": cfg.data.demo_seed, "sizes": cfg.data.demo_sizes, "image_size": cfg.image_size}
+    stamp = {"seed": cfg.data.demo_seed, "sizes": cfg.data.demo_sizes, "image_size": cfg.image_size,
+             "mc_fraction": cfg.data.demo_mc_fraction}
     if cfg.data.demo_tasks != "shapes":
         stamp["tasks"] = cfg.data.demo_tasks
     marker = folder / "generated.json"
     if not (marker.is_file() and json.loads(marker.read_text()) == stamp):
-        demo.generate(folder, seed=cfg.data.demo_seed, sizes=cfg.data.demo_sizes,
-                      image_size=cfg.image_size, tasks=cfg.data.demo_tasks)
+        demo.generate(folder, seed=cfg.data.demo_seed, sizes=cfg.data.demo_sizes, image_size=cfg.image_size,
+                      mc_fraction=cfg.data.demo_mc_fraction, tasks=cfg.data.demo_tasks)
         marker.write_text(json.dumps(stamp))
     return folder
 

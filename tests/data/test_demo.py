@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minilvlm.data.demo import QUESTIONS, generate, load_demo, main
+from minilvlm.data.demo import MC_TASKS, QUESTIONS, generate, load_demo, main
 from minilvlm.data.demo_shapes import COLOURS
 from minilvlm.data.scienceqa import LETTERS
 
@@ -51,6 +51,26 @@ def test_records_are_llava_with_evaluator_metadata(demo):
     assert 0.1 < sum(not r.has_image for r in train) / len(train) < 0.3
     mc = next(r for r in train if r.meta["question_type"] == "multiple_choice")
     assert "\nOptions: (A) " in mc.turns[0].text and mc.turns[1].text == f"The answer is {mc.meta['answer']}."
+
+
+def test_multiple_choice_options_keep_their_order(demo):
+    mc = [r for r in load_demo(demo, "train") if r.meta["question_type"] == "multiple_choice"]
+    assert len(mc) > 100
+    for r in mc:
+        options = QUESTIONS[r.meta["task"]][1]
+        positions = [options.index(c) for c in r.meta["choices"]]
+        assert len(positions) >= 2 and positions == sorted(set(positions)), r.id
+        assert f"Options: (A) {r.meta['choices'][0]} (B) {r.meta['choices'][1]}" in r.turns[0].text
+    assert len({len(r.meta["choices"]) for r in mc}) == 3   # 2, 3 or 4 options
+
+
+def test_mc_fraction_sets_the_share_of_multiple_choice(tmp_path):
+    shares = []
+    for fraction in (0.0, 0.6):
+        generate(tmp_path / str(fraction), seed=2, sizes={"train": 300}, image_size=32, mc_fraction=fraction)
+        records = [r for r in load_demo(tmp_path / str(fraction), "train") if r.meta["task"] in MC_TASKS]
+        shares.append(sum(r.meta["question_type"] == "multiple_choice" for r in records) / len(records))
+    assert shares[0] == 0 and 0.45 < shares[1] < 0.75, shares
 
 
 def answers_by_text(records):

@@ -92,6 +92,15 @@ def test_shipped_configs_load():
     assert load_config(root / "demo_text_only.toml").data.blank_images
 
 
+def test_demo_toml_is_the_defaults_and_the_baseline_only_blanks_images():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "configs"
+    assert load_config(root / "demo.toml") == load_config()
+    baseline = load_config(root / "demo_text_only.toml")
+    assert baseline.data.blank_images and baseline.train.run_dir != "runs/demo"
+    assert load_config(root / "demo_text_only.toml", ["data.blank_images=false", "train.run_dir=runs/demo"]) == load_config()
+
+
 def test_derived_decoder_fields_follow_their_sources():
     cfg = load_config(None, ["model.decoder.n_heads=2", "model.decoder.dim=16"])
     assert cfg.model.decoder.n_kv_heads == 2 and cfg.model.decoder.head_dim == 8
