@@ -23,7 +23,7 @@ TOKENIZER = SimpleNamespace(vocab_size=60, image_token_id=60)
 
 def test_eve_section_and_stage_errors(tmp_path):
     cfg = load_config(None, EVE_TINY + ["model.eve.random_teacher=true"])
-    assert cfg.model.eve.align_layers == [1, 0] and cfg.image_size == 64
+    assert cfg.model.eve.align_layers == [1, 0] and cfg.image_size == cfg.model.vision.image_size
     with pytest.raises(ConfigError, match="eve recipe's stages are 'prealign', 'pretrain', 'finetune'"):
         load_config(None, EVE_TINY + ["train.stage=stage2"])
     with pytest.raises(ConfigError, match="llava recipe's stages are 'pretrain', 'finetune', got 'prealign'"):
