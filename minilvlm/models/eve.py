@@ -21,7 +21,13 @@ from torch import nn
 
 from minilvlm.models.decoder import Decoder, DecoderConfig
 from minilvlm.models.eve_embed import PatchEmbedder, window_attention
-from minilvlm.models.lvlm import CLIP_MEAN, CLIP_STD, lm_loss, make_projector
+from minilvlm.models.lvlm import (
+    CLIP_MEAN,
+    CLIP_STD,
+    embed_with_images,
+    lm_loss,
+    make_projector,
+)
 from minilvlm.models.vision import VisionConfig, VisionTransformer
 
 STAGES = ("prealign", "pretrain", "finetune")
@@ -194,18 +200,8 @@ class EVE(nn.Module):
     def embed(self, input_ids, images):
         """(decoder input embeddings [B, T, D], image-position mask [B, T]): each run of image ids
         holds one image's tokens, images in the order their runs appear row by row."""
-        is_image = input_ids == self.config.image_token_id
-        n_image_tokens = int(is_image.sum())
-        expected = images.shape[0] * self.config.image_tokens
-        if n_image_tokens != expected:
-            raise ValueError(f"the batch has {n_image_tokens} image tokens but {images.shape[0]} image(s) "
-                             f"x {self.config.image_tokens} tokens = {expected}; were the records encoded "
-                             f"with image_tokens={self.config.image_tokens}?")
-        embeds = self.lm.embed(input_ids.masked_fill(is_image, 0))
-        if images.shape[0] == 0:
-            return embeds, is_image
-        tokens = self.image_embeddings(images).to(embeds.dtype)
-        return embeds.masked_scatter(is_image.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1])), is_image
+        return embed_with_images(self.lm, input_ids, images, self.config.image_token_id,
+                                 self.config.image_tokens, self.image_embeddings)
 
     def forward(self, input_ids, images, attention_mask=None, *, position_ids=None, segment_ids=None):
         """Logits [B, T, V]."""

@@ -91,18 +91,8 @@ class LLaVA(nn.Module):
     def embed(self, input_ids, images):
         """Decoder input embeddings [B, T, D] with each run of image ids replaced by one image's
         projected features."""
-        is_image = input_ids == self.config.image_token_id
-        n_image_tokens = int(is_image.sum())
-        expected = images.shape[0] * self.config.image_tokens
-        if n_image_tokens != expected:
-            raise ValueError(f"the batch has {n_image_tokens} image tokens but {images.shape[0]} image(s) "
-                             f"x {self.config.image_tokens} tokens = {expected}; were the records encoded "
-                             f"with image_tokens={self.config.image_tokens}?")
-        embeds = self.lm.embed(input_ids.masked_fill(is_image, 0))
-        if images.shape[0] == 0:
-            return embeds
-        features = self.image_features(images).to(embeds.dtype)
-        return embeds.masked_scatter(is_image.unsqueeze(-1), features.reshape(-1, features.shape[-1]))
+        return embed_with_images(self.lm, input_ids, images, self.config.image_token_id,
+                                 self.config.image_tokens, self.image_features)[0]
 
     def forward(self, input_ids, images, attention_mask=None, *, position_ids=None, segment_ids=None):
         """Logits [B, T, V]."""
@@ -124,6 +114,24 @@ class LLaVA(nn.Module):
     def generation_inputs(self, input_ids, images, attention_mask):
         """(inputs_embeds, attention_mask) of left-padded prompts for `generate(self.lm, ...)`."""
         return self.embed(input_ids, images), attention_mask
+
+
+def embed_with_images(lm, input_ids, images, image_token_id, image_tokens, image_embeddings):
+    """(LM input embeddings [B, T, D], image-position mask [B, T]): the token embeddings with each
+    run of `image_tokens` image ids replaced by one image's embeddings, images in the order their
+    runs appear row by row. image_embeddings maps images [N, ...] to [N, image_tokens, D]."""
+    is_image = input_ids == image_token_id
+    n_image_tokens = int(is_image.sum())
+    expected = images.shape[0] * image_tokens
+    if n_image_tokens != expected:
+        raise ValueError(f"the batch has {n_image_tokens} image tokens but {images.shape[0]} image(s) "
+                         f"x {image_tokens} tokens = {expected}; were the records encoded "
+                         f"with image_tokens={image_tokens}?")
+    embeds = lm.embed(input_ids.masked_fill(is_image, 0))
+    if images.shape[0] == 0:
+        return embeds, is_image
+    tokens = image_embeddings(images).to(embeds.dtype)
+    return embeds.masked_scatter(is_image.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1])), is_image
 
 
 def lm_loss(logits, labels):

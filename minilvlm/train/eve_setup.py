@@ -2,11 +2,9 @@
 and, for the stages that align (prealign, pretrain), the aligner and its frozen teacher ViT."""
 import dataclasses
 
-import torch
-
-from minilvlm.models.eve import EVE, EVEConfig, STAGES
+from minilvlm.models.eve import EVE, STAGES, EVEConfig
 from minilvlm.train.config import ConfigError
-from minilvlm.train.pretrained import load_pretrained
+from minilvlm.train.pretrained import init_from_scratch, load_pretrained
 
 ALIGNED_STAGES = STAGES[:2]
 
@@ -42,15 +40,7 @@ def build_eve_model(cfg, tokenizer, load_weights=True):
     (teacher, LM) loaded when load_weights."""
     check_teacher(cfg)
     model = EVE(eve_config(cfg, tokenizer.vocab_size, tokenizer.image_token_id))
-    for name, module in model.named_modules():
-        if name.startswith("teacher"):
-            continue
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, torch.nn.Embedding):
-            torch.nn.init.normal_(module.weight, std=0.02)
+    init_from_scratch(module for name, module in model.named_modules() if not name.startswith("teacher"))
     m = cfg.model
     if load_weights and model.teacher is not None and m.vision_weights:
         load_pretrained(model.teacher, m.vision_weights, "model.vision_weights", "vision")

@@ -4,10 +4,16 @@ run's checkpoint, whose tensors sit under the part's prefix, e.g. `vision.` for 
 Every problem is a ConfigError naming the config key, the path and what to do."""
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from minilvlm.train.config import ConfigError
-from minilvlm.weights import ARCHITECTURES, WeightsError, load_state_dict_into, read_config
+from minilvlm.weights import (
+    ARCHITECTURES,
+    WeightsError,
+    load_state_dict_into,
+    read_config,
+)
 
 _VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 _DECODER_TYPES = ("llama", "qwen2", "phi")
@@ -93,3 +99,15 @@ def load_previous_stage(model, path, key="model.init_from"):
     state = {k: v for k, v in state.items() if k in expected or not k.startswith("aligner.")}
     _assign(model, state, key, file)
     return model
+
+
+def init_from_scratch(modules):
+    """Small-normal init of the Linear and Embedding layers among `modules`, for parts trained from
+    scratch (the modules' own defaults are for loading checkpoints, not for training)."""
+    for module in modules:
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.Embedding):
+            torch.nn.init.normal_(module.weight, std=0.02)

@@ -15,7 +15,11 @@ from minilvlm.models.lvlm import LLaVA, LLaVAConfig
 from minilvlm.train import mma_setup
 from minilvlm.train.demo_tokenizer import build_word_tokenizer
 from minilvlm.train.eve_setup import build_eve_model
-from minilvlm.train.pretrained import load_pretrained, load_previous_stage
+from minilvlm.train.pretrained import (
+    init_from_scratch,
+    load_pretrained,
+    load_previous_stage,
+)
 
 
 def demo_data_dir(cfg, run_dir):
@@ -87,15 +91,7 @@ def _build_llava(cfg, tokenizer, load_weights):
 
 
 def _init_weights(model):
-    """Small-normal init for a model trained from scratch (the modules' own defaults are for
-    loading checkpoints, not for training)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, torch.nn.Embedding):
-            torch.nn.init.normal_(module.weight, std=0.02)
+    init_from_scratch(model.modules())
     torch.nn.init.normal_(model.vision.pos_embed, std=0.02)
 
 

@@ -22,7 +22,8 @@ TINY = ["data.demo_sizes={train = 48, val = 8, test = 8}", "model.vision.dim=16"
         "train.global_batch=8", "train.micro_batch=4", "train.log_every=1", "train.eval_every=0",
         "train.ckpt_every=2", "train.deterministic=true", "optim.warmup_steps=2", "eval.max_new_tokens=2",
         "eval.samples=0", "data.demo_seed=3"]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+# A generous collective timeout: on a loaded CI machine a rank can wait long for its peer.
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MINILVLM_DIST_TIMEOUT="120")
 
 
 def launch(run_dir, world, extra=(), resume=False):
@@ -52,7 +53,12 @@ def logged_step(run_dir):
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return 0
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except json.JSONDecodeError:  # the line being written right now
+            pass
     return max(steps, default=0)
 
 
