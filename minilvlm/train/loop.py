@@ -99,13 +99,16 @@ def _train(cfg, rank, world, run_dir, resume, stream):
     torch.manual_seed(t.seed)
 
     started = time.perf_counter()
-    if rank == 0:  # generates the demo set on first use: one writer, the others wait
+    # Rank 0 first: it generates the demo set and builds the tokenizer file on first use; the other
+    # ranks then read both (building them concurrently raced on tokenizer.json).
+    if rank == 0:
         splits = setup.load_records(cfg, run_dir)
+        tokenizer = setup.load_tokenizer(cfg, run_dir, splits["train"])
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
         splits = setup.load_records(cfg, run_dir)
-    tokenizer = setup.load_tokenizer(cfg, run_dir, splits["train"])
+        tokenizer = setup.load_tokenizer(cfg, run_dir, splits["train"])
     model = setup.build_model(cfg, tokenizer)
     model.set_stage(t.stage, pretrain_lm=t.pretrain_lm, train_vision=t.train_vision)
     dataset = setup.build_dataset(cfg, splits["train"], tokenizer, model.config.image_tokens)
