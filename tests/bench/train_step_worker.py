@@ -6,9 +6,10 @@ own and MINILVLM_BACKEND applies from import). Prints one JSON line. Used by tes
 import json
 import resource
 import sys
-import time
 
 import torch
+
+from tests.bench.common import median_ms
 
 # A small llava: CLIP-style ViT (112 px, 14-px patches: 64 image tokens) + LLaMA-style LM.
 VISION = dict(image_size=112, patch_size=14, dim=256, n_layers=4, n_heads=4, mlp_dim=1024)
@@ -85,15 +86,7 @@ def main():
     which, steps = sys.argv[1], int(sys.argv[2])
     torch.manual_seed(0)
     step, trained = {"minilvlm": minilvlm_step, "transformers": transformers_step}[which]()
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    median = times[len(times) // 2]
+    median = median_ms(step, reps=steps, warmup=2) / 1e3
     print(json.dumps({"median_s": median, "samples_per_s": BATCH / median, "tokens_per_s": BATCH * SEQ / median,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "trained_params": trained}))
