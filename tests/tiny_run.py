@@ -12,7 +12,8 @@ TINY_MODEL = ["model.vision.dim=16", "model.vision.n_layers=2", "model.vision.n_
 TINY_RUN = TINY_MODEL + ["data.demo_sizes={train = 160, val = 12, test = 16}", "train.global_batch=16",
                          "train.micro_batch=16", "train.steps=30", "train.log_every=10", "train.eval_every=0",
                          "train.ckpt_every=10", "optim.lr=3e-3", "optim.warmup_steps=3", "eval.max_new_tokens=6",
-                         "eval.batch=5", "eval.samples=0", "train.threads=2"]
+                         "eval.batch=5", "eval.samples=0", "train.threads=2",
+                         "train.vision_pretrain_steps=10", "train.vision_pretrain_batch=16"]
 
 
 def train_tiny(run_dir, extra=()):

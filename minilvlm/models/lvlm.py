@@ -7,8 +7,8 @@ model only has to write one image's features over each run of image ids, in orde
 listed in the order their runs appear when reading `input_ids` row by row (minilvlm.data.batching).
 
 Stages (LLaVA's two): `pretrain` trains the projector (and the LM too when `pretrain_lm`), `finetune`
-trains the LM and the projector. The vision tower stays frozen unless `train_vision` (the demo has
-no pretrained tower, so it trains one from scratch)."""
+trains the LM and the projector. The vision tower stays frozen unless `train_vision` (a run with no
+pretrained tower first pretrains one: minilvlm/train/vision_pretrain.py)."""
 from dataclasses import dataclass, field
 
 import torch

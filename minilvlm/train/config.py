@@ -116,7 +116,11 @@ class OptimSection:
 class TrainSection:
     stage: str = "finetune"            # "pretrain" | "finetune"
     pretrain_lm: bool = False          # pretrain stage: also train the LM
-    train_vision: bool = True          # the demo trains its tower from scratch; LLaVA keeps it frozen
+    train_vision: bool = False         # LLaVA keeps its tower frozen (the demo too, once pretrained)
+    # llava with a from-scratch tower (no model.vision_weights / init_from): first pretrain it this many
+    # steps as a classifier of the image records' answers (minilvlm/train/vision_pretrain.py); 0: off
+    vision_pretrain_steps: int = 1500
+    vision_pretrain_batch: int = 64
     global_batch: int = 32
     micro_batch: int = 32
     steps: int = 3000
@@ -305,7 +309,9 @@ def validate(c):
           f"train.micro_batch ({c.train.micro_batch})")
     check(c.train.steps > 0, f"train.steps must be positive, got {c.train.steps}")
     check(len(c.optim.betas) == 2, f"optim.betas: expected two numbers, got {c.optim.betas!r}")
-    for name in ("log_every", "eval_every", "ckpt_every"):
+    check(c.train.vision_pretrain_batch > 0,
+          f"train.vision_pretrain_batch must be positive, got {c.train.vision_pretrain_batch}")
+    for name in ("log_every", "eval_every", "ckpt_every", "vision_pretrain_steps"):
         check(getattr(c.train, name) >= 0, f"train.{name} must be >= 0 (0 turns it off)")
     return c
 

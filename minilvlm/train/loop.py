@@ -15,7 +15,7 @@ from minilvlm.data.loader import ResumableLoader
 from minilvlm.data.sampler import ResumableBatchSampler
 from minilvlm.io import atomic_write_json, atomic_write_text
 from minilvlm.optim import FusedAdamW, ZeroAdamW
-from minilvlm.train import checkpoint, setup
+from minilvlm.train import checkpoint, setup, vision_pretrain
 from minilvlm.train.config import ConfigError, to_dict
 from minilvlm.train.distributed import init_distributed, shutdown_distributed
 from minilvlm.train.evaluate import evaluate, summarize
@@ -70,6 +70,21 @@ def _evaluate(model, records, tokenizer, rank, world, **kwargs):
     return summarize(answers)
 
 
+def _pretrain_vision(model, splits, cfg, world, stream):
+    """The from-scratch tower's pretraining (minilvlm/train/vision_pretrain.py), or None with a note
+    when the tower is loaded. Every rank runs the same steps; rank 0's result is broadcast so that
+    the ranks start the recipe from one tower whatever their thread counts did to the rounding."""
+    reason = vision_pretrain.skip_reason(cfg)
+    if reason:
+        print(f"vision pretraining skipped: {reason}", file=stream)
+        return None
+    result = vision_pretrain.pretrain_vision(model, splits["train"], splits.get("val", []), cfg, stream)
+    if world > 1:
+        for tensor in model.vision.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+    return result
+
+
 def train(cfg, run_dir=None, resume=False, stream=None):
     """Run (or resume) training as configured; returns the final evaluation's accuracies. Under
     torchrun every rank calls this: the data is sharded per rank, ZeroAdamW shards the optimizer
@@ -110,6 +125,13 @@ def _train(cfg, rank, world, run_dir, resume, stream):
         splits = setup.load_records(cfg, run_dir)
         tokenizer = setup.load_tokenizer(cfg, run_dir, splits["train"])
     model = setup.build_model(cfg, tokenizer)
+    resume_from = checkpoint.latest(run_dir) if resume else None
+    if resume and resume_from is None:
+        raise FileNotFoundError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")
+    vision_summary = None
+    if cfg.model.recipe == "llava" and t.vision_pretrain_steps and resume_from is None:
+        # A resumed run's tower comes from its checkpoint, already pretrained.
+        vision_summary = _pretrain_vision(model, splits, cfg, world, stream)
     model.set_stage(t.stage, pretrain_lm=t.pretrain_lm, train_vision=t.train_vision)
     dataset = setup.build_dataset(cfg, splits["train"], tokenizer, model.config.image_tokens)
     sampler = ResumableBatchSampler(dataset.lengths, t.micro_batch, rank=rank, world_size=world, seed=t.seed)
@@ -123,9 +145,6 @@ def _train(cfg, rank, world, run_dir, resume, stream):
     steps_per_epoch = len(dataset) / t.global_batch
 
     step = 0
-    resume_from = checkpoint.latest(run_dir) if resume else None
-    if resume and resume_from is None:
-        raise FileNotFoundError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")
     if resume_from is not None:
         state = checkpoint.load_checkpoint(resume_from, model, optimizer, rank=rank, world=world)
         loader.load_state_dict(state["data"])
@@ -203,6 +222,8 @@ def _train(cfg, rank, world, run_dir, resume, stream):
     del optimizer  # before the process group goes (shutdown_distributed)
 
     summary = {"step": step, "train_time_s": time.perf_counter() - started}
+    if vision_summary is not None:
+        summary["vision_pretrain"] = vision_summary
     test = splits.get(cfg.eval.split, [])
     if step >= t.steps and test:
         result = _evaluate(model, test, tokenizer, rank, world, **eval_kwargs)

@@ -87,8 +87,8 @@ def test_mismatched_checkpoints_give_a_clear_error(tiny_run, tmp_path, capsys, k
         _edit_state(other, lambda c: c["model"]["decoder"].update(mlp_dim=64))
         expected = "different architectures: model.decoder.mlp_dim: 48 vs 64"
     elif kind == "trained":
-        _edit_state(other, lambda c: c["train"].update(train_vision=False))
-        expected = "trained different parts (lm, projector vs lm, projector, vision)"
+        _edit_state(other, lambda c: c["train"].update(train_vision=True))
+        expected = "trained different parts (lm, projector, vision vs lm, projector)"
     elif kind == "shape":
         tensors = load_file(other / "model.safetensors")
         tensors["projector.0.bias"] = torch.zeros(7)

@@ -17,6 +17,7 @@ from minilvlm.train.checkpoint import latest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.demo_sizes={train = 48, val = 8, test = 8}", "model.vision.dim=16", "model.vision.n_layers=2",
+        "train.vision_pretrain_steps=5", "train.vision_pretrain_batch=8",
         "model.vision.n_heads=2", "model.vision.mlp_dim=16", "model.vision.patch_size=16",
         "model.decoder.dim=16", "model.decoder.n_layers=1", "model.decoder.n_heads=2", "model.decoder.mlp_dim=24",
         "train.global_batch=8", "train.micro_batch=4", "train.log_every=1", "train.eval_every=0",
