@@ -10,7 +10,8 @@ model.safetensors, state.json and the tokenizer, so tools/eval.py and tools/gene
 import argparse
 import sys
 
-from minilvlm.curation.soup import SoupError, check_compatible, greedy_soup, read_member, uniform_soup, write_soup
+from minilvlm.curation.soup import (SoupError, check_compatible, check_scorer, greedy_soup, read_member, uniform_soup,
+                                   write_soup)
 from minilvlm.data.errors import DataError
 from minilvlm.eval.benchmark import eval_records, load_split
 from minilvlm.eval.load import LoadError, load_model
@@ -32,6 +33,7 @@ def main(argv=None):
         check_compatible(members)
         if ns.greedy:
             loaded = load_model(ns.run or members[0].folder)
+            check_scorer(loaded.state["config"], loaded.model.state_dict(), ns.run or members[0].folder, members)
             records = load_split(loaded, ns.split, ns.data)
 
             def accuracy(tensors):

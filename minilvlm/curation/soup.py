@@ -99,6 +99,24 @@ def check_compatible(members):
             raise SoupError(f"{where} use different tokenizers ({theirs} vs {mine}); their token ids do not agree")
 
 
+def check_scorer(scorer_config, scorer_tensors, scorer_name, members):
+    """Raise SoupError unless the run that scores a greedy soup (its config and its model's
+    state_dict) can take the members' weights: same architecture, every member tensor present
+    with the same shape."""
+    first = members[0]
+    where = f"the scoring run {scorer_name} and {first.name}"
+    diffs = _differences(scorer_config["model"], first.state["config"]["model"], "model.")
+    if diffs:
+        raise SoupError(f"{where} have different architectures: {'; '.join(diffs[:4])}; pass --run a run "
+                        "of the members' architecture (or leave it out to score with the first member's run)")
+    for key, tensor in first.tensors.items():
+        mine = scorer_tensors.get(key)
+        if mine is None or mine.shape != tensor.shape:
+            found = "no such tensor" if mine is None else f"shape {tuple(mine.shape)}"
+            raise SoupError(f"{where} disagree on {key!r}: {found} vs {tuple(tensor.shape)} (a different "
+                            "tokenizer or vocabulary?); pass --run a run of the members' architecture")
+
+
 def uniform_soup(tensor_dicts):
     """Element-wise mean of floating tensors, accumulated in fp32 (fp64 for fp64) and cast back;
     integer tensors must be equal and are taken as they are."""

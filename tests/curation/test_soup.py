@@ -101,3 +101,25 @@ def test_mismatched_checkpoints_give_a_clear_error(tiny_run, tmp_path, capsys, k
     assert tool_main("soup")([*args, "--out", str(tmp_path / "soup")]) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "soup" / "model.safetensors").exists()
+
+
+def test_greedy_scoring_run_of_another_architecture_is_a_clear_error(tiny_run, tmp_path, capsys):
+    from tests.tiny_run import train_tiny
+    wider = tmp_path / "wider"
+    train_tiny(wider, ["model.decoder.mlp_dim=40", "train.steps=10", "train.ckpt_every=10"])
+    members = [str(_ckpt(tiny_run, 20)), str(_ckpt(tiny_run, 30))]
+    assert tool_main("soup")([*members, "--out", str(tmp_path / "soup"), "--greedy", "--run", str(wider)]) == 2
+    err = capsys.readouterr().err
+    assert "the scoring run" in err and "different architectures: model.decoder.mlp_dim: 40 vs 48" in err, err
+    assert not (tmp_path / "soup" / "model.safetensors").exists()
+
+
+def test_scoring_run_with_other_tensor_shapes_is_a_clear_error():
+    from minilvlm.curation.soup import SoupError, check_scorer
+    config = {"model": {"recipe": "llava"}}
+    members = [Member("a", "a", {"config": config}, {"lm.embed.weight": torch.zeros(10, 4)})]
+    check_scorer(config, {"lm.embed.weight": torch.zeros(10, 4)}, "run", members)   # fits
+    with pytest.raises(SoupError, match=r"disagree on 'lm.embed.weight': shape \(12, 4\) vs \(10, 4\)"):
+        check_scorer(config, {"lm.embed.weight": torch.zeros(12, 4)}, "run", members)
+    with pytest.raises(SoupError, match="disagree on 'lm.embed.weight': no such tensor"):
+        check_scorer(config, {}, "run", members)
