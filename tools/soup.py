@@ -14,7 +14,7 @@ from minilvlm.curation.soup import (SoupError, check_compatible, check_scorer, g
                                    write_soup)
 from minilvlm.data.errors import DataError
 from minilvlm.eval.benchmark import eval_records, load_split
-from minilvlm.eval.load import LoadError, load_model
+from minilvlm.eval.load import LoadError, load_model, load_weights
 from minilvlm.train.config import ConfigError
 
 
@@ -37,7 +37,7 @@ def main(argv=None):
             records = load_split(loaded, ns.split, ns.data)
 
             def accuracy(tensors):
-                loaded.model.load_state_dict(tensors)
+                load_weights(loaded.model, tensors, "the soup")
                 return eval_records(loaded, records)["average"]
             tensors, info = greedy_soup(members, accuracy)
             info.update(method="greedy", split=ns.split, data=ns.data or "run", questions=len(records))

@@ -27,10 +27,10 @@ def load_split(loaded, split, data=None, image_root=None):
         if not (data / "problems.json").is_file():
             raise LoadError(f"{data}: a folder given as data must be a ScienceQA release (problems.json, "
                             "pid_splits.json, images/)")
-        return read_scienceqa(data, split, image_dir=image_root)
+        return setup.recipe_records(loaded.cfg, read_scienceqa(data, split, image_dir=image_root))
     if not data.is_file():
         raise LoadError(f"{data}: no such file")
-    return read_records(data, "llava", image_root=image_root)
+    return setup.recipe_records(loaded.cfg, read_records(data, "llava", image_root=image_root))
 
 
 def eval_records(loaded, records, batch=None, max_new_tokens=None):

@@ -52,6 +52,8 @@ def prompt_inputs(loaded, prompt, image=None):
         prompt = f"{IMAGE_TAG}\n{prompt}"
     elif image is not None and tags > 1:
         raise LoadError(f"the prompt holds {tags} {IMAGE_TAG} tags for one image")
+    if image is None and cfg.model.recipe == "mma":   # as the adapters were trained: "Image: N/A" first
+        prompt = cfg.model.mma.text_only_prefix + prompt
     ids = render([{"role": "user", "content": prompt}], tokenizer, cfg.data.template, generation_prompt=True).ids
     ids, _, _ = expand_images(ids, [False] * len(ids), tokenizer.image_token_id, loaded.model.config.image_tokens)
     if image is None:

@@ -55,6 +55,21 @@ def find_tokenizer(cfg, folder, run_dir):
                     "copy the run's tokenizer.json beside the checkpoint")
 
 
+def load_weights(model, tensors, source):
+    """Load a checkpoint's tensors into a model built from its config. An adapter recipe's
+    checkpoint (mma) holds only the trained tensors; its frozen base comes from the config."""
+    try:
+        if hasattr(model, "load_trainable_state_dict"):
+            model.load_trainable_state_dict(tensors, str(source))
+            return
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except (RuntimeError, ValueError) as err:   # shapes that do not fit the config
+        raise LoadError(f"{source} does not fit the config in state.json: {err}") from None
+    if missing or unexpected:
+        raise LoadError(f"{source} does not fit the config in state.json: "
+                        f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
 def load_model(path, threads=0):
     """A LoadedModel in eval mode, weights in fp32 as trained."""
     folder, run_dir = resolve_checkpoint(path)
@@ -66,13 +81,6 @@ def load_model(path, threads=0):
         torch.set_num_threads(threads)
     tokenizer = find_tokenizer(cfg, folder, run_dir)
     model = setup.build_model(cfg, tokenizer)
-    weights = load_file(folder / "model.safetensors")
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as err:   # shapes that do not fit the config
-        raise LoadError(f"{folder / 'model.safetensors'} does not fit the config in state.json: {err}") from None
-    if missing or unexpected:
-        raise LoadError(f"{folder / 'model.safetensors'} does not fit the config in state.json: "
-                        f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    load_weights(model, load_file(folder / "model.safetensors"), folder / "model.safetensors")
     model.eval()
     return LoadedModel(cfg, model, tokenizer, folder, run_dir, state)

@@ -39,10 +39,14 @@ def demo_data_dir(cfg, run_dir):
 
 def load_records(cfg, run_dir):
     """{split: records}: train, and the held-out splits for evaluation."""
-    splits = _read_splits(cfg, run_dir)
+    return {k: recipe_records(cfg, v) for k, v in _read_splits(cfg, run_dir).items()}
+
+
+def recipe_records(cfg, records):
+    """Records as the configured recipe reads them: mma puts its prefix before text-only prompts."""
     if cfg.model.recipe == "mma":
-        splits = {k: mma_setup.prefix_text_only(v, cfg.model.mma.text_only_prefix) for k, v in splits.items()}
-    return splits
+        return mma_setup.prefix_text_only(records, cfg.model.mma.text_only_prefix)
+    return records
 
 
 def _read_splits(cfg, run_dir):
