@@ -66,6 +66,11 @@ class Tokenizer:
         """Including added tokens, so the image token's id is below it."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def save(self, path):
+        """Write tokenizer.json as this tokenizer encodes: the file's vocabulary plus the image token
+        when it was added here."""
+        self._tok.save(str(path))
+
     def has_token(self, token):
         return self._tok.token_to_id(token) is not None
 

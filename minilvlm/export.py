@@ -1,0 +1,260 @@
+"""Export a trained model to a Hugging Face folder that `transformers` loads: a llava-recipe model as
+LlavaForConditionalGeneration, or its decoder alone as LlamaForCausalLM / Qwen2ForCausalLM /
+PhiForCausalLM. The inverse of minilvlm.weights: the same key maps, read the other way.
+
+Like torchtitan's state-dict adapters (`to_hf`), the export is a pure renaming of our state dict;
+it checks that every one of our tensors lands under exactly one HF name, and fails listing any that
+would not. The LLaVA folder uses the checkpoint names transformers itself saves (language_model.model.*,
+vision_tower.*, multi_modal_projector.*), which older and newer transformers versions both load."""
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from minilvlm.eval.load import LoadError, load_model, resolve_checkpoint
+from minilvlm.hf_configs import (
+    ExportError,
+    decoder_config,
+    decoder_model_type,
+    image_processor_config,
+    llava_config,
+    vision_model_type,
+)
+from minilvlm.io import atomic_save_safetensors, atomic_write_json, atomic_write_with
+from minilvlm.models.lvlm import LLaVA
+from minilvlm.train import checkpoint
+from minilvlm.train.config import ConfigError, from_dict
+from minilvlm.weights import _LLAMA_KEYS, _PHI_KEYS, _VIT_KEYS, hf_key
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
+_DECODER_KEYS = {"llama": _LLAMA_KEYS, "qwen2": _LLAMA_KEYS, "phi": _PHI_KEYS}
+_PROJECTOR_KEYS = {"mlp2x_gelu": {"projector.0": "linear_1", "projector.2": "linear_2"},
+                   "linear": {"projector": "linear_1"}}
+# Everything an export writes; with --force these are replaced (stale shards too), nothing else is touched.
+_EXPORT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json",
+                 "processor_config.json")
+
+
+# ---- state dicts: our names -> HF names ----------------------------------------------------------
+
+def _rename(state, parts):
+    """{HF name: tensor}. parts: (our prefix, maps the rest of our name to the HF name or None).
+    Every tensor must be claimed by exactly one part and get a name no other tensor has."""
+    out, unmapped = {}, []
+    for name, tensor in state.items():
+        for prefix, rename in parts:
+            if name.startswith(prefix):
+                new = rename(name[len(prefix):])
+                break
+        else:
+            new = None
+        if new is None or new in out:
+            unmapped.append(name)
+        else:
+            out[new] = tensor
+    if unmapped:
+        raise ExportError(f"{len(unmapped)} of our tensors have no place in the Hugging Face checkpoint, and "
+                          f"nothing is dropped silently: {unmapped[:20]}")
+    return out
+
+
+def _by_key_map(key_map, hf_prefix=""):
+    def rename(name):
+        try:
+            return hf_prefix + hf_key(name, key_map)
+        except KeyError:
+            return None
+    return rename
+
+
+def decoder_state_dict(decoder, prefix=""):
+    """The decoder's tensors under its HF causal-LM names (a tied head has none: transformers ties it)."""
+    key_map = _DECODER_KEYS[decoder_model_type(decoder.config)]
+    return _rename(decoder.state_dict(), [("", _by_key_map(key_map, prefix))])
+
+
+def llava_state_dict(model: LLaVA):
+    """The whole model under transformers' LLaVA checkpoint names."""
+    c = model.config
+    vision_model_type(c.vision)  # a tower HF cannot represent fails here, before any renaming
+    projector = _PROJECTOR_KEYS.get(c.projector)
+    if projector is None:
+        raise ExportError(f"projector {c.projector!r} cannot be exported; supported: {sorted(_PROJECTOR_KEYS)}")
+
+    def rename_projector(name):
+        module, _, suffix = name.rpartition(".")
+        hf = projector.get("projector." + module if module else "projector")
+        return f"multi_modal_projector.{hf}.{suffix}" if hf else None
+    lm_map = _DECODER_KEYS[decoder_model_type(c.decoder)]
+    out = _rename(model.state_dict(), [
+        ("vision.", _by_key_map(_VIT_KEYS, "vision_tower.")),
+        ("projector", lambda rest: rename_projector(rest.lstrip("."))),
+        ("lm.", _by_key_map(lm_map, "language_model.")),
+    ])
+    if c.projector == "linear":  # HF's second projector layer, as the identity (see PROJECTOR_ACTS)
+        weight = out["multi_modal_projector.linear_1.weight"]
+        out["multi_modal_projector.linear_2.weight"] = torch.eye(c.decoder.dim, dtype=weight.dtype)
+        out["multi_modal_projector.linear_2.bias"] = torch.zeros(c.decoder.dim, dtype=weight.dtype)
+    return out
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+def prepare_output(out, force):
+    """Refuse a non-empty output folder unless force; with force, remove the files an earlier export
+    wrote there (so no stale shard or index is left beside the new weights)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder; choose an output folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ExportError(f"{out} exists and is not empty; choose a new folder, or pass --force to replace "
+                              f"the export files in it")
+        for path in out.iterdir():
+            if path.is_file() and (path.name in _EXPORT_FILES or
+                                   (path.name.startswith("model-") and path.name.endswith(".safetensors"))):
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_safetensors(tensors, out, max_shard_bytes=DEFAULT_SHARD_BYTES):
+    """model.safetensors, or model-0000i-of-0000n.safetensors shards (in name order, each at most
+    max_shard_bytes unless one tensor is larger) with model.safetensors.index.json. Returns the files."""
+    shards, current, size = [], {}, 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].numel() * tensors[name].element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensors[name]
+        size += nbytes
+    shards.append(current)
+    metadata = {"format": "pt"}  # transformers refuses safetensors files without it
+    if len(shards) == 1:
+        atomic_save_safetensors(shards[0], out / "model.safetensors", metadata)
+        return ["model.safetensors"]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        atomic_save_safetensors(shard, out / name, metadata)
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    atomic_write_json({"metadata": {"total_size": total}, "weight_map": weight_map},
+                      out / "model.safetensors.index.json")
+    return [*names, "model.safetensors.index.json"]
+
+
+def special_token_ids(tokenizer):
+    return {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
+
+
+def write_tokenizer(tokenizer, out, max_len, image_token=False):
+    """tokenizer.json (ours, with the image token among its added tokens), a tokenizer_config.json for
+    transformers' fast tokenizer and special_tokens_map.json."""
+    atomic_write_with(out / "tokenizer.json", tokenizer.save)
+    special = {f"{name}_token": token for name, token in
+               (("bos", tokenizer.bos_token), ("eos", tokenizer.eos_token), ("pad", tokenizer.pad_token))
+               if token is not None}
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        special["pad_token"] = tokenizer.eos_token   # our pad id falls back to eos; say so explicitly
+    if image_token:
+        special["image_token"] = tokenizer.image_token
+    atomic_write_json({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
+                       "clean_up_tokenization_spaces": False, **special}, out / "tokenizer_config.json")
+    atomic_write_json(special, out / "special_tokens_map.json")
+    return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def _cast(tensors, dtype):
+    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def _dtype_name(tensors):
+    floats = {v.dtype for v in tensors.values() if v.is_floating_point()}
+    return str(floats.pop()).removeprefix("torch.") if len(floats) == 1 else "float32"
+
+
+def export_decoder(decoder, tokenizer, out, *, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False):
+    """Write `decoder` (our Decoder) as a transformers causal-LM folder. Returns a summary dict."""
+    config = decoder_config(decoder.config, special_token_ids(tokenizer))
+    tensors = _cast(decoder_state_dict(decoder), dtype)
+    config["torch_dtype"] = _dtype_name(tensors)
+    return _write(out, force, config, tensors, tokenizer, decoder.config.max_seq_len, max_shard_bytes)
+
+
+def export_llava(model, tokenizer, out, *, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False):
+    """Write a LLaVA (ours) as a transformers LlavaForConditionalGeneration folder, with the image
+    processor and processor configs. Returns a summary dict."""
+    c = model.config
+    tensors = _cast(llava_state_dict(model), dtype)
+    config = llava_config(c, special_token_ids(tokenizer), _dtype_name(tensors))
+    if tokenizer.image_token_id != c.image_token_id:
+        raise ExportError(f"the tokenizer's {tokenizer.image_token!r} is id {tokenizer.image_token_id}, but the "
+                          f"model reads image_token_id {c.image_token_id}; export with the run's own tokenizer")
+    extra = {
+        "preprocessor_config.json": image_processor_config(c.vision, c.pixel_mean, c.pixel_std),
+        # LlavaProcessor expands each <image> to image_seq_length ids: patches (+1 for a class token,
+        # -1 again for the "default" strategy that drops it)
+        "processor_config.json": dict(processor_class="LlavaProcessor", image_token=tokenizer.image_token,
+                                      patch_size=c.vision.patch_size,
+                                      vision_feature_select_strategy=config["vision_feature_select_strategy"],
+                                      num_additional_image_tokens=int(c.vision.class_token)),
+    }
+    return _write(out, force, config, tensors, tokenizer, c.decoder.max_seq_len, max_shard_bytes, extra)
+
+
+def _write(out, force, config, tensors, tokenizer, max_len, max_shard_bytes, extra=None):
+    out = prepare_output(out, force)
+    files = write_safetensors(tensors, out, max_shard_bytes)
+    atomic_write_json(config, out / "config.json")
+    files += ["config.json", *write_tokenizer(tokenizer, out, max_len, image_token=extra is not None)]
+    for name, content in (extra or {}).items():
+        atomic_write_json(content, out / name)
+        files.append(name)
+    arch = config["architectures"][0]
+    return {"out": str(out), "architecture": arch, "files": files, "tensors": len(tensors),
+            "parameters": sum(t.numel() for t in tensors.values())}
+
+
+# ---- a run folder --------------------------------------------------------------------------------
+
+_OTHER_RECIPES = {
+    "mma": "mma runs are LaVIN adapters (MM-Adapters in the tower and the decoder, a routed "
+           "modality token) that transformers' LLaVA has no place for",
+    "eve": "eve runs read images through an encoder-free patch embedder, not a vision tower, so they are "
+           "not LlavaForConditionalGeneration models",
+}
+
+
+def export_run(path, out, *, decoder_only=False, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False):
+    """Export the newest checkpoint of a run folder (or a checkpoint folder) written by tools/train.py:
+    the LLaVA model, or with decoder_only its decoder alone. Returns the summary of export_llava /
+    export_decoder, plus the checkpoint it came from."""
+    try:
+        folder, _ = resolve_checkpoint(path)
+        state = checkpoint.read_state(folder)
+    except (LoadError, OSError, json.JSONDecodeError) as err:
+        raise ExportError(f"cannot read the run {path}: {err}") from None
+    if "config" not in state:
+        raise ExportError(f"{folder / 'state.json'} has no 'config' entry; it was not written by tools/train.py")
+    try:
+        recipe = from_dict(state["config"], str(folder / "state.json")).model.recipe
+    except ConfigError as err:
+        raise ExportError(str(err)) from None
+    if recipe != "llava":
+        raise ExportError(f"export supports the llava recipe; {_OTHER_RECIPES.get(recipe, f'{recipe} runs are unknown')}")
+    try:
+        loaded = load_model(folder)
+    except (LoadError, ConfigError, SafetensorError, OSError) as err:
+        raise ExportError(f"cannot load {folder}: {err}") from None
+    options = dict(dtype=dtype, max_shard_bytes=max_shard_bytes, force=force)
+    if decoder_only:
+        summary = export_decoder(loaded.model.lm, loaded.tokenizer, out, **options)
+    else:
+        summary = export_llava(loaded.model, loaded.tokenizer, out, **options)
+    summary["checkpoint"] = str(folder)
+    return summary
