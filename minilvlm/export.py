@@ -28,7 +28,8 @@ from minilvlm.train.config import ConfigError, from_dict
 from minilvlm.weights import _LLAMA_KEYS, _PHI_KEYS, _VIT_KEYS, hf_key
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
+DEFAULT_SHARD_BYTES = 5 * 10 ** 9    # "5GB", transformers' default shard size
+_SIZE_UNITS = {"KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "B": 1}
 _DECODER_KEYS = {"llama": _LLAMA_KEYS, "qwen2": _LLAMA_KEYS, "phi": _PHI_KEYS}
 _PROJECTOR_KEYS = {"mlp2x_gelu": {"projector.0": "linear_1", "projector.2": "linear_2"},
                    "linear": {"projector": "linear_1"}}
@@ -99,6 +100,24 @@ def llava_state_dict(model: LLaVA):
         out["multi_modal_projector.linear_2.weight"] = torch.eye(c.decoder.dim, dtype=weight.dtype)
         out["multi_modal_projector.linear_2.bias"] = torch.zeros(c.decoder.dim, dtype=weight.dtype)
     return out
+
+
+def parse_size(text):
+    """"5GB" (powers of 1000, as transformers reads them), "500MiB" (powers of 1024) or plain bytes."""
+    upper = text.strip().upper()
+    for unit in sorted(_SIZE_UNITS, key=len, reverse=True):
+        if upper.endswith(unit):
+            number, scale = upper[: -len(unit)], _SIZE_UNITS[unit]
+            break
+    else:
+        number, scale = upper, 1
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise ExportError(f"shard size {text!r} is not a positive size; write e.g. 5GB, 500MB, 2GiB or a byte count")
+    return size
 
 
 # ---- writing -------------------------------------------------------------------------------------

@@ -123,6 +123,10 @@ def llava_config(c, special_ids=None, dtype_name="float32"):
                           f"(vocab_size {c.decoder.vocab_size}); transformers looks the image ids up in the table "
                           f"before replacing them, so the exported model could not run. Train with a tokenizer "
                           f"whose <image> token is inside the vocabulary (runs of tools/train.py are)")
+    if c.decoder.lm_head_bias:
+        raise ExportError("the decoder's lm_head has a bias (Phi-style), and transformers' "
+                          "LlavaForConditionalGeneration has a bias-free lm_head for every text model, so it cannot "
+                          "hold this model; export the decoder alone with --decoder-only (PhiForCausalLM has it)")
     n_states = c.vision.n_layers + 1
     if not -n_states <= c.feature_layer < n_states:
         raise ExportError(f"feature_layer {c.feature_layer} is out of range for a tower of {n_states} hidden states")
