@@ -25,12 +25,11 @@ from minilvlm.io import atomic_save_safetensors, atomic_write_json, atomic_write
 from minilvlm.models.lvlm import LLaVA
 from minilvlm.train import checkpoint
 from minilvlm.train.config import ConfigError
-from minilvlm.weights import _LLAMA_KEYS, _PHI_KEYS, _VIT_KEYS, hf_key
+from minilvlm.weights import ARCHITECTURES, hf_key
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SHARD_BYTES = 5 * 10 ** 9    # "5GB", transformers' default shard size
 _SIZE_UNITS = {"KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "B": 1}
-_DECODER_KEYS = {"llama": _LLAMA_KEYS, "qwen2": _LLAMA_KEYS, "phi": _PHI_KEYS}
 _PROJECTOR_KEYS = {"mlp2x_gelu": {"projector.0": "linear_1", "projector.2": "linear_2"},
                    "linear": {"projector": "linear_1"}}
 # Everything an export writes; with --force these are replaced (stale shards too), nothing else is touched.
@@ -73,14 +72,15 @@ def _by_key_map(key_map, hf_prefix=""):
 
 def decoder_state_dict(decoder, prefix=""):
     """The decoder's tensors under its HF causal-LM names (a tied head has none: transformers ties it)."""
-    key_map = _DECODER_KEYS[decoder_model_type(decoder.config)]
+    key_map = ARCHITECTURES[decoder_model_type(decoder.config)][2]
     return _rename(decoder.state_dict(), [("", _by_key_map(key_map, prefix))])
 
 
 def llava_state_dict(model: LLaVA):
     """The whole model under transformers' LLaVA checkpoint names."""
     c = model.config
-    vision_model_type(c.vision)  # a tower HF cannot represent fails here, before any renaming
+    vision_map = ARCHITECTURES[vision_model_type(c.vision)][2]   # the key maps the loader reads with
+    lm_map = ARCHITECTURES[decoder_model_type(c.decoder)][2]
     projector = _PROJECTOR_KEYS.get(c.projector)
     if projector is None:
         raise ExportError(f"projector {c.projector!r} cannot be exported; supported: {sorted(_PROJECTOR_KEYS)}")
@@ -89,9 +89,8 @@ def llava_state_dict(model: LLaVA):
         module, _, suffix = name.rpartition(".")
         hf = projector.get("projector." + module if module else "projector")
         return f"multi_modal_projector.{hf}.{suffix}" if hf else None
-    lm_map = _DECODER_KEYS[decoder_model_type(c.decoder)]
     out = _rename(model.state_dict(), [
-        ("vision.", _by_key_map(_VIT_KEYS, "vision_tower.")),
+        ("vision.", _by_key_map(vision_map, "vision_tower.")),
         ("projector", lambda rest: rename_projector(rest.lstrip("."))),
         ("lm.", _by_key_map(lm_map, "language_model.")),
     ])
@@ -263,7 +262,8 @@ def export_run(path, out, *, decoder_only=False, dtype=None, max_shard_bytes=DEF
     model_section = state["config"].get("model", {})   # read before validating: other recipes need more
     recipe = model_section.get("recipe", "llava") if isinstance(model_section, dict) else "llava"
     if recipe != "llava":
-        raise ExportError(f"export supports the llava recipe; {_OTHER_RECIPES.get(recipe, f'{recipe} runs are unknown')}")
+        why = _OTHER_RECIPES.get(recipe, f"{recipe!r} is not a recipe minilvlm knows")
+        raise ExportError(f"export supports the llava recipe; {why}")
     try:
         loaded = load_model(folder)
     except (LoadError, ConfigError, SafetensorError, OSError) as err:
