@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from minilvlm.models.layers import activation, apply_rope, attention, causal_mask, make_norm, rope_cos_sin
+from minilvlm.models.loss import head_cross_entropy
 
 
 @dataclass
@@ -171,14 +172,27 @@ class Decoder(nn.Module):
     def logits(self, h):
         return self.lm_head(h) if self.lm_head is not None else F.linear(h, self.embed.weight)
 
+    def head_weight(self):
+        """(weight [V, D], bias [V] or None) of the LM head; a tied head is the embedding matrix."""
+        if self.lm_head is None:
+            return self.embed.weight, None
+        return self.lm_head.weight, self.lm_head.bias
+
+    def loss(self, hidden, labels):
+        """(summed next-token CE, labelled-position count) from final hidden states (as returned by
+        `forward(..., head=False)`), without materializing the logits; see models/loss.py."""
+        weight, bias = self.head_weight()
+        return head_cross_entropy(hidden, labels, weight, bias)
+
     def forward(self, input_ids=None, attention_mask=None, *, position_ids=None, inputs_embeds=None,
-                cache=None, segment_ids=None, output_hidden_states=False):
+                cache=None, segment_ids=None, output_hidden_states=False, head=True):
         """Logits [B, T, V]. attention_mask [B, S] marks real tokens (1) and padding (0) over the whole
         sequence including cached positions, or is a boolean [B, 1, T, S]. position_ids [B, T] default to
         cached length + 0..T-1 in every row, as `transformers` does; left-padded or packed batches pass
         their own (and segment_ids [B, T] to keep packed samples apart). With a cache, new keys and
         values are appended and cache.length advances by T. With output_hidden_states, returns
-        (logits, hidden_states): the embeddings, each block's output, the last one after the final norm."""
+        (logits, hidden_states): the embeddings, each block's output, the last one after the final norm.
+        head=False returns the final normed hidden states [B, T, D] in place of the logits (for `loss`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
@@ -199,7 +213,8 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.length += T
         x = self.norm(x)
+        out = self.logits(x) if head else x
         if output_hidden_states:
             hidden[-1] = x
-            return self.logits(x), tuple(hidden)
-        return self.logits(x)
+            return out, tuple(hidden)
+        return out

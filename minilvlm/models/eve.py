@@ -25,7 +25,6 @@ from minilvlm.models.lvlm import (
     CLIP_MEAN,
     CLIP_STD,
     embed_with_images,
-    lm_loss,
     make_projector,
 )
 from minilvlm.models.vision import VisionConfig, VisionTransformer
@@ -253,9 +252,9 @@ class EVE(nn.Module):
         align = self.stage in _ALIGNED_STAGES and images.shape[0] > 0
         out = self.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                       position_ids=batch["position_ids"], segment_ids=batch["segment_ids"],
-                      output_hidden_states=align)
-        logits, hidden = out if align else (out, None)
-        loss, count = lm_loss(logits, batch["labels"])
+                      output_hidden_states=align, head=False)
+        final, hidden = out if align else (out, None)
+        loss, count = self.lm.loss(final, batch["labels"])
         aux = self.config.align_weight * self.alignment_loss(hidden, is_image, images) if align else None
         return loss, count, aux
 

@@ -6,6 +6,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _stat_dtype(x):
+    """fp32 for half-precision inputs; fp64 stays fp64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """weight * (x * rsqrt(mean(x^2) + eps)) with statistics in fp32 and the scale applied after
+    casting back to x's dtype, as LLaMA and Qwen2 do. The backward is written out: autograd's
+    version of the composition saves and walks several full-size temporaries."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        x32 = x.to(_stat_dtype(x))
+        rstd = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps))
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (x32 * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        x32, g32 = x.to(_stat_dtype(x)), grad.to(_stat_dtype(x))
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            gw = g32 * weight.to(g32.dtype)
+            # d/dx of x * rstd: rstd * (gw - x * rstd^2 * mean(gw * x))
+            coef = torch.linalg.vecdot(gw, x32, dim=-1).unsqueeze(-1).mul_(rstd.square() / x.shape[-1])
+            dx = torch.addcmul(gw, x32, coef, value=-1).mul_(rstd).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            xhat = (x32 * rstd).to(x.dtype).to(g32.dtype)
+            dw = (g32 * xhat).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+        return dx, dw, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps=1e-6):
         super().__init__()
@@ -13,10 +46,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # Statistics in fp32, scale applied after casting back (as LLaMA and Qwen2 do).
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return _RMSNormFunction.apply(x, self.weight, self.eps)
 
 
 def make_norm(kind, dim, eps):
@@ -62,16 +92,48 @@ def rope_cos_sin(position_ids, rotary_dim, theta, dtype):
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+class _RopeFunction(torch.autograd.Function):
+    """x * cos + rotate_half(x) * sin on the first d channels of x; the rest pass through. The
+    rotation is orthogonal, so the backward is the same rotation by -angle. cos and sin are
+    constants (they get no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        ctx.x_dtype = x.dtype
+        return _rotate(x, cos, sin, sign=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, sign=-1).to(ctx.x_dtype), None, None
+
+
+def _rotate(x, cos, sin, sign):
+    """The rotate-half rotation of pairs (i, i + d/2) by sign * angle; cos, sin [B, 1, T, d]."""
+    d = cos.shape[-1]
+    half = d // 2
+    c, s_ = cos[..., :half], sin[..., :half]  # cos and sin repeat: the halves are equal
+    x1, x2 = x[..., :half], x[..., half:d]
+    out = torch.empty(torch.broadcast_shapes(x.shape, cos.shape[:-1] + (x.shape[-1],)),
+                      dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
+    o1, o2 = out[..., :half], out[..., half:d]
+    torch.mul(x1, c, out=o1)
+    o1.addcmul_(x2, s_, value=-sign)
+    torch.mul(x2, c, out=o2)
+    o2.addcmul_(x1, s_, value=sign)
+    if d < x.shape[-1]:
+        out[..., d:] = x[..., d:]
+    return out
+
+
 def apply_rope(x, cos, sin):
     """Rotate the first cos.shape[-1] channels of x [B, H, T, hd] (the rest pass through, which is
     Phi's partial rotary). Channel pairs are (i, i + d/2), the "rotate half" layout of HF checkpoints."""
-    d = cos.shape[-1]
-    rot, rest = x[..., :d], x[..., d:]
     cos, sin = cos[:, None], sin[:, None]
-    first, second = rot[..., : d // 2], rot[..., d // 2:]
-    rotated = torch.cat((-second, first), dim=-1)
-    out = rot * cos + rotated * sin
-    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RopeFunction.apply(x, cos, sin)
+    return _rotate(x, cos, sin, sign=1)
 
 
 # ---- attention masks ----------------------------------------------------------------------------
@@ -86,7 +148,7 @@ def causal_mask(attention_mask, q_len, kv_len, device, segment_ids=None):
     its fastest kernels) instead of a mask."""
     if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask.to(torch.bool)
-    if attention_mask is None and segment_ids is None and q_len == kv_len:
+    if q_len == kv_len and _one_sample_then_padding(attention_mask, segment_ids):
         return None
     offset = kv_len - q_len
     q_pos = torch.arange(q_len, device=device)[:, None] + offset
@@ -102,6 +164,24 @@ def causal_mask(attention_mask, q_len, kv_len, device, segment_ids=None):
         mask = mask & same
     diagonal = (k_pos == q_pos)[None, None]
     return mask | diagonal
+
+
+def _one_sample_then_padding(attention_mask, segment_ids):
+    """True when every row is one sample followed only by padding (a right-padded, unpacked batch,
+    or no mask at all). Plain causal attention then gives each real token exactly what the full mask
+    would, and lets SDPA skip the mask."""
+    real = []
+    if attention_mask is not None:
+        real.append(attention_mask.to(torch.bool))
+    if segment_ids is not None:
+        if segment_ids.numel() and int(segment_ids.max()) > 1:
+            return False  # packed rows: samples must not see each other
+        real.append(segment_ids > 0)
+    if not real:
+        return True
+    if len(real) == 2 and not torch.equal(*real):
+        return False
+    return not bool((real[0][:, 1:] & ~real[0][:, :-1]).any())  # no padding before a real token
 
 
 def attention(q, k, v, mask=None, causal=False):

@@ -106,9 +106,10 @@ class LLaVA(nn.Module):
         """(summed next-token CE, labelled-token count, auxiliary loss or None) for one collated
         micro-batch. The trainer divides the CE by the global batch's token count and adds the
         auxiliary loss (EVE's alignment loss) as it is."""
-        logits = self(batch["input_ids"], images, batch["attention_mask"],
-                      position_ids=batch["position_ids"], segment_ids=batch["segment_ids"])
-        loss, count = lm_loss(logits, batch["labels"])
+        embeds = self.embed(batch["input_ids"], images)
+        hidden = self.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                         position_ids=batch["position_ids"], segment_ids=batch["segment_ids"], head=False)
+        loss, count = self.lm.loss(hidden, batch["labels"])
         return loss, count, None
 
     def generation_inputs(self, input_ids, images, attention_mask):

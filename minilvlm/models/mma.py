@@ -31,7 +31,7 @@ from torch import nn
 from minilvlm.io import atomic_save_safetensors
 from minilvlm.models.adapters import MMAdapter, ModalityToken
 from minilvlm.models.decoder import Decoder, DecoderConfig
-from minilvlm.models.lvlm import CLIP_MEAN, CLIP_STD, lm_loss
+from minilvlm.models.lvlm import CLIP_MEAN, CLIP_STD
 from minilvlm.models.vision import VisionConfig, VisionTransformer
 
 ADAPTER_PREFIXES = ("vision_adapters.", "lm_adapters.", "modality_token.", "visual_adapter.")
@@ -207,22 +207,23 @@ class MMA(nn.Module):
             return mask, None
         return mask, torch.cat((position_ids.new_zeros(position_ids.shape[0], 1), position_ids), dim=1)
 
-    def forward(self, input_ids, images, attention_mask=None, *, position_ids=None, segment_ids=None):
-        """Logits [B, 1 + T, V] (position 0 is the modality token's)."""
+    def forward(self, input_ids, images, attention_mask=None, *, position_ids=None, segment_ids=None, head=True):
+        """Logits [B, 1 + T, V] (position 0 is the modality token's); head=False: the final hidden states."""
         if segment_ids is not None and segment_ids.numel() and int(segment_ids.max()) > 1:
             raise ValueError("the mma recipe puts one modality token in front of each row, but this batch packs "
                              "several samples per row; turn packing off")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         mask, positions = self._with_token_column(attention_mask, position_ids)
-        return self.lm(inputs_embeds=self.embed(input_ids, images), attention_mask=mask, position_ids=positions)
+        return self.lm(inputs_embeds=self.embed(input_ids, images), attention_mask=mask, position_ids=positions,
+                       head=head)
 
     def batch_loss(self, batch, images):
         """(summed next-token CE, labelled-token count, None), as LLaVA.batch_loss."""
-        logits = self(batch["input_ids"], images, batch["attention_mask"], position_ids=batch["position_ids"],
-                      segment_ids=batch["segment_ids"])
+        hidden = self(batch["input_ids"], images, batch["attention_mask"], position_ids=batch["position_ids"],
+                      segment_ids=batch["segment_ids"], head=False)
         labels = torch.cat((torch.full_like(batch["labels"][:, :1], -100), batch["labels"]), dim=1)
-        loss, count = lm_loss(logits, labels)
+        loss, count = self.lm.loss(hidden, labels)
         return loss, count, None
 
     def generation_inputs(self, input_ids, images, attention_mask):

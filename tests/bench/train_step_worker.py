@@ -1,8 +1,12 @@
-"""One implementation's llava training step, timed in a fresh process (so that peak memory is its
-own and MINILVLM_BACKEND applies from import). Prints one JSON line. Used by test_train_step.py.
+"""One implementation's training step, timed in a fresh process (so that peak memory is its own and
+MINILVLM_BACKEND applies from import). Prints one JSON line. Used by test_train_step.py.
 
-    python -m tests.bench.train_step_worker minilvlm|transformers STEPS
+    python -m tests.bench.train_step_worker minilvlm|transformers|mma fp32|bf16 STEPS [DROPOUT]
+
+minilvlm and mma run the trainer's own step (`model.batch_loss`, bf16 autocast as train.bf16 sets
+it, FusedAdamW); transformers runs LlavaForConditionalGeneration with torch.optim.AdamW(fused=True).
 """
+import contextlib
 import json
 import resource
 import sys
@@ -17,40 +21,67 @@ LM = dict(vocab_size=8192, dim=512, n_layers=4, n_heads=8, mlp_dim=1408)
 BATCH, SEQ = 8, 256
 IMAGE_TOKEN = LM["vocab_size"] - 1
 N_IMAGE = (VISION["image_size"] // VISION["patch_size"]) ** 2
+# The mma model reads the class token of every ViT block (LaVIN: every 4th of 24).
+MMA_LAYERS = (1, 2, 3, 4)
 
 
-def batch():
+def token_batch(n_image_tokens, with_image):
+    """(trainer batch dict, uint8 images): rows with an image start with its run of image ids; the
+    prompt (image included) is unlabelled, the rest is the answer."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, IMAGE_TOKEN, (BATCH, SEQ), generator=g)
-    ids[:, 1:1 + N_IMAGE] = IMAGE_TOKEN
+    ids[with_image, 1:1 + n_image_tokens] = IMAGE_TOKEN
     labels = ids.clone()
-    labels[:, :1 + N_IMAGE] = -100
-    images = torch.randint(0, 256, (BATCH, 3, VISION["image_size"], VISION["image_size"]), generator=g,
-                           dtype=torch.uint8)
-    return ids, labels, images
+    labels[:, :1 + n_image_tokens] = -100
+    images = torch.randint(0, 256, (int(with_image.sum()), 3, VISION["image_size"], VISION["image_size"]),
+                           generator=g, dtype=torch.uint8)
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+             "position_ids": torch.arange(SEQ).expand(BATCH, SEQ), "segment_ids": torch.ones_like(ids)}
+    return batch, images
 
 
-def minilvlm_step():
-    from minilvlm.models.decoder import DecoderConfig
-    from minilvlm.models.lvlm import LLaVA, LLaVAConfig, lm_loss
-    from minilvlm.models.vision import VisionConfig
+def trainer_step(model, batch, images, autocast):
+    """The trainer's micro-step: summed CE / count, backward, FusedAdamW step."""
     from minilvlm.optim import FusedAdamW
-    model = LLaVA(LLaVAConfig(vision=VisionConfig(**VISION), decoder=DecoderConfig(**LM, max_seq_len=SEQ),
-                              projector="mlp2x_gelu", image_token_id=IMAGE_TOKEN))
-    model.set_stage("finetune")
-    opt = FusedAdamW(model.param_groups(1e-4), lr=1e-4)
-    ids, labels, images = batch()
-    mask = torch.ones_like(ids)
+    opt = FusedAdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step():
-        loss, count = lm_loss(model(ids, images, mask), labels)
+        with autocast():
+            loss, count, _ = model.batch_loss(batch, images)
         (loss / count).backward()
         opt.step()
         opt.zero_grad()
     return step, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def transformers_step():
+def minilvlm_step(autocast, dropout):
+    from minilvlm.models.decoder import DecoderConfig
+    from minilvlm.models.lvlm import LLaVA, LLaVAConfig
+    from minilvlm.models.vision import VisionConfig
+    model = LLaVA(LLaVAConfig(vision=VisionConfig(**VISION), decoder=DecoderConfig(**LM, max_seq_len=SEQ),
+                              projector="mlp2x_gelu", image_token_id=IMAGE_TOKEN))
+    model.set_stage("finetune")
+    model.train()
+    return trainer_step(model, *token_batch(N_IMAGE, torch.ones(BATCH, dtype=torch.bool)), autocast)
+
+
+def mma_step(autocast, dropout):
+    """LaVIN's recipe on the same ViT and LM: both frozen, MM-Adapters in every block, half the batch
+    text-only (no image tokens), as LaVIN mixes them."""
+    from minilvlm.models.decoder import DecoderConfig
+    from minilvlm.models.mma import MMA, MMAConfig
+    from minilvlm.models.vision import VisionConfig
+    model = MMA(MMAConfig(vision=VisionConfig(**VISION), decoder=DecoderConfig(**LM, max_seq_len=SEQ + 1),
+                          vision_layers=MMA_LAYERS, dropout=dropout, image_token_id=IMAGE_TOKEN))
+    model.set_stage("finetune")
+    model.train()
+    for adapter in [*model.vision_adapters, *model.lm_adapters]:  # not the identity LaVIN starts from
+        torch.nn.init.normal_(adapter.up_w, std=0.02)
+    with_image = torch.arange(BATCH) % 2 == 0
+    return trainer_step(model, *token_batch(len(MMA_LAYERS), with_image), autocast)
+
+
+def transformers_step(autocast, dropout):
     import transformers
     vision = transformers.CLIPVisionConfig(
         image_size=VISION["image_size"], patch_size=VISION["patch_size"], hidden_size=VISION["dim"],
@@ -69,13 +100,14 @@ def transformers_step():
         p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
-    ids, labels, images = batch()
+    batch, images = token_batch(N_IMAGE, torch.ones(BATCH, dtype=torch.bool))
     mean = torch.tensor([0.4815, 0.4578, 0.4082]).view(1, 3, 1, 1)
     std = torch.tensor([0.2686, 0.2613, 0.2758]).view(1, 3, 1, 1)
 
     def step():
         pixels = (images.float() / 255 - mean) / std  # what its image processor hands the model
-        out = model(input_ids=ids, pixel_values=pixels, labels=labels)
+        with autocast():
+            out = model(input_ids=batch["input_ids"], pixel_values=pixels, labels=batch["labels"])
         out.loss.backward()
         opt.step()
         opt.zero_grad()
@@ -83,9 +115,15 @@ def transformers_step():
 
 
 def main():
-    which, steps = sys.argv[1], int(sys.argv[2])
+    which, precision, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    dropout = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    if precision not in ("fp32", "bf16"):
+        raise SystemExit(f"precision {precision!r}: expected fp32 or bf16")
+    autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16"
+                else contextlib.nullcontext)
     torch.manual_seed(0)
-    step, trained = {"minilvlm": minilvlm_step, "transformers": transformers_step}[which]()
+    build = {"minilvlm": minilvlm_step, "transformers": transformers_step, "mma": mma_step}[which]
+    step, trained = build(autocast, dropout)
     median = median_ms(step, reps=steps, warmup=2) / 1e3
     print(json.dumps({"median_s": median, "samples_per_s": BATCH / median, "tokens_per_s": BATCH * SEQ / median,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

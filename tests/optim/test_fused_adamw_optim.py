@@ -8,7 +8,7 @@ import torch
 
 import minilvlm.optim.fused_adamw as fused_adamw_module
 from minilvlm.optim import FusedAdamW
-from tests.conftest import max_rel_diff
+from tests.conftest import adamw_mismatch, max_rel_diff
 
 SHAPES = [(37,), (64, 17), (5,), (3, 7, 11), (1000,), (1,)]
 
@@ -30,16 +30,19 @@ def random_grads(params, step, dtype=None):
 
 
 def run_parity(steps=100):
-    ours, theirs = make_params(), make_params()
+    ours, theirs, exact = make_params(), make_params(), make_params(torch.float64)
     opt = FusedAdamW(three_groups(ours), lr=1e-3)
     ref = torch.optim.AdamW(three_groups(theirs), lr=1e-3, foreach=False)
+    ref64 = torch.optim.AdamW(three_groups(exact), lr=1e-3, foreach=False)
     for step in range(steps):
-        for p, q, g in zip(ours, theirs, random_grads(ours, step)):
+        for p, q, e, g in zip(ours, theirs, exact, random_grads(ours, step)):
             p.grad.copy_(g)
             q.grad = g.clone()
+            e.grad = g.double()
         opt.step()
         ref.step()
-    return max(max_rel_diff(p, q) for p, q in zip(ours, theirs))
+        ref64.step()
+    return max(adamw_mismatch(p, q, e) for p, q, e in zip(ours, theirs, exact))
 
 
 def test_fp32_parity_100_steps_three_groups():
@@ -54,19 +57,23 @@ def test_fp32_parity_on_emulated_cuda_kernel(emu, monkeypatch):
 def run_master_parity():
     ours = make_params(torch.bfloat16)
     masters = [torch.nn.Parameter(p.detach().float()) for p in ours]
+    exact = [torch.nn.Parameter(p.detach().double()) for p in ours]
     opt = FusedAdamW(three_groups(ours), lr=1e-3, master_weights=True)
     ref = torch.optim.AdamW(three_groups(masters), lr=1e-3, foreach=False)
+    ref64 = torch.optim.AdamW(three_groups(exact), lr=1e-3, foreach=False)
     for step in range(100):
-        for p, q, g in zip(ours, masters, random_grads(ours, step)):
+        for p, q, e, g in zip(ours, masters, exact, random_grads(ours, step)):
             p.grad.copy_(g)
             q.grad = g.float()
+            e.grad = g.double()
         opt.step()
         ref.step()
+        ref64.step()
     flat = opt._flats[0]
     worst = 0.0
-    for i, (p, q) in enumerate(zip(flat.params, masters)):
+    for i, (p, q, e) in enumerate(zip(flat.params, masters, exact)):
         master = flat.view(flat.master, i)
-        worst = max(worst, max_rel_diff(master, q))
+        worst = max(worst, adamw_mismatch(master, q, e))
         assert torch.equal(p.detach(), master.to(torch.bfloat16)), "bf16 param is not its master rounded to nearest"
     return worst
 
@@ -118,18 +125,21 @@ def test_module_zero_grad_set_to_none_is_recovered_with_a_warning():
 
 @pytest.mark.filterwarnings("ignore:grads were replaced outside the optimizer")
 def test_param_with_no_grad_is_skipped_like_torch():
-    ours, theirs = make_params(), make_params()
+    ours, theirs, exact = make_params(), make_params(), make_params(torch.float64)
     opt = FusedAdamW(three_groups(ours), lr=1e-3)
     ref = torch.optim.AdamW(three_groups(theirs), lr=1e-3, foreach=False)
+    ref64 = torch.optim.AdamW(three_groups(exact), lr=1e-3, foreach=False)
     for step in range(6):
         grads = random_grads(ours, step)
-        for i, (p, q, g) in enumerate(zip(ours, theirs, grads)):
+        for i, (p, q, e, g) in enumerate(zip(ours, theirs, exact, grads)):
             skip = (i == 1 and step in (1, 2)) or (i == 4 and step == 3)
             p.grad = None if skip else g.clone()
             q.grad = None if skip else g.clone()
+            e.grad = None if skip else g.double()
         opt.step()
         ref.step()
-    assert max(max_rel_diff(p, q) for p, q in zip(ours, theirs)) <= 1e-6
+        ref64.step()
+    assert max(adamw_mismatch(p, q, e) for p, q, e in zip(ours, theirs, exact)) <= 1e-6
 
 
 def test_grad_scale_and_clipping_match_torch():
