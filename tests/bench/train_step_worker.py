@@ -1,7 +1,7 @@
 """One implementation's training step, timed in a fresh process (so that peak memory is its own and
 MINILVLM_BACKEND applies from import). Prints one JSON line. Used by test_train_step.py.
 
-    python -m tests.bench.train_step_worker minilvlm|transformers|mma fp32|bf16 STEPS [DROPOUT]
+    python -m tests.bench.train_step_worker minilvlm|transformers|mma|mma-free-adapters fp32|bf16 STEPS [DROPOUT]
 
 minilvlm and mma run the trainer's own step (`model.batch_loss`, bf16 autocast as train.bf16 sets
 it, FusedAdamW); transformers runs LlavaForConditionalGeneration with torch.optim.AdamW(fused=True).
@@ -81,6 +81,14 @@ def mma_step(autocast, dropout):
     return trainer_step(model, *token_batch(len(MMA_LAYERS), with_image), autocast)
 
 
+def mma_free_adapters_step(autocast, dropout):
+    """The mma step with adapters that cost nothing (out = x, their parameters still in the graph):
+    the floor no adapter kernel can beat, which bounds the native backend's possible speed-up."""
+    from minilvlm.models import adapters
+    adapters._SharedDownAdapter._run = lambda self, x, *args: x + 0 * (self.down_w.sum() + self.up_b.sum())
+    return mma_step(autocast, dropout)
+
+
 def transformers_step(autocast, dropout):
     import transformers
     vision = transformers.CLIPVisionConfig(
@@ -122,7 +130,8 @@ def main():
     autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16"
                 else contextlib.nullcontext)
     torch.manual_seed(0)
-    build = {"minilvlm": minilvlm_step, "transformers": transformers_step, "mma": mma_step}[which]
+    build = {"minilvlm": minilvlm_step, "transformers": transformers_step, "mma": mma_step,
+             "mma-free-adapters": mma_free_adapters_step}[which]
     step, trained = build(autocast, dropout)
     median = median_ms(step, reps=steps, warmup=2) / 1e3
     print(json.dumps({"median_s": median, "samples_per_s": BATCH / median, "tokens_per_s": BATCH * SEQ / median,
