@@ -178,12 +178,10 @@ mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, cons
                         const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
                         const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b, double temperature,
                         double scale, int64_t groups) {
-  const MmAdapterShape s = check_mm_adapter(x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  const MmAdapterShape s =
+      check_mm_adapter_backward(grad_out, x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
   TORCH_CHECK(x_in.device().is_cpu(), "mm_adapter_backward (CPU kernel): tensors must be on the CPU, got ",
               x_in.device());
-  TORCH_CHECK(grad_out.sizes() == x_in.sizes() && grad_out.scalar_type() == x_in.scalar_type(),
-              "mm_adapter_backward: grad_out must match x (", x_in.scalar_type(), " ", x_in.sizes(), "), got ",
-              grad_out.scalar_type(), " ", grad_out.sizes());
   const at::Tensor x = x_in.contiguous(), dy = grad_out.contiguous();
   const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
   const auto acc = m.A.options();

@@ -247,6 +247,22 @@ def test_bad_inputs_raise_clear_errors(change, message):
         torch.ops.minilvlm.mm_adapter(*native_args(a), 5.0, 1.0, 2)
 
 
+@pytest.mark.parametrize("grad_out,message", [
+    (torch.randn(2, 5, 73), r"grad_out must match x \(Float \[2, 5, 74\]\), got Float \[2, 5, 73\]"),
+    (torch.randn(2, 5, 74, dtype=torch.float64), r"grad_out must match x \(Float \[2, 5, 74\]\), got Double"),
+])
+def test_backward_bad_grad_out_raises_clear_error(grad_out, message):
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.minilvlm.mm_adapter_backward(grad_out, *native_args(a), 5.0, 1.0, 2)
+
+
+def test_emulated_backward_bad_grad_out_raises_the_same_error(emu):
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    with pytest.raises(RuntimeError, match=r"grad_out must match x \(Float \[2, 5, 74\]\), got Float \[2, 5, 73\]"):
+        emu.mm_adapter_backward(torch.randn(2, 5, 73), *native_args(a), 5.0, 1.0, 2)
+
+
 def test_bad_groups_and_router_raise_clear_errors():
     a = make_inputs(2, 5, 74, 8, 2, 2)
     with pytest.raises(RuntimeError, match="groups=3 must divide"):
