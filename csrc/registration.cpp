@@ -10,7 +10,7 @@
 #include "common/schemas.h"
 
 namespace minilvlm {
-std::string cpu_capability();                          // csrc/cpu/fused_adamw.cpp
+std::string cpu_capability();                          // csrc/cpu/capability.cpp
 PyObject* flat_views_intact(PyObject*, PyObject* args);  // csrc/flat_views.cpp
 
 bool built_with_cuda() {
@@ -28,7 +28,7 @@ TORCH_LIBRARY(minilvlm, m) {
   // csrc/cpu/patch_embed.cpp, csrc/cuda/patch_embed.cu
   m.def(MINILVLM_SCHEMA_PATCH_EMBED);
   m.def(MINILVLM_SCHEMA_PATCH_EMBED_BACKWARD);
-  // Which SIMD path the CPU kernels take on this machine: "avx512" or "default".
+  // Which SIMD path the CPU kernels take: "avx512_bf16", "avx512", "avx2" or "default".
   m.def("cpu_capability() -> str", &minilvlm::cpu_capability);
   m.def("built_with_cuda() -> bool", &minilvlm::built_with_cuda);
   // csrc/cpu/mm_adapter.cpp, csrc/cuda/mm_adapter.cu

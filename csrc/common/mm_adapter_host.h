@@ -72,6 +72,21 @@ inline MmAdapterShape check_mm_adapter(const at::Tensor& x, const at::Tensor& t,
   return s;
 }
 
+// mm_adapter_backward's arguments: those of mm_adapter, plus grad_out shaped, typed and placed like x.
+inline MmAdapterShape check_mm_adapter_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& t,
+                                                const at::Tensor& router_w, const at::Tensor& router_b,
+                                                const at::Tensor& down_w, const at::Tensor& down_b,
+                                                const at::Tensor& up_w, const at::Tensor& up_b, double temperature,
+                                                int64_t groups) {
+  const MmAdapterShape s = check_mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
+              "mm_adapter_backward: grad_out must match x (", x.scalar_type(), " ", x.sizes(), "), got ",
+              grad_out.scalar_type(), " ", grad_out.sizes());
+  TORCH_CHECK(grad_out.device() == x.device(), "mm_adapter_backward: grad_out is on ", grad_out.device(),
+              " but x is on ", x.device());
+  return s;
+}
+
 // The per-sample part, identical on every backend and tiny next to the token loops (B x P x D):
 // routing weights w [B,P] and the effective up-projections, pre-multiplied by the scale and
 // transposed so that the channel index d is contiguous: UsT [B, rg, D], cs [B, D]. Also the

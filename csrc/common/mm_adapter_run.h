@@ -50,9 +50,6 @@ MmGrads mm_cuda_backward(const at::Tensor& grad_out, const at::Tensor& x_in, con
                          const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
                          const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b, double temperature,
                          double scale, int64_t groups, const MmAdapterShape& s, cudaStream_t stream) {
-  TORCH_CHECK(grad_out.sizes() == x_in.sizes() && grad_out.scalar_type() == x_in.scalar_type(),
-              "mm_adapter_backward: grad_out must match x (", x_in.scalar_type(), " ", x_in.sizes(), "), got ",
-              grad_out.scalar_type(), " ", grad_out.sizes());
   const at::Tensor x = x_in.contiguous(), dy = grad_out.contiguous();
   const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
   const auto opts = m.A.options();
@@ -68,6 +65,41 @@ MmGrads mm_cuda_backward(const at::Tensor& grad_out, const at::Tensor& x_in, con
   auto [dt, drw, drb, ddw, ddb, duw, dub] =
       mm_finalize(s, m, dA, dbA, G, S, temperature, scale, t, router_w, router_b, down_w, down_b, up_w, up_b);
   return {dx, dt, drw, drb, ddw, ddb, duw, dub};
+}
+
+// The entry points of the CUDA registration and of the emulator build: the shared checks, then the
+// kernels for x's dtype. `on_device(x, op)` is the caller's: it checks the device (a CUDA device, or
+// CPU tensors for the emulator), makes it current and returns the stream to launch on. It runs after
+// the argument checks, so a wrong shape or a tensor on another device is reported first.
+template <typename OnDevice>
+at::Tensor mm_cuda_adapter(const at::Tensor& x, const at::Tensor& t, const at::Tensor& router_w,
+                           const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
+                           const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
+                           int64_t groups, OnDevice on_device) {
+  const MmAdapterShape s = check_mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  const cudaStream_t stream = on_device(x, "mm_adapter");
+  mm_cuda_check_dtype(x, "mm_adapter");
+  if (x.scalar_type() == at::kFloat)
+    return mm_cuda_forward<float, float>(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale,
+                                         groups, s, stream);
+  return mm_cuda_forward<__nv_bfloat16, at::BFloat16>(x, t, router_w, router_b, down_w, down_b, up_w, up_b,
+                                                      temperature, scale, groups, s, stream);
+}
+
+template <typename OnDevice>
+MmGrads mm_cuda_adapter_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& t,
+                                 const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
+                                 const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b,
+                                 double temperature, double scale, int64_t groups, OnDevice on_device) {
+  const MmAdapterShape s =
+      check_mm_adapter_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  const cudaStream_t stream = on_device(x, "mm_adapter_backward");
+  mm_cuda_check_dtype(x, "mm_adapter_backward");
+  if (x.scalar_type() == at::kFloat)
+    return mm_cuda_backward<float, float>(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b,
+                                          temperature, scale, groups, s, stream);
+  return mm_cuda_backward<__nv_bfloat16, at::BFloat16>(grad_out, x, t, router_w, router_b, down_w, down_b, up_w,
+                                                       up_b, temperature, scale, groups, s, stream);
 }
 
 }  // namespace minilvlm

@@ -11,6 +11,10 @@
 #include <c10/util/Half.h>
 
 #define MINILVLM_HAVE_AVX512_PATH 1
+// Compilers that know the avx512bf16 target (vdpbf16ps) also build the kernels' bf16 dot-product paths.
+#if defined(__clang__) || __GNUC__ >= 10
+#define MINILVLM_HAVE_AVX512BF16_PATH 1
+#endif
 
 namespace minilvlm {
 

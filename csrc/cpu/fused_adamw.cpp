@@ -3,8 +3,8 @@
 // SIMD choice: runtime dispatch. The AVX-512 intrinsics path and an AVX2+FMA build of the
 // portable loop are compiled with GCC target attributes and chosen at run time by
 // __builtin_cpu_supports, so one binary runs on any x86-64 CPU (and the portable loop alone on
-// other architectures). MINILVLM_CPU_CAPABILITY=avx2|default caps the choice; tests use it to
-// check every path on an AVX-512 machine.
+// other architectures); the choice is cpu/capability.h's, which MINILVLM_CPU_CAPABILITY caps, so
+// tests check every path on an AVX-512 machine.
 //
 // Memory traffic per element, fp32: read param, grad, m, v and write param, m, v = 28 bytes;
 // bf16 params with fp32 masters: read grad (2), master, m, v and write master, m, v, param (2)
@@ -23,6 +23,7 @@
 
 #include "common/adamw_host.h"
 #include "cpu/avx512_io.h"
+#include "cpu/capability.h"
 
 namespace minilvlm {
 namespace {
@@ -111,33 +112,12 @@ void adamw_range_avx512(PT* param, const PT* grad, float* m, float* v, float* ma
 #pragma GCC pop_options
 #endif
 
-enum class Capability { kDefault, kAvx2, kAvx512 };
-
-Capability capability() {
-#ifdef MINILVLM_HAVE_AVX512_PATH
-  static const Capability cap = [] {
-    const char* forced = std::getenv("MINILVLM_CPU_CAPABILITY");
-    const std::string limit = forced ? forced : "avx512";
-    TORCH_CHECK(limit == "avx512" || limit == "avx2" || limit == "default",
-                "MINILVLM_CPU_CAPABILITY must be avx512, avx2 or default, got '", limit, "'");
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    if (avx512 && limit == "avx512") return Capability::kAvx512;
-    if (avx2 && limit != "default") return Capability::kAvx2;
-    return Capability::kDefault;
-  }();
-  return cap;
-#else
-  return Capability::kDefault;
-#endif
-}
-
 template <typename PT>
 void adamw_range(PT* param, const PT* grad, float* m, float* v, float* master, int64_t begin, int64_t end,
                  const AdamwSegment& s, const AdamwConstants& c, float grad_scale) {
 #ifdef MINILVLM_HAVE_AVX512_PATH
   switch (capability()) {
+    case Capability::kAvx512Bf16:  // nothing of AdamW gains from bf16 dot products
     case Capability::kAvx512: {
       const bool small = c.beta1_weight < 0.5f;
       auto* run = master ? (small ? adamw_range_avx512<PT, true, true> : adamw_range_avx512<PT, true, false>)
@@ -195,14 +175,6 @@ void fused_adamw_cpu(const at::Tensor& param, const at::Tensor& grad, const at::
 }
 
 }  // namespace
-
-std::string cpu_capability() {
-  switch (capability()) {
-    case Capability::kAvx512: return "avx512";
-    case Capability::kAvx2: return "avx2";
-    default: return "default";
-  }
-}
 
 TORCH_LIBRARY_IMPL(minilvlm, CPU, m) { m.impl("fused_adamw_", &fused_adamw_cpu); }
 

@@ -5,9 +5,10 @@
 // Forward reads each token row of x once from memory and writes out once, in tiles of tokens of
 // one sample: h (r dot products per token) for the tile, then out = x + cs + UsT^T h while the
 // tile sits in L2. Backward reads x and dy and writes dx, in tiles of tokens of one sample; the parameter sums live in per-thread buffers
-// that are added up at the end. SIMD: AVX-512 for fp32/bf16 tokens when the CPU has it (the
-// same runtime choice as fused_adamw, MINILVLM_CPU_CAPABILITY caps it); float64 and other CPUs
-// take the portable loops.
+// that are added up at the end. SIMD, chosen at run time (cpu/capability.h; MINILVLM_CPU_CAPABILITY
+// caps it): the bf16 forward takes bf16 dot products (cpu/mm_adapter_bf16.h) on CPUs with
+// AVX512_BF16; otherwise fp32/bf16 tokens take AVX-512F fp32 arithmetic where the CPU has it;
+// float64 and other CPUs take the portable loops.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -19,20 +20,16 @@
 #include <vector>
 
 #include "common/mm_adapter_host.h"
+#include "cpu/capability.h"
+#include "cpu/mm_adapter_bf16.h"
 #include "cpu/mm_adapter_tokens.h"
 
 namespace minilvlm {
-std::string cpu_capability();  // csrc/cpu/fused_adamw.cpp
-
 namespace {
 
 bool use_avx512() {
-#ifdef MINILVLM_HAVE_AVX512_PATH
-  static const bool yes = cpu_capability() == "avx512";
+  static const bool yes = capability() >= Capability::kAvx512;
   return yes;
-#else
-  return false;
-#endif
 }
 
 template <typename Acc>
@@ -40,6 +37,28 @@ mm::TokenArgs<Acc> token_args(const MmAdapterShape& s, const MmRouting& m) {
   return {m.A.data_ptr<Acc>(), m.bA.data_ptr<Acc>(), m.UsT.data_ptr<Acc>(), m.cs.data_ptr<Acc>(),
           s.D, s.r, s.rg, s.Dg, s.groups};
 }
+
+#ifdef MINILVLM_HAVE_AVX512BF16_PATH
+// The bf16 forward on bf16 dot products (cpu/mm_adapter_bf16.h), in tiles of tokens of one sample.
+void forward_bf16_dot(const MmAdapterShape& s, const MmRouting& m, const at::Tensor& x, at::Tensor& out) {
+  const auto a = token_args<float>(s, m);
+  const mm::Bf16Operands ops = mm::pack_bf16(m.A, m.UsT, s.B, s.D, s.rg);
+  const auto* xp = x.data_ptr<c10::BFloat16>();
+  auto* op = out.data_ptr<c10::BFloat16>();
+  const int64_t D = s.D, tile = mm::kBf16TileTokens, tiles_per_sample = (s.T + tile - 1) / tile;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(tile * D, 1));
+  at::parallel_for(0, s.B * tiles_per_sample, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> h(tile * s.r);
+    std::vector<uint32_t> hp(tile * s.groups * ops.rp);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / tiles_per_sample;
+      const int64_t t0 = (job % tiles_per_sample) * tile, nt = std::min(tile, s.T - t0);
+      const int64_t off = (b * s.T + t0) * D;
+      mm::forward_tile_bf16(xp + off, op + off, nt, a, ops, b, h.data(), hp.data());
+    }
+  });
+}
+#endif
 
 template <typename T, typename Acc>
 void forward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tensor& x, at::Tensor& out) {
@@ -94,6 +113,13 @@ at::Tensor mm_adapter_cpu(const at::Tensor& x_in, const at::Tensor& t, const at:
   if (x.numel() == 0) return out;
   advise_huge_pages(out);
   const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
+#ifdef MINILVLM_HAVE_AVX512BF16_PATH
+  static const bool bf16_dot = capability() >= Capability::kAvx512Bf16;
+  if (x.scalar_type() == at::kBFloat16 && bf16_dot) {
+    forward_bf16_dot(s, m, x, out);
+    return out;
+  }
+#endif
   switch (x.scalar_type()) {
     case at::kFloat: forward_typed<float, float>(s, m, x, out); break;
     case at::kBFloat16: forward_typed<c10::BFloat16, float>(s, m, x, out); break;
@@ -152,12 +178,10 @@ mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, cons
                         const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
                         const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b, double temperature,
                         double scale, int64_t groups) {
-  const MmAdapterShape s = check_mm_adapter(x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  const MmAdapterShape s =
+      check_mm_adapter_backward(grad_out, x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
   TORCH_CHECK(x_in.device().is_cpu(), "mm_adapter_backward (CPU kernel): tensors must be on the CPU, got ",
               x_in.device());
-  TORCH_CHECK(grad_out.sizes() == x_in.sizes() && grad_out.scalar_type() == x_in.scalar_type(),
-              "mm_adapter_backward: grad_out must match x (", x_in.scalar_type(), " ", x_in.sizes(), "), got ",
-              grad_out.scalar_type(), " ", grad_out.sizes());
   const at::Tensor x = x_in.contiguous(), dy = grad_out.contiguous();
   const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
   const auto acc = m.A.options();

@@ -21,9 +21,9 @@
 
 #include "common/patch_embed_driver.h"
 #include "common/patch_embed_host.h"
+#include "cpu/capability.h"
 
 namespace minilvlm {
-std::string cpu_capability();  // csrc/cpu/fused_adamw.cpp: "avx512", "avx2" or "default"
 
 namespace {
 
@@ -66,7 +66,7 @@ inline c10::BFloat16 narrow<c10::BFloat16>(float x) {
 // ---------------------------------------------------------------------------------------
 // the vector loops: each is written once (always_inline) and compiled twice, for the baseline
 // ISA and with GCC's AVX-512 target attribute; one is chosen at run time (cpu_capability(),
-// shared with fused_adamw, so MINILVLM_CPU_CAPABILITY caps it too).
+// cpu/capability.h, so MINILVLM_CPU_CAPABILITY caps it too).
 
 // dst[i] = (src[i] * scale[i] + shift[i]) in Out: one image row, scale/shift laid out like it.
 template <typename Pix, typename Out, typename Acc>
@@ -123,7 +123,7 @@ MINILVLM_PE_AVX512 void accumulate_avx512(Acc* acc, const In* x, int64_t n, bool
   accumulate_loop(acc, x, n, first);
 }
 bool use_avx512() {
-  static const bool yes = cpu_capability() == "avx512";
+  static const bool yes = capability() >= Capability::kAvx512;
   return yes;
 }
 #define MINILVLM_PE_PICK(name, ...) (use_avx512() ? &name##_avx512<__VA_ARGS__> : &name##_default<__VA_ARGS__>)

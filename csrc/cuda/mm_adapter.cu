@@ -14,20 +14,23 @@
 namespace minilvlm {
 namespace {
 
+// mm_cuda_adapter's on_device: x on a CUDA device, which the guard makes current; its current stream.
+struct OnCudaDevice {
+  c10::cuda::OptionalCUDAGuard& guard;
+  cudaStream_t operator()(const at::Tensor& x, const char* op) const {
+    TORCH_CHECK(x.is_cuda(), op, " (CUDA kernel): tensors must be on a CUDA device, got ", x.device());
+    guard.set_device(x.device());
+    return c10::cuda::getCurrentCUDAStream().stream();
+  }
+};
+
 at::Tensor mm_adapter_cuda(const at::Tensor& x, const at::Tensor& t, const at::Tensor& router_w,
                            const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
                            const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
                            int64_t groups) {
-  const MmAdapterShape s = check_mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
-  TORCH_CHECK(x.is_cuda(), "mm_adapter (CUDA kernel): tensors must be on a CUDA device, got ", x.device());
-  mm_cuda_check_dtype(x, "mm_adapter");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  at::Tensor out = x.scalar_type() == at::kFloat
-                       ? mm_cuda_forward<float, float>(x, t, router_w, router_b, down_w, down_b, up_w, up_b,
-                                                       temperature, scale, groups, s, stream)
-                       : mm_cuda_forward<__nv_bfloat16, at::BFloat16>(x, t, router_w, router_b, down_w, down_b, up_w,
-                                                                      up_b, temperature, scale, groups, s, stream);
+  c10::cuda::OptionalCUDAGuard guard;
+  at::Tensor out = mm_cuda_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups,
+                                   OnCudaDevice{guard});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -36,19 +39,9 @@ MmGrads mm_adapter_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
                                  const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
                                  const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b,
                                  double temperature, double scale, int64_t groups) {
-  const MmAdapterShape s = check_mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
-  TORCH_CHECK(x.is_cuda() && grad_out.device() == x.device(),
-              "mm_adapter_backward (CUDA kernel): grad_out and x must be on one CUDA device, got ", grad_out.device(),
-              " and ", x.device());
-  mm_cuda_check_dtype(x, "mm_adapter_backward");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  MmGrads grads = x.scalar_type() == at::kFloat
-                      ? mm_cuda_backward<float, float>(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b,
-                                                       temperature, scale, groups, s, stream)
-                      : mm_cuda_backward<__nv_bfloat16, at::BFloat16>(grad_out, x, t, router_w, router_b, down_w,
-                                                                      down_b, up_w, up_b, temperature, scale, groups, s,
-                                                                      stream);
+  c10::cuda::OptionalCUDAGuard guard;
+  MmGrads grads = mm_cuda_adapter_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b,
+                                           temperature, scale, groups, OnCudaDevice{guard});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grads;
 }

@@ -11,32 +11,25 @@
 namespace minilvlm {
 namespace {
 
+// mm_cuda_adapter's on_device: the emulator runs the kernels on CPU tensors and has no streams.
+cudaStream_t on_cpu(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), "minilvlm_emu::", op, " emulates the CUDA kernel on CPU tensors");
+  return nullptr;
+}
+
 at::Tensor mm_adapter_emu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& router_w,
                           const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
                           const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
                           int64_t groups) {
-  const MmAdapterShape s = check_mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
-  TORCH_CHECK(x.device().is_cpu(), "minilvlm_emu::mm_adapter emulates the CUDA kernel on CPU tensors");
-  mm_cuda_check_dtype(x, "mm_adapter");
-  if (x.scalar_type() == at::kFloat)
-    return mm_cuda_forward<float, float>(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale,
-                                         groups, s, nullptr);
-  return mm_cuda_forward<__nv_bfloat16, at::BFloat16>(x, t, router_w, router_b, down_w, down_b, up_w, up_b,
-                                                      temperature, scale, groups, s, nullptr);
+  return mm_cuda_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups, on_cpu);
 }
 
 MmGrads mm_adapter_backward_emu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& t,
                                 const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
                                 const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b,
                                 double temperature, double scale, int64_t groups) {
-  const MmAdapterShape s = check_mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
-  TORCH_CHECK(x.device().is_cpu(), "minilvlm_emu::mm_adapter_backward emulates the CUDA kernel on CPU tensors");
-  mm_cuda_check_dtype(x, "mm_adapter_backward");
-  if (x.scalar_type() == at::kFloat)
-    return mm_cuda_backward<float, float>(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b,
-                                          temperature, scale, groups, s, nullptr);
-  return mm_cuda_backward<__nv_bfloat16, at::BFloat16>(grad_out, x, t, router_w, router_b, down_w, down_b, up_w,
-                                                       up_b, temperature, scale, groups, s, nullptr);
+  return mm_cuda_adapter_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale,
+                                  groups, on_cpu);
 }
 
 }  // namespace

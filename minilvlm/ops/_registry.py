@@ -60,7 +60,8 @@ def use_native(device):
 
 
 def cpu_capability():
-    """The SIMD path of the CPU kernels: "avx512" or "default" (None without the extension)."""
+    """The SIMD path of the CPU kernels: "avx512_bf16", "avx512", "avx2" or "default" (None without the
+    extension); MINILVLM_CPU_CAPABILITY caps it."""
     if _load_error is not None:
         return None
     import torch

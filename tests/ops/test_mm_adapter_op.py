@@ -137,6 +137,67 @@ def test_bfloat16_within_twice_the_error_of_torch_bf16(shape):
         assert rel_err(got[name], exact[name]) <= 2 * rel_err(bf16[name], exact[name]) + 1e-3, name
 
 
+# bf16 forward shapes: odd D and odd groups (37, 2 x 35), T tails of the 16-token tiles and of the
+# 4-token up blocks (33, 19), odd r/groups (rg = 3: a half-empty bf16 pair), rg = 2, 6 and 20, r=4.
+BF16_SHAPES = [(3, 5, 37, 8, 1, 2), (2, 19, 70, 6, 2, 2), (2, 33, 74, 8, 2, 2), (2, 9, 33, 6, 3, 3),
+               (4, 1, 130, 4, 2, 2), (2, 3, 48, 12, 2, 2), (1, 17, 300, 40, 2, 2)]
+
+
+def check_bf16_forward(ops, shape, tau, scale=0.7):
+    """bf16 forward of a mixed text/image batch under the 2x rule, with bf16 and with float32 parameters.
+    Also with x scaled down 64-fold, so that the adapter term dominates out and an error inside the
+    projections is not hidden under the rounding of x + adapter."""
+    groups = shape[4]
+    for param_dtype, x_scale in ((torch.bfloat16, 1.0), (torch.float32, 1.0), (torch.bfloat16, 2 ** -6)):
+        a = make_inputs(*shape, dtype=torch.bfloat16)
+        a.update({k: v.to(param_dtype) for k, v in a.items() if k != "x"})
+        a["x"] = a["x"] * x_scale
+        exact = mm_adapter_reference(**{k: v.float() for k, v in a.items()}, temperature=tau, scale=scale,
+                                     groups=groups)
+        torch_bf16 = mm_adapter_reference(**{k: v.to(torch.bfloat16) for k, v in a.items()}, temperature=tau,
+                                          scale=scale, groups=groups)
+        out = ops.mm_adapter(*native_args(a), tau, scale, groups)
+        assert out.dtype == torch.bfloat16 and out.shape == a["x"].shape
+        assert rel_err(out, exact) <= 2 * rel_err(torch_bf16, exact), (shape, tau, param_dtype, x_scale)
+
+
+def cpu_has_avx512_bf16():
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split() for line in f if line.startswith("flags")), [])
+    return "avx512_bf16" in flags and "avx512bw" in flags
+
+
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+@pytest.mark.parametrize("tau", [1.0, 5.0, 10.0])
+def test_bfloat16_forward_odd_shapes(shape, tau):
+    """The path this CPU takes (bf16 dot products where it has AVX512_BF16)."""
+    check_bf16_forward(torch.ops.minilvlm, shape, tau)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="needs /proc/cpuinfo to know the CPU")
+def test_bf16_dot_path_is_chosen_where_the_cpu_has_it():
+    assert (minilvlm.ops.cpu_capability() == "avx512_bf16") == cpu_has_avx512_bf16(), minilvlm.ops.cpu_capability()
+
+
+def test_bfloat16_forward_avx512f_fallback_matches_reference():
+    """MINILVLM_CPU_CAPABILITY=avx512 forces the fp32-arithmetic AVX-512F path on a bf16-capable CPU."""
+    if minilvlm.ops.cpu_capability() not in ("avx512_bf16", "avx512"):
+        pytest.skip(f"this CPU has no AVX-512F ({minilvlm.ops.cpu_capability()})")
+    script = ("import torch, minilvlm; from tests.ops.test_mm_adapter_op import check_bf16_forward, BF16_SHAPES;"
+              "assert minilvlm.ops.cpu_capability() == 'avx512', minilvlm.ops.cpu_capability();"
+              "[check_bf16_forward(torch.ops.minilvlm, s, tau) for s in BF16_SHAPES for tau in (1.0, 5.0, 10.0)]")
+    env = dict(os.environ, MINILVLM_CPU_CAPABILITY="avx512")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bad_cpu_capability_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "-c", "import minilvlm; minilvlm.ops.cpu_capability()"],
+                          env=dict(os.environ, MINILVLM_CPU_CAPABILITY="avx1024"), capture_output=True, text=True)
+    assert proc.returncode != 0 and "MINILVLM_CPU_CAPABILITY must be avx512_bf16, avx512, avx2 or default" in proc.stderr
+
+
 def test_bfloat16_tokens_with_float32_parameters():
     a = make_inputs(2, 5, 74, 8, 2, 2)
     a["x"] = a["x"].to(torch.bfloat16)
@@ -187,6 +248,22 @@ def test_bad_inputs_raise_clear_errors(change, message):
     change(a)
     with pytest.raises(RuntimeError, match=message):
         torch.ops.minilvlm.mm_adapter(*native_args(a), 5.0, 1.0, 2)
+
+
+@pytest.mark.parametrize("grad_out,message", [
+    (torch.randn(2, 5, 73), r"grad_out must match x \(Float \[2, 5, 74\]\), got Float \[2, 5, 73\]"),
+    (torch.randn(2, 5, 74, dtype=torch.float64), r"grad_out must match x \(Float \[2, 5, 74\]\), got Double"),
+])
+def test_backward_bad_grad_out_raises_clear_error(grad_out, message):
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.minilvlm.mm_adapter_backward(grad_out, *native_args(a), 5.0, 1.0, 2)
+
+
+def test_emulated_backward_bad_grad_out_raises_the_same_error(emu):
+    a = make_inputs(2, 5, 74, 8, 2, 2)
+    with pytest.raises(RuntimeError, match=r"grad_out must match x \(Float \[2, 5, 74\]\), got Float \[2, 5, 73\]"):
+        emu.mm_adapter_backward(torch.randn(2, 5, 73), *native_args(a), 5.0, 1.0, 2)
 
 
 def test_bad_groups_and_router_raise_clear_errors():
