@@ -183,10 +183,16 @@ def test_bfloat16_forward_avx512f_fallback_matches_reference():
     """MINILVLM_CPU_CAPABILITY=avx512 forces the fp32-arithmetic AVX-512F path on a bf16-capable CPU."""
     if minilvlm.ops.cpu_capability() not in ("avx512_bf16", "avx512"):
         pytest.skip(f"this CPU has no AVX-512F ({minilvlm.ops.cpu_capability()})")
-    script = ("import torch, minilvlm; from tests.ops.test_mm_adapter_op import check_bf16_forward, BF16_SHAPES;"
-              "assert minilvlm.ops.cpu_capability() == 'avx512', minilvlm.ops.cpu_capability();"
-              "[check_bf16_forward(torch.ops.minilvlm, s, tau) for s in BF16_SHAPES for tau in (1.0, 5.0, 10.0)]")
-    env = dict(os.environ, MINILVLM_CPU_CAPABILITY="avx512")
+    run_with_capability("avx512", "from tests.ops.test_mm_adapter_op import check_bf16_forward, BF16_SHAPES;"
+                        "[check_bf16_forward(torch.ops.minilvlm, s, tau) for s in BF16_SHAPES for tau in (1.0, 5.0, 10.0)]")
+
+
+def run_with_capability(capability, checks):
+    """Run `checks` (Python statements) in a fresh process whose kernels take the CPU path
+    MINILVLM_CPU_CAPABILITY=capability; fails with the child's stderr."""
+    script = (f"import torch, minilvlm; assert minilvlm.ops.cpu_capability() == {capability!r}, "
+              f"minilvlm.ops.cpu_capability(); {checks}")
+    env = dict(os.environ, MINILVLM_CPU_CAPABILITY=capability)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -226,13 +232,8 @@ def test_opcheck():
 
 def test_portable_loops_match_reference():
     """MINILVLM_CPU_CAPABILITY=default: the scalar loops that CPUs without AVX-512 run."""
-    script = ("import torch, minilvlm; from tests.ops.test_mm_adapter_op import check_parity;"
-              "assert minilvlm.ops.cpu_capability() == 'default';"
-              "[check_parity(torch.ops.minilvlm, s, 5.0) for s in [(2, 7, 74, 8, 2, 2), (2, 9, 33, 6, 3, 3)]]")
-    env = dict(os.environ, MINILVLM_CPU_CAPABILITY="default")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    run_with_capability("default", "from tests.ops.test_mm_adapter_op import check_parity;"
+                        "[check_parity(torch.ops.minilvlm, s, 5.0) for s in [(2, 7, 74, 8, 2, 2), (2, 9, 33, 6, 3, 3)]]")
 
 
 @pytest.mark.parametrize("change,message", [
