@@ -38,9 +38,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(compute_dtype, torch.float32)  # fp32, or fp64 for gradcheck
         total = torch.zeros((), dtype=acc, device=h.device)
         dh = torch.empty_like(h) if need_grads[0] else None
-        dw = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_grads[1] else None
-        db = torch.zeros(weight.shape[0], dtype=acc, device=h.device) if (
-            bias is not None and need_grads[2]) else None
+        dw = db = None  # summed over chunks; the first chunk's part starts the sum (no zero fill)
         for start in range(0, h.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
             logits = F.linear(hc[rows], w, b).to(acc)
@@ -52,13 +50,17 @@ class _HeadCrossEntropy(torch.autograd.Function):
             # d(loss)/d(logits) = softmax - one_hot, formed in place over the chunk's logits.
             grad = logits.sub_(lse[:, None]).exp_()
             grad[torch.arange(grad.shape[0], device=grad.device), tgt] -= 1
-            if db is not None:
-                db += grad.sum(0)
+            if bias is not None and need_grads[2]:
+                db = _accumulate(db, grad.sum(0))
             grad = grad.to(compute_dtype)
             if dh is not None:
                 dh[rows] = grad @ w
-            if dw is not None:
-                dw += (grad.t() @ hc[rows]).to(acc)
+            if need_grads[1]:
+                dw = _accumulate(dw, (grad.t() @ hc[rows]).to(acc))
+        if dw is None and need_grads[1]:  # no labelled position at all
+            dw = torch.zeros(weight.shape, dtype=acc, device=h.device)
+        if db is None and bias is not None and need_grads[2]:
+            db = torch.zeros(weight.shape[0], dtype=acc, device=h.device)
         ctx.save_for_backward(dh, dw, db)
         return total
 
@@ -67,6 +69,10 @@ class _HeadCrossEntropy(torch.autograd.Function):
         grads = [None if g is None else (g * grad_total).to(dtype)
                  for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
         return (*grads, None, None, None, None)
+
+
+def _accumulate(total, part):
+    return part if total is None else total.add_(part)
 
 
 def head_cross_entropy(hidden, labels, weight, bias=None, chunk_rows=None):
