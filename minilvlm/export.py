@@ -25,7 +25,7 @@ from minilvlm.io import atomic_save_safetensors, atomic_write_json, atomic_write
 from minilvlm.models.lvlm import LLaVA
 from minilvlm.train import checkpoint
 from minilvlm.train.config import ConfigError
-from minilvlm.weights import ARCHITECTURES, hf_key
+from minilvlm.weights import ARCHITECTURES, WeightsError, by_key_map, to_hf_names
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SHARD_BYTES = 5 * 10 ** 9    # "5GB", transformers' default shard size
@@ -40,40 +40,18 @@ _EXPORT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.js
 
 # ---- state dicts: our names -> HF names ----------------------------------------------------------
 
-def _rename(state, parts):
-    """{HF name: tensor}. parts: (our prefix, maps the rest of our name to the HF name or None).
-    Every tensor must be claimed by exactly one part and get a name no other tensor has."""
-    out, unmapped = {}, []
-    for name, tensor in state.items():
-        for prefix, rename in parts:
-            if name.startswith(prefix):
-                new = rename(name[len(prefix):])
-                break
-        else:
-            new = None
-        if new is None or new in out:
-            unmapped.append(name)
-        else:
-            out[new] = tensor
-    if unmapped:
-        raise ExportError(f"{len(unmapped)} of our tensors have no place in the Hugging Face checkpoint, and "
-                          f"nothing is dropped silently: {unmapped[:20]}")
-    return out
-
-
-def _by_key_map(key_map, hf_prefix=""):
-    def rename(name):
-        try:
-            return hf_prefix + hf_key(name, key_map)
-        except KeyError:
-            return None
-    return rename
+def _hf_names(state, parts):
+    """weights.to_hf_names, its error as an ExportError."""
+    try:
+        return to_hf_names(state, parts)
+    except WeightsError as err:
+        raise ExportError(str(err)) from None
 
 
 def decoder_state_dict(decoder, prefix=""):
     """The decoder's tensors under its HF causal-LM names (a tied head has none: transformers ties it)."""
     key_map = ARCHITECTURES[decoder_model_type(decoder.config)][2]
-    return _rename(decoder.state_dict(), [("", _by_key_map(key_map, prefix))])
+    return _hf_names(decoder.state_dict(), [("", by_key_map(key_map, prefix))])
 
 
 def llava_state_dict(model: LLaVA):
@@ -89,10 +67,10 @@ def llava_state_dict(model: LLaVA):
         module, _, suffix = name.rpartition(".")
         hf = projector.get("projector." + module if module else "projector")
         return f"multi_modal_projector.{hf}.{suffix}" if hf else None
-    out = _rename(model.state_dict(), [
-        ("vision.", _by_key_map(vision_map, "vision_tower.")),
+    out = _hf_names(model.state_dict(), [
+        ("vision.", by_key_map(vision_map, "vision_tower.")),
         ("projector", lambda rest: rename_projector(rest.lstrip("."))),
-        ("lm.", _by_key_map(lm_map, "language_model.")),
+        ("lm.", by_key_map(lm_map, "language_model.")),
     ])
     if c.projector == "linear":  # HF's second projector layer, as the identity (see PROJECTOR_ACTS)
         weight = out["multi_modal_projector.linear_1.weight"]

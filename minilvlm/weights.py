@@ -317,10 +317,38 @@ def from_pretrained(folder, dtype=torch.float32):
     return model.eval()
 
 
-def to_hf_state_dict(model, model_type):
+def by_key_map(key_map, hf_prefix=""):
+    """A renamer for `to_hf_names`: our name -> hf_prefix + its checkpoint name, or None if the key
+    map has no entry for it."""
+    def rename(name):
+        try:
+            return hf_prefix + hf_key(name, key_map)
+        except KeyError:
+            return None
+    return rename
+
+
+def to_hf_names(state, parts):
+    """{checkpoint name: tensor} for a state dict of ours. parts: (our name prefix, renamer of the rest
+    of the name -> checkpoint name or None), the first matching prefix claiming a tensor. Every
+    tensor must get a name no other tensor has; one WeightsError lists all that do not (export never
+    drops a tensor silently)."""
+    out, unmapped = {}, []
+    for name, tensor in state.items():
+        new = next((rename(name[len(prefix):]) for prefix, rename in parts if name.startswith(prefix)), None)
+        if new is None or new in out:
+            unmapped.append(name)
+        else:
+            out[new] = tensor
+    if unmapped:
+        raise WeightsError(f"{len(unmapped)} of our tensors have no place in the Hugging Face checkpoint, and "
+                           f"nothing is dropped silently: {unmapped[:20]}")
+    return out
+
+
+def to_hf_state_dict(model, model_type, hf_prefix=""):
     """Our model's tensors under the checkpoint names of `model_type` (the inverse of loading, for
     export back to Hugging Face). A tied head is left out, as `transformers` saves it."""
     if model_type not in ARCHITECTURES:
         raise WeightsError(f"model_type {model_type!r} is not supported; supported: {sorted(ARCHITECTURES)}")
-    key_map = ARCHITECTURES[model_type][2]
-    return {hf_key(name, key_map): tensor for name, tensor in model.state_dict().items()}
+    return to_hf_names(model.state_dict(), [("", by_key_map(ARCHITECTURES[model_type][2], hf_prefix))])

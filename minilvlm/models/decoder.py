@@ -170,7 +170,7 @@ class Decoder(nn.Module):
         return KVCache(self.config, batch, max_len, dtype or p.dtype, device or p.device)
 
     def logits(self, h):
-        return self.lm_head(h) if self.lm_head is not None else F.linear(h, self.embed.weight)
+        return F.linear(h, *self.head_weight())
 
     def head_weight(self):
         """(weight [V, D], bias [V] or None) of the LM head; a tied head is the embedding matrix."""

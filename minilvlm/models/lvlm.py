@@ -12,7 +12,6 @@ pretrained tower first pretrains one: minilvlm/train/vision_pretrain.py)."""
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minilvlm.models.decoder import Decoder, DecoderConfig
@@ -94,11 +93,11 @@ class LLaVA(nn.Module):
         return embed_with_images(self.lm, input_ids, images, self.config.image_token_id,
                                  self.config.image_tokens, self.image_features)[0]
 
-    def forward(self, input_ids, images, attention_mask=None, *, position_ids=None, segment_ids=None):
-        """Logits [B, T, V]."""
+    def forward(self, input_ids, images, attention_mask=None, *, position_ids=None, segment_ids=None, head=True):
+        """Logits [B, T, V]; head=False: the final hidden states [B, T, D] (for `lm.loss`)."""
         embeds = self.embed(input_ids, images)
         return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                       segment_ids=segment_ids)
+                       segment_ids=segment_ids, head=head)
 
     # ---- the trainer's interface (every recipe model has these) ------------------------------
 
@@ -106,9 +105,8 @@ class LLaVA(nn.Module):
         """(summed next-token CE, labelled-token count, auxiliary loss or None) for one collated
         micro-batch. The trainer divides the CE by the global batch's token count and adds the
         auxiliary loss (EVE's alignment loss) as it is."""
-        embeds = self.embed(batch["input_ids"], images)
-        hidden = self.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"], segment_ids=batch["segment_ids"], head=False)
+        hidden = self(batch["input_ids"], images, batch["attention_mask"], position_ids=batch["position_ids"],
+                      segment_ids=batch["segment_ids"], head=False)
         loss, count = self.lm.loss(hidden, batch["labels"])
         return loss, count, None
 
@@ -133,14 +131,3 @@ def embed_with_images(lm, input_ids, images, image_token_id, image_tokens, image
         return embeds, is_image
     tokens = image_embeddings(images).to(embeds.dtype)
     return embeds.masked_scatter(is_image.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1])), is_image
-
-
-def lm_loss(logits, labels):
-    """Summed next-token cross-entropy in fp32 over labelled positions (labels aligned with
-    input_ids; -100 is ignored) and the number of those positions. The trainer divides by the
-    count of the whole global batch, so gradient accumulation weighs every token equally."""
-    targets = labels[:, 1:]
-    count = int((targets != -100).sum())
-    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=-100, reduction="sum")
-    return loss, count

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from minilvlm.models import DecoderConfig, VisionConfig
-from minilvlm.models.lvlm import LLaVA, LLaVAConfig, lm_loss
+from minilvlm.models.lvlm import LLaVA, LLaVAConfig
 from minilvlm.optim import FusedAdamW
 
 IMAGE_ID = 50   # past the 40-entry embedding table, as an added <image> token can be
@@ -71,7 +71,7 @@ def _train_steps(model, steps=3):
     labels = ids.masked_fill(ids == IMAGE_ID, -100)
     opt = FusedAdamW(model.param_groups(1e-2, projector_lr=3e-2), weight_decay=0.0)
     for _ in range(steps):
-        loss, count = lm_loss(model(ids, images), labels)
+        loss, count = model.lm.loss(model(ids, images, head=False), labels)
         (loss / count).backward()
         opt.step()
         opt.zero_grad()
@@ -109,11 +109,16 @@ def test_frozen_vision_runs_without_autograd_graph():
     assert model.embed(ids, images).requires_grad   # projector and embeddings train
 
 
-def test_lm_loss_sums_labelled_positions():
-    logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[-100, 1, 2, -100, 3], [-100, -100, -100, 4, -100]])
-    loss, count = lm_loss(logits, labels)
-    assert count == 4
-    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-    torch.testing.assert_close(loss, expected)
+def test_batch_loss_sums_the_cross_entropy_of_labelled_positions():
+    model = tiny().double()
+    ids, images = batch()
+    labels = ids.masked_fill(ids == IMAGE_ID, -100)
+    labels[0, -4:] = -100
+    trainer_batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids),
+                     "position_ids": None, "segment_ids": None}
+    loss, count, aux = model.batch_loss(trainer_batch, images)
+    logits = model(ids, images)
+    assert count == int((labels[:, 1:] != -100).sum()) and aux is None
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
