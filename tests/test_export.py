@@ -13,8 +13,8 @@ from tokenizers import models, pre_tokenizers
 from minilvlm.data.tokenizer import Tokenizer
 from minilvlm.export import ExportError, export_decoder, export_llava, parse_size
 from minilvlm.models import Decoder, DecoderConfig, VisionConfig
-from minilvlm.models.lvlm import LLaVA, LLaVAConfig
-from minilvlm.train.demo_tokenizer import build_word_tokenizer
+from minilvlm.models.llava import LLaVA, LLaVAConfig
+from minilvlm.data.word_tokenizer import build_word_tokenizer
 from minilvlm.weights import from_pretrained
 from tests.models.hf_fixtures import transformers
 
@@ -52,9 +52,9 @@ def _randomize(model, seed):
 
 def _llava(tokenizer, vision, decoder, projector="mlp2x_gelu", feature_layer=-2, seed=0):
     decoder = DecoderConfig(**{**vars(decoder), "vocab_size": tokenizer.vocab_size})
+    vision = VisionConfig(**{**vars(vision), "pixel_mean": (0.5, 0.4, 0.3), "pixel_std": (0.2, 0.25, 0.3)})
     config = LLaVAConfig(vision=vision, decoder=decoder, projector=projector, feature_layer=feature_layer,
-                         image_token_id=tokenizer.image_token_id, pixel_mean=(0.5, 0.4, 0.3),
-                         pixel_std=(0.2, 0.25, 0.3))
+                         image_token_id=tokenizer.image_token_id)
     return _randomize(LLaVA(config), seed)
 
 
@@ -78,7 +78,7 @@ def _batch_with_images(model, vocab):
     mask = torch.ones_like(ids)
     mask[1, -3:] = 0
     images = torch.randint(0, 256, (2, 3, c.vision.image_size, c.vision.image_size), dtype=torch.uint8)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (c.pixel_mean, c.pixel_std))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (c.vision.pixel_mean, c.vision.pixel_std))
     return ids, mask, images, (images.float() / 255 - mean) / std   # HF takes normalized pixels
 
 
@@ -162,8 +162,8 @@ def test_image_processor_gives_our_normalized_pixels(tmp_path, tokenizer):
     torch.manual_seed(5)
     image = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)
     inputs = processor(images=image.permute(1, 2, 0).numpy(), text="<image> what colour", return_tensors="pt")
-    mean, std = ours.pixel_mean, ours.pixel_std
-    assert (inputs["pixel_values"][0] - ((image.float() - mean) / std)[0]).abs().max() < 1e-5
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (ours.config.vision.pixel_mean, ours.config.vision.pixel_std))
+    assert (inputs["pixel_values"][0] - (image.float() / 255 - mean) / std).abs().max() < 1e-5
     assert (inputs["input_ids"] == tokenizer.image_token_id).sum() == ours.config.image_tokens
 
 

@@ -33,7 +33,7 @@ def test_cli_llava_export_answers_like_our_model(tiny_run, tmp_path):
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     processor = transformers.AutoProcessor.from_pretrained(out)
     record = next(r for r in load_demo(tiny_run / "data", "test") if r.images)
-    image = load_image(record.images[0], loaded.cfg.image_size)   # demo images are already square at this size
+    image = load_image(record.images[0], loaded.images.size)   # demo images are already square at this size
     prompt = "<|im_start|>user\n<image>\nWhat colour is the shape?<|im_end|>\n<|im_start|>assistant\n"
     inputs = processor(images=image.permute(1, 2, 0).numpy(), text=prompt, return_tensors="pt")
     assert inputs["input_ids"][0].tolist() == loaded.tokenizer.encode(prompt.replace(

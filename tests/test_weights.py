@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from minilvlm.models import Decoder, DecoderConfig, VisionConfig, VisionTransformer, from_pretrained
+from minilvlm.models import Decoder, DecoderConfig, VisionConfig, VisionTransformer
+from minilvlm.weights import from_pretrained
 from minilvlm.weights import WeightsError, hf_key, read_config, to_hf_state_dict
 from tests.models import hf_fixtures
 

@@ -3,7 +3,7 @@ generate, soup, ppl_filter. Checkpoints at steps 10, 20 and 30; summary.json hol
 own test-split accuracy."""
 import json
 
-from minilvlm.train.config import load_config
+from minilvlm.recipes import load_config
 from minilvlm.train.loop import train
 
 TINY_MODEL = ["model.vision.dim=16", "model.vision.n_layers=2", "model.vision.n_heads=2", "model.vision.mlp_dim=16",

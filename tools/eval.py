@@ -4,6 +4,7 @@
     python tools/eval.py RUN_DIR/checkpoints/step_000500 --split val
     python tools/eval.py RUN_DIR --data ScienceQA/ --split test    # a ScienceQA release folder
     python tools/eval.py RUN_DIR --data held_out.json --out results.json
+    python tools/eval.py RUN_DIR/checkpoints/step_001000 --data other_run/data --split test   # a demo data folder
 
 Writes results.json (figures) and results.predictions.jsonl (one line per question).
 """
@@ -17,7 +18,7 @@ from minilvlm.eval.benchmark import eval_records, load_split
 from minilvlm.eval.load import LoadError, load_model
 from minilvlm.eval.scienceqa_metrics import format_table
 from minilvlm.io import atomic_write_json, atomic_write_text
-from minilvlm.train.config import ConfigError
+from minilvlm.config import ConfigError
 
 
 def main(argv=None):
@@ -25,7 +26,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("path", metavar="RUN_DIR_or_CHECKPOINT")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
-    parser.add_argument("--data", help="a LLaVA .json/.jsonl file or a ScienceQA folder (default: the run's data)")
+    parser.add_argument("--data", help="a LLaVA .json/.jsonl file, a ScienceQA folder or a demo data folder (default: the run's data)")
     parser.add_argument("--image-root", help="image folder for --data (default: beside the file / images/)")
     parser.add_argument("--out", default="results.json", help="results JSON (default results.json)")
     parser.add_argument("--batch", type=int, help="questions per generation batch (default: the run's eval.batch)")

@@ -12,7 +12,7 @@ import sys
 from minilvlm.data.errors import DataError
 from minilvlm.eval.chat import LAVIN_TEMPERATURE, LAVIN_TOP_P, ask
 from minilvlm.eval.load import LoadError, load_model
-from minilvlm.train.config import ConfigError
+from minilvlm.config import ConfigError
 
 
 def main(argv=None, stdout=None):

@@ -10,36 +10,13 @@ Alpaca format), OUT.hist.png (score histogram, cut marked), OUT.stats.json and O
 Records that cannot be read or encoded are counted, reported and left out.
 """
 import argparse
-import json
 import sys
-from pathlib import Path
 
-import torch
-
-from minilvlm.curation.filter_output import plot_histogram, read_with_objects, write_subset
-from minilvlm.curation.perplexity import score_records, select, stats
-from minilvlm.data.errors import DataError, SkipCounter
-from minilvlm.data.jsonfile import iter_json
-from minilvlm.eval.load import LoadError, load_model
-from minilvlm.io import atomic_write_json, atomic_write_text
-from minilvlm.train.config import ConfigError
+from minilvlm.config import ConfigError
+from minilvlm.curation.ppl_filter import FilterJob, run_filter
+from minilvlm.data.errors import DataError
+from minilvlm.eval.load import LoadError
 from minilvlm.train.distributed import init_distributed, shutdown_distributed
-
-
-def detect_format(path):
-    for _, _, obj in iter_json(path):
-        if isinstance(obj, dict) and "instruction" in obj and "conversations" not in obj:
-            return "alpaca"
-        return "llava"
-    raise DataError("the file holds no records", reason="empty_file", file=path)
-
-
-def _gather(values, world):
-    if world == 1:
-        return [values]
-    gathered = [None] * world
-    torch.distributed.all_gather_object(gathered, values)
-    return gathered
 
 
 def main(argv=None):
@@ -57,46 +34,21 @@ def main(argv=None):
     ns = parser.parse_args(argv)
     if ns.keep is not None and not 0 < ns.keep <= 1:
         parser.error("--keep must be a fraction in (0, 1]")
+    job = FilterJob(ns.data, ns.model, ns.out, keep=ns.keep, threshold=ns.threshold, fmt=ns.format,
+                    image_root=ns.image_root, batch=ns.batch)
     rank, world = init_distributed()
     try:
-        return _run(ns, rank, world)
+        summary = run_filter(job, rank, world)
     except (LoadError, ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         shutdown_distributed()
-
-
-def _run(ns, rank, world):
-    fmt = detect_format(ns.data) if ns.format == "auto" else ns.format
-    read_skips, score_skips = SkipCounter(), SkipCounter()
-    pairs = read_with_objects(ns.data, fmt, ns.image_root, read_skips)   # every rank reads all
-    loaded = load_model(ns.model)
-    mine = [pairs[i][0] for i in range(rank, len(pairs), world)]   # records shard round-robin
-    scores = [None] * len(pairs)
-    skip_counts = dict(read_skips.counts)
-    gathered = _gather((score_records(loaded, mine, ns.batch, score_skips), dict(score_skips.counts)), world)
-    for r, (part, counts) in enumerate(gathered):
-        scores[r::world] = part
-        for reason, n in counts.items():
-            skip_counts[reason] = skip_counts.get(reason, 0) + n
-    if rank != 0:
-        return 0
-    flags, cut_value = select(scores, keep=ns.keep, threshold=ns.threshold)
-    out = Path(ns.out)
-    n_kept = write_subset([obj for _, obj in pairs], flags, out)
-    summary = stats(scores, flags, cut_value)
-    summary.update(data=ns.data, format=fmt, model=str(loaded.checkpoint), keep=ns.keep, threshold=ns.threshold,
-                   skipped=skip_counts, ranks=world)
-    base = out.with_suffix("")
-    atomic_write_json(summary, base.with_name(base.name + ".stats.json"))
-    atomic_write_text("".join(json.dumps({"id": r.id, "score": s, "kept": f}) + "\n"
-                              for (r, _), s, f in zip(pairs, scores, flags)), base.with_name(base.name + ".scores.jsonl"))
-    plot_histogram(scores, cut_value, base.with_name(base.name + ".hist.png"))
-    print(f"scored {summary['scored']} of {len(pairs)} records with {loaded.checkpoint}: mean NLL "
-          f"{summary['mean']:.3f}, cut {summary['cut']:.3f}; kept {n_kept} -> {out}")
-    if skip_counts:
-        print(f"skipped: {skip_counts}")
+    if summary is not None:
+        print(f"scored {summary['scored']} of {summary['records']} records with {summary['model']}: mean NLL "
+              f"{summary['mean']:.3f}, cut {summary['cut']:.3f}; kept {summary['written']} -> {ns.out}")
+        if summary["skipped"]:
+            print(f"skipped: {summary['skipped']}")
     return 0
 
 

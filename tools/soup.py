@@ -10,12 +10,10 @@ model.safetensors, state.json and the tokenizer, so tools/eval.py and tools/gene
 import argparse
 import sys
 
-from minilvlm.curation.soup import (SoupError, check_compatible, check_scorer, greedy_soup, read_member, uniform_soup,
-                                   write_soup)
+from minilvlm.config import ConfigError
+from minilvlm.curation.soup import SoupError, soup_of, write_soup
 from minilvlm.data.errors import DataError
-from minilvlm.eval.benchmark import eval_records, load_split
-from minilvlm.eval.load import LoadError, load_model, load_weights
-from minilvlm.train.config import ConfigError
+from minilvlm.eval.load import LoadError
 
 
 def main(argv=None):
@@ -26,27 +24,13 @@ def main(argv=None):
     parser.add_argument("--greedy", action="store_true", help="greedy soup by held-out accuracy")
     parser.add_argument("--run", help="greedy: the run whose data scores the members (default: the first's)")
     parser.add_argument("--split", default="val", help="greedy: the held-out split (default val)")
-    parser.add_argument("--data", help="greedy: a LLaVA file or ScienceQA folder to score on instead")
+    parser.add_argument("--data", help="greedy: a LLaVA file, demo folder or ScienceQA folder to score on instead")
     ns = parser.parse_args(argv)
     try:
-        members = [read_member(path) for path in ns.checkpoints]
-        check_compatible(members)
-        if ns.greedy:
-            loaded = load_model(ns.run or members[0].folder)
-            check_scorer(loaded.state["config"], loaded.model.state_dict(), ns.run or members[0].folder, members)
-            records = load_split(loaded, ns.split, ns.data)
-
-            def accuracy(tensors):
-                load_weights(loaded.model, tensors, "the soup")
-                return eval_records(loaded, records)["average"]
-            tensors, info = greedy_soup(members, accuracy)
-            info.update(method="greedy", split=ns.split, data=ns.data or "run", questions=len(records))
-            for trial in info["trials"]:
-                print(f"  {'kept   ' if trial['kept'] else 'dropped'} {trial['added']}: soup accuracy "
-                      f"{100 * trial['soup_accuracy']:.2f}%")
-        else:
-            tensors = uniform_soup([m.tensors for m in members])
-            info = {"method": "uniform", "ingredients": [m.name for m in members]}
+        tensors, info, members = soup_of(ns.checkpoints, ns.greedy, ns.run, ns.split, ns.data)
+        for trial in info.get("trials", []):
+            print(f"  {'kept   ' if trial['kept'] else 'dropped'} {trial['added']}: soup accuracy "
+                  f"{100 * trial['soup_accuracy']:.2f}%")
         write_soup(ns.out, tensors, members, info)
     except (SoupError, LoadError, ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from minilvlm.train.config import ConfigError, apply_overrides, from_dict, load_config, validate
+from minilvlm import recipes
+from minilvlm.config import ConfigError, apply_overrides
 from minilvlm.train.loop import train
 
 
@@ -31,11 +32,11 @@ def main(argv=None):
             saved = Path(ns.resume) / "config.json"
             if not saved.is_file():
                 raise ConfigError(f"--resume {ns.resume}: {saved} not found (not a run folder?)")
-            cfg = from_dict(json.loads(saved.read_text()), str(saved))
-            cfg = validate(apply_overrides(cfg, overrides))
+            cfg = recipes.config_from_dict(json.loads(saved.read_text()), str(saved))
+            cfg = recipes.validate(apply_overrides(cfg, overrides))
             cfg.train.run_dir = ns.resume
         else:
-            cfg = load_config(config_path, overrides)
+            cfg = recipes.load_config(config_path, overrides)
         train(cfg, resume=bool(ns.resume))
     except ConfigError as err:   # also raised while building the run (e.g. a weights path that does not fit)
         print(f"error: {err}", file=sys.stderr)

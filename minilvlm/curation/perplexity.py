@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from minilvlm.data.batching import Collator
-from minilvlm.data.dataset import ImageConfig, SFTDataset, Skipped
+from minilvlm.data.dataset import SFTDataset, Skipped
 from minilvlm.data.errors import DataError, SkipCounter
 from minilvlm.data.templates import chat_template
 
@@ -18,13 +18,13 @@ def score_records(loaded, records, batch=16, skips=None):
     (counted in `skips` by reason)] in the order of `records`."""
     cfg, model, tokenizer = loaded.cfg, loaded.model, loaded.tokenizer
     skips = skips if skips is not None else SkipCounter()
+    images = loaded.images
     dataset = SFTDataset(records, tokenizer, chat_template(cfg.data.template), model.config.image_tokens,
-                         cfg.data.max_len, image=ImageConfig(size=cfg.model.vision.image_size, mode=cfg.data.image_mode),
-                         on_error="skip", skips=skips)
+                         cfg.data.max_len, image=images, on_error="skip", skips=skips)
     position = {id(r): i for i, r in enumerate(records)}
     scores = [None] * len(records)
-    collate = Collator(tokenizer.pad_id, cfg.model.vision.image_size)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16)
+    collate = Collator(tokenizer.pad_id, images.size)
+    autocast = torch.autocast(model.lm.embed.weight.device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
     for start in range(0, len(dataset), batch):
         items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
         for item in items:
@@ -34,10 +34,12 @@ def score_records(loaded, records, batch=16, skips=None):
         if not samples:
             continue
         b = collate(samples)
-        images = torch.full_like(b["images"], 128) if cfg.data.blank_images else b["images"]
         with autocast:
-            logits = model(b["input_ids"], images, b["attention_mask"], position_ids=b["position_ids"],
+            logits = model(b["input_ids"], b["images"], b["attention_mask"], position_ids=b["position_ids"],
                            segment_ids=b["segment_ids"])
+        # A model may put positions of its own in front (the mma recipe's modality token): the last
+        # T positions are the ones aligned with input_ids.
+        logits = logits[:, -b["input_ids"].shape[1]:]
         targets = b["labels"][:, 1:]
         nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
         counts = (targets != -100).sum(1)

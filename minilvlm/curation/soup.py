@@ -10,7 +10,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from minilvlm.eval.load import LoadError, resolve_checkpoint
+from minilvlm import recipes
+from minilvlm.config import ConfigError
+from minilvlm.eval.benchmark import eval_records, load_split
+from minilvlm.eval.load import LoadError, load_model, load_weights, resolve_checkpoint
 from minilvlm.io import atomic_save_safetensors, atomic_write_json
 
 
@@ -42,14 +45,12 @@ def read_member(path):
 
 
 def trained_parts(config):
-    """The parts a run trained, from its config (as LLaVA.set_stage decides them)."""
-    t = config["train"]
-    parts = {"projector"}
-    if t["stage"] == "finetune" or t.get("pretrain_lm"):
-        parts.add("lm")
-    if t.get("train_vision"):
-        parts.add("vision")
-    return sorted(parts)
+    """The parts a run trained, from its saved config, as its recipe decides them."""
+    try:
+        cfg = recipes.config_from_dict(config, "a member's state.json")
+    except ConfigError as err:
+        raise SoupError(str(err)) from None
+    return recipes.of(cfg).trained_parts(cfg)
 
 
 def _differences(a, b, prefix=""):
@@ -170,3 +171,23 @@ def write_soup(out, tensors, members, info):
              "soup": info}
     atomic_write_json(state, out / "state.json")
     return out
+
+
+def soup_of(paths, greedy=False, run=None, split="val", data=None):
+    """(tensors, info, members) of the soup of checkpoint or run folders: uniform, or greedy by
+    held-out accuracy on `split` of `run` (default: the first member's run) or on `data`."""
+    members = [read_member(path) for path in paths]
+    check_compatible(members)
+    if not greedy:
+        return uniform_soup([m.tensors for m in members]), {"method": "uniform",
+                                                             "ingredients": [m.name for m in members]}, members
+    loaded = load_model(run or members[0].folder)
+    check_scorer(loaded.state["config"], loaded.model.state_dict(), run or members[0].folder, members)
+    records = load_split(loaded, split, data)
+
+    def accuracy(tensors):
+        load_weights(loaded, tensors, "the soup")
+        return eval_records(loaded, records)["average"]
+    tensors, info = greedy_soup(members, accuracy)
+    info.update(method="greedy", split=split, data=data or "run", questions=len(records))
+    return tensors, info, members

@@ -13,16 +13,8 @@ import numpy as np
 import torch
 
 from minilvlm.data.errors import DataError, SkipCounter, check_on_error, handle
-from minilvlm.data.images import CLIP_MEAN_RGB, DEFAULT_MAX_PIXELS, load_image
+from minilvlm.data.images import ImageConfig
 from minilvlm.data.labels import encode_record
-
-
-@dataclass
-class ImageConfig:
-    size: int = 224
-    mode: str = "pad"                 # "pad" | "crop" | "resize" (see images.py)
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    pad_color: tuple = CLIP_MEAN_RGB
 
 
 @dataclass
@@ -74,17 +66,13 @@ class SFTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         record = self.records[index]
-        size = self.image.size
         try:
-            decoded = [load_image(path, size, self.image.mode, self.image.max_pixels,
-                                  self.image.pad_color) for path in record.images]
+            images = self.image.load_batch(record.images)
         except DataError as err:
             err = err.at(file=record.source or None, line=record.line, record_id=record.id)
             if self.on_error == "raise":
                 raise err from None
             return Skipped(index, err.reason, str(err))
-        images = (torch.from_numpy(np.stack([d.numpy() for d in decoded])) if decoded
-                  else torch.empty(0, 3, size, size, dtype=torch.uint8))
         input_ids = torch.from_numpy(self.ids[index]).long()
         return Sample(index, record.id, input_ids, torch.from_numpy(self.labels[index]).long(),
                       images, self.was_truncated[index])

@@ -1,11 +1,15 @@
 """Images: resolve paths safely, decode with pillow, fit to the model's square size, as uint8.
 
-Normalisation (mean/std) happens later, inside `patch_embed`, so the loader hands over uint8
-CHW tensors: 4x less to move between processes than float32.
+This is the one way an image file becomes model input: training (the data set), evaluation,
+generation and the tower's pretraining all decode through `ImageConfig.load` / `load_batch`.
+Normalisation (mean/std) happens later, inside the models' `patch_embed` stem, so the loader hands
+over uint8 CHW tensors: 4x less to move between processes than float32.
 Modes: "pad" pads to a square with a flat colour, then resizes (LLaVA's `pad`: nothing is cut
 off); "crop" resizes the short side and takes the centre square; "resize" squashes.
+`blank=True` is the text-only baseline: every image is flat grey, the file is not decoded.
 """
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ CLIP_MEAN_RGB = (122, 116, 104)
 # Decompression-bomb guard: refuse images with more pixels than this before decoding them
 # (pillow's own limit only warns below 2x its threshold).
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+BLANK_VALUE = 128   # the text-only baseline's flat grey
 
 
 def resolve_image_path(image_root, name):
@@ -91,3 +96,28 @@ def load_image(path, size, mode="pad", max_pixels=DEFAULT_MAX_PIXELS, pad_color=
     # The HWC -> CHW copy is done by numpy: torch's copy kernels use the intra-op thread pool,
     # which costs milliseconds per small image on a busy machine (measured: 10x slower).
     return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+@dataclass
+class ImageConfig:
+    """How the images of a run become model input: side, fit mode, limits, and the blank baseline."""
+    size: int = 224
+    mode: str = "pad"                 # "pad" | "crop" | "resize" (see the module docstring)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    pad_color: tuple = CLIP_MEAN_RGB
+    blank: bool = False               # every image flat grey (the text-only baseline)
+
+    def load(self, path):
+        """uint8 [3, size, size] of one image file; DataError for one that cannot be read."""
+        if self.blank:
+            return torch.full((3, self.size, self.size), BLANK_VALUE, dtype=torch.uint8)
+        return load_image(path, self.size, self.mode, self.max_pixels, self.pad_color)
+
+    def load_batch(self, paths):
+        """uint8 [N, 3, size, size] of image files (N may be 0)."""
+        if not paths:
+            return self.empty()
+        return torch.from_numpy(np.stack([self.load(p).numpy() for p in paths]))
+
+    def empty(self):
+        return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)

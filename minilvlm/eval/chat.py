@@ -3,9 +3,8 @@ decoded after every new token and only the new text is handed to `on_text`, so a
 it as it is generated. Greedy when temperature is 0; else temperature and top-p sampling."""
 import torch
 
-from minilvlm.data.images import load_image
 from minilvlm.data.labels import expand_images
-from minilvlm.data.records import IMAGE_TAG
+from minilvlm.data.records import IMAGE_TAG, Record, Turn
 from minilvlm.data.templates import render, stop_tokens
 from minilvlm.eval.generate import generate
 from minilvlm.eval.load import LoadError
@@ -42,9 +41,9 @@ class TextStream:
 
 def prompt_inputs(loaded, prompt, image=None):
     """(input_ids [1, T], images [N, 3, S, S]) for one user turn; an image goes where the prompt's
-    <image> tag is, or before the text when the prompt has none."""
+    <image> tag is, or before the text when the prompt has none. The recipe prepares the turn as
+    it prepared its training records (the mma recipe's "Image: N/A" before a text-only prompt)."""
     cfg, tokenizer = loaded.cfg, loaded.tokenizer
-    size = cfg.model.vision.image_size
     tags = prompt.count(IMAGE_TAG)
     if image is None and tags:
         raise LoadError(f"the prompt holds {IMAGE_TAG} but no image was given (--image PATH)")
@@ -52,17 +51,13 @@ def prompt_inputs(loaded, prompt, image=None):
         prompt = f"{IMAGE_TAG}\n{prompt}"
     elif image is not None and tags > 1:
         raise LoadError(f"the prompt holds {tags} {IMAGE_TAG} tags for one image")
-    if image is None and cfg.model.recipe == "mma":   # as the adapters were trained: "Image: N/A" first
-        prompt = cfg.model.mma.text_only_prefix + prompt
-    ids = render([{"role": "user", "content": prompt}], tokenizer, cfg.data.template, generation_prompt=True).ids
+    images = [] if image is None else [image]
+    question = Record("prompt", [Turn("user", prompt)], images=images)
+    question, = loaded.recipe.prepare_records(cfg, [question])
+    conversation = [{"role": t.role, "content": t.text} for t in question.turns]
+    ids = render(conversation, tokenizer, cfg.data.template, generation_prompt=True).ids
     ids, _, _ = expand_images(ids, [False] * len(ids), tokenizer.image_token_id, loaded.model.config.image_tokens)
-    if image is None:
-        images = torch.empty(0, 3, size, size, dtype=torch.uint8)
-    else:
-        images = load_image(image, size, cfg.data.image_mode)[None]
-        if cfg.data.blank_images:
-            images = torch.full_like(images, 128)
-    return torch.tensor([ids]), images
+    return torch.tensor([ids]), loaded.images.load_batch(images)
 
 
 @torch.no_grad()
@@ -73,7 +68,7 @@ def ask(loaded, prompt, image=None, *, temperature=LAVIN_TEMPERATURE, top_p=LAVI
     ids, images = prompt_inputs(loaded, prompt, image)
     stream = TextStream(tokenizer, on_text or (lambda piece: None))
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=loaded.cfg.train.bf16)
+    autocast = torch.autocast(model.lm.embed.weight.device.type, dtype=torch.bfloat16, enabled=loaded.cfg.train.bf16)
     with autocast:
         embeds, mask = model.generation_inputs(ids, images, torch.ones_like(ids))
         generate(model.lm, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,

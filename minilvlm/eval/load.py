@@ -1,15 +1,19 @@
 """Loading a trained model for inference: from a run folder (its newest complete checkpoint) or
 from one checkpoint folder (checkpoints/step_NNNNNN/, or a soup written by tools/soup.py), with
-the config saved in the checkpoint's state.json and the run's tokenizer."""
+the config saved in the checkpoint's state.json and the run's tokenizer. The recipe builds the
+model and loads what its checkpoints hold."""
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from minilvlm import recipes
+from minilvlm.config import RunConfig
+from minilvlm.data.images import ImageConfig
 from minilvlm.data.tokenizer import Tokenizer
-from minilvlm.train import checkpoint, setup
-from minilvlm.train.config import RunConfig, from_dict
+from minilvlm.recipes.base import Recipe
+from minilvlm.recipes.run_folder import latest, read_state
 
 
 class LoadError(ValueError):
@@ -19,11 +23,17 @@ class LoadError(ValueError):
 @dataclass
 class LoadedModel:
     cfg: RunConfig
+    recipe: Recipe
     model: torch.nn.Module
     tokenizer: Tokenizer
     checkpoint: Path      # the folder holding model.safetensors and state.json
     run_dir: Path         # where the run's data and tokenizer live
     state: dict           # the checkpoint's state.json
+
+    @property
+    def images(self) -> ImageConfig:
+        """How this run decodes images."""
+        return self.recipe.image_config(self.cfg)
 
 
 def resolve_checkpoint(path):
@@ -35,7 +45,7 @@ def resolve_checkpoint(path):
         # checkpoints/step_N/ belongs to the run two levels up; a soup folder is its own run folder
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
         return path, run_dir
-    found = checkpoint.latest(path)
+    found = latest(path)
     if found is None:
         raise LoadError(f"{path}: neither a checkpoint folder (model.safetensors + state.json) nor a run "
                         f"folder with a complete checkpoint under {path / 'checkpoints'}")
@@ -55,32 +65,27 @@ def find_tokenizer(cfg, folder, run_dir):
                     "copy the run's tokenizer.json beside the checkpoint")
 
 
-def load_weights(model, tensors, source):
-    """Load a checkpoint's tensors into a model built from its config. An adapter recipe's
-    checkpoint (mma) holds only the trained tensors; its frozen base comes from the config."""
+def load_weights(loaded, tensors, source):
+    """Load checkpoint tensors (what the recipe's checkpoints hold) into the loaded model."""
     try:
-        if hasattr(model, "load_trainable_state_dict"):
-            model.load_trainable_state_dict(tensors, str(source))
-            return
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        loaded.recipe.load_checkpoint_state(loaded.model, tensors, source)
     except (RuntimeError, ValueError) as err:   # shapes that do not fit the config
         raise LoadError(f"{source} does not fit the config in state.json: {err}") from None
-    if missing or unexpected:
-        raise LoadError(f"{source} does not fit the config in state.json: "
-                        f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
 
 
 def load_model(path, threads=0):
     """A LoadedModel in eval mode, weights in fp32 as trained."""
     folder, run_dir = resolve_checkpoint(path)
-    state = checkpoint.read_state(folder)
+    state = read_state(folder)
     if "config" not in state:
         raise LoadError(f"{folder / 'state.json'} has no 'config' entry; it was not written by the trainer or soup")
-    cfg = from_dict(state["config"], str(folder / "state.json"))
+    cfg = recipes.config_from_dict(state["config"], str(folder / "state.json"))
     if threads:
         torch.set_num_threads(threads)
+    recipe = recipes.of(cfg)
     tokenizer = find_tokenizer(cfg, folder, run_dir)
-    model = setup.build_model(cfg, tokenizer)
-    load_weights(model, load_file(folder / "model.safetensors"), folder / "model.safetensors")
+    model = recipe.build_model(cfg, tokenizer)
+    loaded = LoadedModel(cfg, recipe, model, tokenizer, folder, run_dir, state)
+    load_weights(loaded, load_file(folder / "model.safetensors"), folder / "model.safetensors")
     model.eval()
-    return LoadedModel(cfg, model, tokenizer, folder, run_dir, state)
+    return loaded

@@ -11,10 +11,10 @@ text contexts; its fields map as
 A category without questions has no accuracy (None; printed as "-"), never 0.
 Multiple-choice replies are scored by the letter of "The answer is X"; replies with no such
 letter are wrong and counted as unparseable. Other question types are scored by exact match
-after normalization (minilvlm.train.evaluate.is_correct)."""
+after normalization (minilvlm.eval.score.is_correct)."""
 import re
 
-from minilvlm.train.evaluate import extract_letter, summarize
+from minilvlm.eval.score import extract_letter, summarize
 
 CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN",
@@ -41,7 +41,7 @@ def categories_of(meta):
 
 
 def score(answers):
-    """Table 1 figures from [(record, reply, correct)] (as minilvlm.train.evaluate.evaluate returns).
+    """Table 1 figures from [(record, reply, correct)] (as minilvlm.eval.evaluate.evaluate returns).
     Returns a JSON-able dict: average, categories {name: {accuracy, count}}, the trainer's
     per-question-type accuracies, unparseable multiple-choice replies, and per-sample predictions."""
     hits = {c: 0 for c in CATEGORIES}

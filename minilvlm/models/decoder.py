@@ -1,7 +1,12 @@
 """One decoder-only language model covering LLaMA/Vicuna (RMSNorm, RoPE, SwiGLU, grouped-query
 attention), Qwen2 (the same with q/k/v biases) and Phi-2 (LayerNorm, partial rotary, attention and
 MLP in parallel off one norm, gelu_new, biases everywhere). The differences are config fields, not
-subclasses. Hugging Face checkpoints load through minilvlm.weights."""
+subclasses. Hugging Face checkpoints load through minilvlm.weights.
+
+Each block has an optional adapter slot (`Block.adapter`, None by default): a module (h, t) -> h
+applied to the output of the block's attention norm, routed on t, the normed state at position 0
+of the sequence (where the mma recipe puts its modality token). Decode steps with a KV cache no
+longer see position 0, so prefill keeps each layer's t in the cache (`KVCache.router_inputs`)."""
 from dataclasses import dataclass, replace
 
 import torch
@@ -81,6 +86,8 @@ class KVCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.length = 0
         self.max_len = max_len
+        # Per layer, the input of the layer's adapter router, kept from prefill (see Block.router_input).
+        self.router_inputs = [None] * config.n_layers
 
     def update(self, layer, k, v):
         """Write k, v [B, Hkv, T, hd] after the cached positions; return all keys and values so far."""
@@ -138,15 +145,31 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, c: DecoderConfig, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx
         self.parallel = c.parallel_block
         self.attn_norm = make_norm(c.norm, c.dim, c.norm_eps)
         self.attn = Attention(c, layer_idx)
         if not self.parallel:
             self.mlp_norm = make_norm(c.norm, c.dim, c.norm_eps)
         self.mlp = MLP(c)
+        # Optional (h, t) -> h after attn_norm (models/mma.py puts an MM-Adapter here). In a parallel
+        # block (Phi) that norm also feeds the MLP, so the adapter reaches both.
+        self.adapter = None
+
+    def router_input(self, h, cache):
+        """The adapter's router input: the normed state at position 0, or, in a decode step, the one
+        prefill left in the cache."""
+        if cache is not None and cache.length > 0:
+            return cache.router_inputs[self.layer_idx]
+        t = h[:, 0]
+        if cache is not None:
+            cache.router_inputs[self.layer_idx] = t
+        return t
 
     def forward(self, x, cos, sin, mask, cache=None):
         h = self.attn_norm(x)
+        if self.adapter is not None:
+            h = self.adapter(h, self.router_input(h, cache))
         if self.parallel:
             return x + self.attn(h, cos, sin, mask, cache) + self.mlp(h)
         x = x + self.attn(h, cos, sin, mask, cache)

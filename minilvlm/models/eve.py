@@ -21,13 +21,8 @@ from torch import nn
 
 from minilvlm.models.decoder import Decoder, DecoderConfig
 from minilvlm.models.eve_embed import PatchEmbedder, window_attention
-from minilvlm.models.lvlm import (
-    CLIP_MEAN,
-    CLIP_STD,
-    embed_with_images,
-    make_projector,
-)
-from minilvlm.models.vision import VisionConfig, VisionTransformer
+from minilvlm.models.multimodal import embed_with_images, make_projector
+from minilvlm.models.vision import CLIP_MEAN, CLIP_STD, VisionConfig, VisionTransformer
 
 STAGES = ("prealign", "pretrain", "finetune")
 STAGE_HELP = "'prealign' (1: embedder + aligner, LM frozen), 'pretrain' (2: everything), " \
@@ -49,8 +44,8 @@ class EVEConfig:
     align_weight: float = 1.0             # every 4th, counting down from the last
     teacher_layer: int = -2               # the teacher's hidden state the aligner is trained towards
     image_token_id: int = -1
-    pixel_mean: tuple = CLIP_MEAN
-    pixel_std: tuple = CLIP_STD
+    pixel_mean: tuple = CLIP_MEAN         # the embedder's normalisation of uint8 images (the teacher
+    pixel_std: tuple = CLIP_STD           # normalises with its own VisionConfig's)
 
     def __post_init__(self):
         step = self.patch_size * self.pool
@@ -123,8 +118,6 @@ class EVE(nn.Module):
             self.aligner = Aligner(c.decoder.dim, c.teacher.dim, len(c.align_layers), c.heads)
             self.teacher = VisionTransformer(c.teacher).requires_grad_(False).eval()
         self.stage = "pretrain" if self.aligner is not None else "finetune"
-        self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 3, 1, 1) * 255, persistent=False)
 
     # ---- the teacher stays frozen and out of checkpoints -------------------------------------
 
@@ -228,11 +221,10 @@ class EVE(nn.Module):
     def teacher_features(self, images):
         """The frozen teacher's patch features [N * P_teacher, D_teacher] at teacher_layer."""
         t = self.config.teacher
-        pixels = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
-        if t.image_size != self.config.image_size:
-            pixels = F.interpolate(pixels, size=(t.image_size, t.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
-        features, = self.teacher.forward_features(pixels, layers=[self.config.teacher_layer])
+        if t.image_size != self.config.image_size:   # resized as an image processor would: still uint8
+            images = F.interpolate(images.float(), size=(t.image_size, t.image_size), mode="bilinear",
+                                   align_corners=False, antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+        features, = self.teacher.forward_features(images, layers=[self.config.teacher_layer])
         if t.class_token:
             features = features[:, 1:]
         return features.reshape(-1, features.shape[-1])
@@ -245,9 +237,10 @@ class EVE(nn.Module):
 
     # ---- the trainer's interface -------------------------------------------------------------
 
-    def batch_loss(self, batch, images):
+    def batch_loss(self, batch):
         """(summed next-token CE, labelled-token count, align_weight * (1 - cos) or None). The
         alignment term is None in stage finetune and for a micro-batch without images."""
+        images = batch["images"]
         embeds, is_image = self.embed(batch["input_ids"], images)
         align = self.stage in _ALIGNED_STAGES and images.shape[0] > 0
         out = self.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],

@@ -2,9 +2,10 @@
 
 A frozen ViT and a frozen decoder LM, bridged and adapted by small trained modules only:
 - an MM-Adapter (minilvlm.models.adapters.MMAdapter) between the pre-attention norm and the
-  attention of EVERY ViT block (up to the deepest one read) and EVERY LM block. The adapters are attached with forward hooks on
-  the existing blocks' norms, so the base modules, their code and their state-dict keys
-  (`vision.*`, `lm.*`, as in the llava recipe) stay untouched;
+  attention of EVERY ViT block (up to the deepest one read) and EVERY LM block. Each sits in the
+  block's adapter slot (`VisionBlock.adapter`, `Block.adapter`), so the base blocks' own tensors
+  keep their names (`vision.*`, `lm.*`, as in the llava recipe) and the adapters are
+  `vision.layers.N.adapter.*` and `lm.layers.N.adapter.*`;
 - the modality token: a learned embedding per sample, "text only" (0) or "has image" (1), at
   position 0 of the LM sequence. Its attention-mask column is 0, so no other token attends to it
   (it attends to itself only); it exists to feed the routers: each LM adapter routes on the
@@ -17,24 +18,29 @@ A frozen ViT and a frozen decoder LM, bridged and adapted by small trained modul
   are the image tokens of the LM input, so `config.image_tokens` is the number of chosen layers.
 
 Text-only samples have no image ids in input_ids; has_image is read from input_ids. With a KV
-cache, the decode steps no longer see position 0, so each layer's router input is kept on the
-cache at prefill and reused.
+cache, decode steps no longer see position 0; the decoder keeps each layer's router input in the
+cache at prefill (minilvlm.models.decoder.Block.router_input).
 """
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
-from minilvlm.io import atomic_save_safetensors
 from minilvlm.models.adapters import MMAdapter, ModalityToken
 from minilvlm.models.decoder import Decoder, DecoderConfig
-from minilvlm.models.lvlm import CLIP_MEAN, CLIP_STD
+from minilvlm.models.multimodal import embed_with_images
+from minilvlm.models.state import mismatch
 from minilvlm.models.vision import VisionConfig, VisionTransformer
 
-ADAPTER_PREFIXES = ("vision_adapters.", "lm_adapters.", "modality_token.", "visual_adapter.")
+# The trained parts outside the blocks' adapter slots.
+_OWN_PARTS = ("modality_token.", "visual_adapter.")
+# Checkpoints written before the adapters moved into the blocks' slots named them this way.
+_LEGACY_PREFIXES = {"vision_adapters.": "vision.layers.{}.adapter.", "lm_adapters.": "lm.layers.{}.adapter."}
+
+
+def is_adapter_key(key):
+    """Whether a state-dict key is one of the tensors the mma recipe trains."""
+    return ".adapter." in key or key.startswith(_OWN_PARTS)
 
 
 @dataclass
@@ -49,8 +55,6 @@ class MMAConfig:
     vision_layers: tuple = (4, 8, 12, 16, 20, 24)   # hidden-state indices whose class tokens feed the LM
     visual_hidden: int = 128          # the visual adapter's width ("visual neck" 128)
     image_token_id: int = -1
-    pixel_mean: tuple = CLIP_MEAN
-    pixel_std: tuple = CLIP_STD
 
     def __post_init__(self):
         if not self.vision.class_token:
@@ -69,7 +73,7 @@ class MMAConfig:
 
 class MMA(nn.Module):
     """The LaVIN model. `vision` and `lm` may be passed already loaded (from Hugging Face folders);
-    otherwise they are built from the config, to be filled by `load_base`."""
+    otherwise they are built from the config, to be filled with the base's weights."""
 
     def __init__(self, config: MMAConfig, vision=None, lm=None):
         super().__init__()
@@ -78,105 +82,62 @@ class MMA(nn.Module):
         self.lm = lm if lm is not None else Decoder(c.decoder)
         adapter = dict(hidden=c.hidden, groups=c.groups, scale=c.scale, dropout=c.dropout, temperature=c.temperature)
         # Blocks past the deepest chosen layer never run, so they get no adapter.
-        self.vision_adapters = nn.ModuleList(MMAdapter(c.vision.dim, **adapter) for _ in range(max(c.vision_layers)))
-        self.lm_adapters = nn.ModuleList(MMAdapter(c.decoder.dim, **adapter) for _ in self.lm.layers)
+        for block in self.vision.layers[:max(c.vision_layers)]:
+            block.adapter = MMAdapter(c.vision.dim, **adapter)
+        for block in self.lm.layers:
+            block.adapter = MMAdapter(c.decoder.dim, **adapter)
         self.modality_token = ModalityToken(c.decoder.dim)
         self.visual_adapter = nn.Sequential(nn.Linear(c.vision.dim, c.visual_hidden), nn.SiLU(),
                                             nn.Linear(c.visual_hidden, c.decoder.dim))
-        self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 3, 1, 1) * 255, persistent=False)
-        self._attach_adapters()
 
-    # ---- adapters on the frozen blocks ------------------------------------------------------
-
-    def _attach_adapters(self):
-        for block, adapter in zip(self.vision.layers, self.vision_adapters):
-            # ViT: route each sample on its own (normed) class token.
-            block.norm1.register_forward_hook(lambda _m, _a, h, adapter=adapter: adapter(h, h[:, 0]))
-        # LM: after attn_norm. In a parallel block (Phi) that norm also feeds the MLP, so there the
-        # adapter reaches both; LLaMA (LaVIN's LM) has a norm of its own before the MLP.
-        for i, (block, adapter) in enumerate(zip(self.lm.layers, self.lm_adapters)):
-            tap = _RouterTap(i, adapter)
-            block.register_forward_pre_hook(tap.see_cache)
-            block.attn_norm.register_forward_hook(tap.adapt)
+    def adapters(self):
+        """The MM-Adapters in the ViT's and the LM's block slots."""
+        return [b.adapter for b in (*self.vision.layers, *self.lm.layers) if b.adapter is not None]
 
     def routing_weights(self, input_ids=None, has_image=None):
         """The first LM adapter's path weights [B, paths] (the deeper ones read evolved states)."""
         if has_image is None:
             has_image = (input_ids == self.config.image_token_id).any(-1)
-        # .forward, not __call__: the norm's own hook would run the adapter.
-        t = self.lm.layers[0].attn_norm.forward(self.modality_token(has_image))
-        return self.lm_adapters[0].routing_weights(t)
+        first = self.lm.layers[0]
+        return first.adapter.routing_weights(first.attn_norm(self.modality_token(has_image)))
 
     # ---- training setup (the trainer's interface) -------------------------------------------
 
-    def set_stage(self, stage, pretrain_lm=False, train_vision=False):
+    def set_stage(self, stage="finetune"):
         """Only the adapters train; the ViT and the LM stay frozen. Returns the trained parts."""
-        if pretrain_lm or train_vision:
-            raise ValueError("the mma recipe keeps the ViT and the LM frozen: set train.pretrain_lm = false "
-                             "and train.train_vision = false")
         self.requires_grad_(False)
-        parts = [p.rstrip(".") for p in ADAPTER_PREFIXES]
-        for name in parts:
-            getattr(self, name).requires_grad_(True)
-        return parts
+        for module in (*self.adapters(), self.modality_token, self.visual_adapter):
+            module.requires_grad_(True)
+        return ["vision_adapters", "lm_adapters", "modality_token", "visual_adapter"]
 
     def param_groups(self, lr, projector_lr=None, vision_lr=None):
         """One group of every trainable adapter tensor (LaVIN trains them all at one lr)."""
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr, "name": "adapters"}]
 
-    # ---- adapter-only checkpoints -----------------------------------------------------------
+    # ---- adapter-only state -----------------------------------------------------------------
 
     def trainable_state_dict(self):
         """The adapter tensors alone (a few MB for LLaMA-7B); the base comes from its own files."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(ADAPTER_PREFIXES)}
+        return {k: v for k, v in self.state_dict().items() if is_adapter_key(k)}
+
+    def base_state_dict(self):
+        """The frozen base's tensors (`vision.*`, `lm.*`, without the adapters)."""
+        return {k: v for k, v in self.state_dict().items() if not is_adapter_key(k)}
 
     def load_trainable_state_dict(self, tensors, source="adapter checkpoint"):
-        expected = self.trainable_state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        shapes = sorted(f"{k}: {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
-                        for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape)
-        if missing or unexpected or shapes:
-            raise ValueError(f"{source} does not fit this model (adapter settings or base sizes differ?): "
-                             f"missing {missing[:8]}, unexpected {unexpected[:8]}, wrong shapes {shapes[:8]}")
+        tensors = {_rename_legacy(k): v for k, v in tensors.items()}
+        problems = mismatch(self.trainable_state_dict(), tensors)
+        if problems:
+            raise ValueError(f"{source} does not fit this model (adapter settings or base sizes differ?): {problems}")
         self.load_state_dict(tensors, strict=False)
-
-    def save_adapters(self, path):
-        atomic_save_safetensors({k: v.contiguous() for k, v in self.trainable_state_dict().items()}, path)
-
-    def load_adapters(self, path):
-        self.load_trainable_state_dict(load_file(str(path)), str(path))
-
-    def load_base(self, path):
-        """The frozen ViT and LM from a minilvlm training checkpoint of the llava recipe (a
-        step_NNNNNN folder or its model.safetensors): its `vision.*` and `lm.*` tensors."""
-        path = Path(path)
-        file = path / "model.safetensors" if path.is_dir() else path
-        if not file.is_file():
-            raise FileNotFoundError(f"base weights {path}: {file} not found; point model.mma.base_checkpoint at a "
-                                    f"checkpoint folder such as runs/demo/checkpoints/step_001000")
-        own = {k: v for k, v in self.state_dict().items() if k.startswith(("vision.", "lm."))}
-        with safe_open(str(file), "pt") as f:
-            keys = set(f.keys())
-            missing = sorted(set(own) - keys)
-            shapes = sorted(f"{k}: {tuple(f.get_slice(k).get_shape())} vs {tuple(own[k].shape)}"
-                            for k in own if k in keys and tuple(f.get_slice(k).get_shape()) != tuple(own[k].shape))
-            if missing or shapes:
-                raise ValueError(f"{file} does not hold this model's base (model.vision / model.decoder sizes "
-                                 f"differ?): missing {missing[:8]}, wrong shapes {shapes[:8]}")
-            tensors = {k: f.get_tensor(k) for k in own}
-        self.load_state_dict(tensors, strict=False)
-        return file
 
     # ---- forward ----------------------------------------------------------------------------
 
     def image_features(self, images):
         """uint8 [N, 3, S, S] -> [N, len(vision_layers), D_lm]: the chosen layers' class tokens,
         normed by CLIP's pooling norm (it puts the layers on one scale), through the visual adapter."""
-        pixels = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
-        states = self.vision.forward_features(pixels, layers=list(self.config.vision_layers))
+        states = self.vision.forward_features(images, layers=list(self.config.vision_layers))
         cls = torch.stack([s[:, 0] for s in states], dim=1)
         return self.visual_adapter(self.vision.post_norm(cls))
 
@@ -184,16 +145,8 @@ class MMA(nn.Module):
         """[B, 1 + T, D]: the modality token, then the token embeddings with each run of image ids
         replaced by one image's tokens."""
         c = self.config
-        is_image = input_ids == c.image_token_id
-        expected = images.shape[0] * c.image_tokens
-        if int(is_image.sum()) != expected:
-            raise ValueError(f"the batch has {int(is_image.sum())} image tokens but {images.shape[0]} image(s) x "
-                             f"{c.image_tokens} tokens = {expected}; were the records encoded with "
-                             f"image_tokens={c.image_tokens}?")
-        embeds = self.lm.embed(input_ids.masked_fill(is_image, 0))
-        if images.shape[0]:
-            features = self.image_features(images).to(embeds.dtype)
-            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), features.reshape(-1, features.shape[-1]))
+        embeds, is_image = embed_with_images(self.lm, input_ids, images, c.image_token_id, c.image_tokens,
+                                             self.image_features)
         token = self.modality_token(is_image.any(-1)).to(embeds.dtype)
         return torch.cat((token[:, None], embeds), dim=1)
 
@@ -218,10 +171,10 @@ class MMA(nn.Module):
         return self.lm(inputs_embeds=self.embed(input_ids, images), attention_mask=mask, position_ids=positions,
                        head=head)
 
-    def batch_loss(self, batch, images):
+    def batch_loss(self, batch):
         """(summed next-token CE, labelled-token count, None), as LLaVA.batch_loss."""
-        hidden = self(batch["input_ids"], images, batch["attention_mask"], position_ids=batch["position_ids"],
-                      segment_ids=batch["segment_ids"], head=False)
+        hidden = self(batch["input_ids"], batch["images"], batch["attention_mask"],
+                      position_ids=batch["position_ids"], segment_ids=batch["segment_ids"], head=False)
         labels = torch.cat((torch.full_like(batch["labels"][:, :1], -100), batch["labels"]), dim=1)
         loss, count = self.lm.loss(hidden, labels)
         return loss, count, None
@@ -233,26 +186,10 @@ class MMA(nn.Module):
         return self.embed(input_ids, images), mask
 
 
-class _RouterTap:
-    """The hooks that put one MM-Adapter after an LM block's attention norm. The router input is the
-    normed hidden state at position 0 (the modality token). Prefill and training see it in the
-    sequence; decode steps with a KV cache do not, so prefill leaves it on the cache."""
-
-    def __init__(self, layer, adapter):
-        self.layer, self.adapter, self.cache = layer, adapter, None
-
-    def see_cache(self, block, args):
-        # Block.forward(x, cos, sin, mask, cache): the decoder passes them positionally.
-        self.cache = args[4] if len(args) > 4 else None
-
-    def adapt(self, norm, args, h):
-        cache, self.cache = self.cache, None
-        if cache is not None and cache.length > 0:
-            t = cache.router_tokens[self.layer]
-        else:
-            t = h[:, 0]
-            if cache is not None:
-                if not hasattr(cache, "router_tokens"):
-                    cache.router_tokens = {}
-                cache.router_tokens[self.layer] = t
-        return self.adapter(h, t)
+def _rename_legacy(key):
+    """vision_adapters.3.down_w -> vision.layers.3.adapter.down_w (and lm_adapters likewise)."""
+    for old, new in _LEGACY_PREFIXES.items():
+        if key.startswith(old):
+            index, _, rest = key[len(old):].partition(".")
+            return new.format(index) + rest
+    return key

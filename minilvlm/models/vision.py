@@ -4,7 +4,16 @@ CLIP: a class token, a LayerNorm before the first block ("pre_layrnorm" in HF ch
 its final LayerNorm only normalizes the pooled class token, so the last hidden state is the raw output
 of the last block. SigLIP: no class token, a conv stem with a bias, gelu-tanh, and the final LayerNorm
 applied to every token. LLaVA reads the penultimate layer's patch tokens and LaVIN the class token of
-every 4th layer: `forward_features(pixels, layers=[...])` returns chosen layers and stops early."""
+every 4th layer: `forward_features(images, layers=[...])` returns chosen layers and stops early.
+
+Images enter one way: the stem is the fused `patch_embed` op. uint8 images [B, C, S, S] are raw
+pixels, which the op scales by 1/255 and normalises with the config's pixel_mean and pixel_std
+inside the same pass; float images are taken as already normalised (the `pixel_values` that
+`transformers` image processors produce), so the tower agrees with `transformers` on those.
+
+Each block has an optional adapter slot (`VisionBlock.adapter`, None by default): a module
+(h, t) -> h applied to the block's normed input before attention, routed on the sample's class
+token (the mma recipe's MM-Adapters sit there)."""
 from dataclasses import dataclass, replace
 
 import torch
@@ -12,6 +21,10 @@ from torch import nn
 
 from minilvlm import ops
 from minilvlm.models.layers import activation, attention
+
+# CLIP's image normalisation (its preprocessor's image_mean and image_std).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -29,6 +42,8 @@ class VisionConfig:
     pre_norm: bool = True      # CLIP's LayerNorm on the embeddings
     stem_bias: bool = False    # SigLIP's conv stem has a bias, CLIP's has none
     norm_output: bool = False  # SigLIP: the final LayerNorm applies to the last hidden state
+    pixel_mean: tuple = CLIP_MEAN   # per-channel normalisation of uint8 images (after scaling to 0..1)
+    pixel_std: tuple = CLIP_STD
 
     @property
     def n_patches(self):
@@ -53,12 +68,6 @@ VISION_PRESETS = {
     "siglip-so400m-14-384": VisionConfig(image_size=384, dim=1152, n_layers=27, n_heads=16, mlp_dim=4304, **_SIGLIP),
     "siglip-base-16-224": VisionConfig(patch_size=16, dim=768, n_layers=12, n_heads=12, mlp_dim=3072, **_SIGLIP),
 }
-
-
-def patch_embed_stem(pixels, weight, bias, pos_embed, patch_size, cls_token=None):
-    """The ViT stem: the fused `patch_embed` op (its plain-PyTorch reference under
-    MINILVLM_BACKEND=reference). Pixels are already normalized, so no mean/std is passed."""
-    return ops.patch_embed(pixels, weight, bias, pos_embed, patch_size=patch_size, cls_token=cls_token)
 
 
 class HiddenStates(tuple):
@@ -95,9 +104,13 @@ class VisionBlock(nn.Module):
         self.fc1 = nn.Linear(c.dim, c.mlp_dim)
         self.fc2 = nn.Linear(c.mlp_dim, c.dim)
         self.act = activation(c.act)
+        self.adapter = None   # optional (h, t) -> h after norm1, routed on the class token (models/mma.py)
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
+        h = self.norm1(x)
+        if self.adapter is not None:
+            h = self.adapter(h, h[:, 0])
+        x = x + self.attn(h)
         return x + self.fc2(self.act(self.fc1(self.norm2(x))))
 
 
@@ -114,16 +127,20 @@ class VisionTransformer(nn.Module):
         self.post_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
         nn.init.normal_(self.patch_weight, std=c.dim ** -0.5)
 
-    def embed(self, pixel_values):
+    def embed(self, images):
+        """Patch tokens (after the class token, with positions) of uint8 images, normalised by the
+        fused stem, or of float pixel values that are already normalised."""
         c = self.config
-        if pixel_values.dim() != 4 or pixel_values.shape[1:] != (c.channels, c.image_size, c.image_size):
-            raise ValueError(f"expected pixel_values [B, {c.channels}, {c.image_size}, {c.image_size}], "
-                             f"got {list(pixel_values.shape)}")
-        x = patch_embed_stem(pixel_values.to(self.patch_weight.dtype), self.patch_weight, self.patch_bias,
-                             self.pos_embed, c.patch_size, self.cls_token)
+        if images.dim() != 4 or images.shape[1:] != (c.channels, c.image_size, c.image_size):
+            raise ValueError(f"expected images [B, {c.channels}, {c.image_size}, {c.image_size}], "
+                             f"got {list(images.shape)}")
+        raw = images.dtype == torch.uint8
+        x = ops.patch_embed(images, self.patch_weight, self.patch_bias, self.pos_embed, patch_size=c.patch_size,
+                            mean=c.pixel_mean if raw else None, std=c.pixel_std if raw else None,
+                            cls_token=self.cls_token)
         return self.pre_norm(x) if self.pre_norm is not None else x
 
-    def forward_features(self, pixel_values, layers):
+    def forward_features(self, images, layers):
         """Hidden states of the chosen layers, indexed as in `transformers`' hidden_states (0 is the
         embeddings, i the output of block i, negative indices count from the end). Blocks past the
         deepest chosen layer are not run."""
@@ -133,7 +150,7 @@ class VisionTransformer(nn.Module):
             if not -n <= i < n:
                 raise ValueError(f"layer index {i} out of range for {n} hidden states (embeddings + {n - 1} blocks)")
             wanted.append(i % n)
-        x = self.embed(pixel_values)
+        x = self.embed(images)
         found = {0: x}
         for i, layer in enumerate(self.layers[: max(wanted)], start=1):
             x = layer(x)

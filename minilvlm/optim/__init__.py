@@ -1,4 +1,5 @@
-"""Optimizers over flat buffers: FusedAdamW (one process) and ZeroAdamW (ZeRO stage 1)."""
+"""Optimizers over flat buffers: FusedAdamW (one process) and ZeroAdamW (ZeRO stage 1), and the
+learning-rate schedules (schedule.py)."""
 from minilvlm.optim.fused_adamw import FusedAdamW
 from minilvlm.optim.zero import ZeroAdamW
 from minilvlm.optim.zero_checkpoint import consolidate, load_sharded, save_consolidated, save_sharded

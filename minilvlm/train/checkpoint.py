@@ -8,8 +8,9 @@ Under torchrun (world size > 1) the optimizer state is ZeroAdamW's sharded check
 for a single process), each rank's RNG states go to rank_R.safetensors / rank_R.json, and rank 0
 writes model.safetensors and, after a barrier, state.json.
 
-Models of adapter recipes (they have `trainable_state_dict`) save only their trained tensors: the
-frozen base is rebuilt from its own weights on resume."""
+What model.safetensors holds is the recipe's choice (`Recipe.checkpoint_state`): the whole model,
+or for the mma recipe only the trained adapters, whose frozen base is rebuilt from its own weights
+on resume. The folder layout is minilvlm/recipes/run_folder.py's."""
 import json
 import random
 from pathlib import Path
@@ -20,10 +21,7 @@ from safetensors.torch import load_file
 
 from minilvlm.io import atomic_save_safetensors, atomic_write_json
 from minilvlm.optim import consolidate, load_sharded, save_sharded
-
-
-def checkpoint_dir(run_dir, step):
-    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
+from minilvlm.recipes.run_folder import checkpoint_dir, read_state
 
 
 def _optim_tensors(optimizer):
@@ -51,23 +49,11 @@ def _set_rng_state(rng, torch_state):
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
-def _model_tensors(model):
-    return model.trainable_state_dict() if hasattr(model, "trainable_state_dict") else model.state_dict()
-
-
-def _load_model(folder, model):
-    tensors = load_file(folder / "model.safetensors")
-    if hasattr(model, "load_trainable_state_dict"):
-        model.load_trainable_state_dict(tensors, str(folder / "model.safetensors"))
-    else:
-        model.load_state_dict(tensors)
-
-
-def save_checkpoint(run_dir, step, model, optimizer, config_dict, extra, rank=0, world=1):
+def save_checkpoint(run_dir, step, recipe, model, optimizer, config_dict, extra, rank=0, world=1):
     """Collective under torchrun: every rank calls it."""
     folder = checkpoint_dir(run_dir, step)
     if world == 1:
-        atomic_save_safetensors(_model_tensors(model), folder / "model.safetensors")
+        atomic_save_safetensors(recipe.checkpoint_state(model), folder / "model.safetensors")
         tensors, optim_meta = _optim_tensors(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
         atomic_save_safetensors(tensors, folder / "optim.safetensors")
@@ -75,7 +61,7 @@ def save_checkpoint(run_dir, step, model, optimizer, config_dict, extra, rank=0,
                            **extra}, folder / "state.json")
         return folder
     if rank == 0:
-        atomic_save_safetensors(_model_tensors(model), folder / "model.safetensors")
+        atomic_save_safetensors(recipe.checkpoint_state(model), folder / "model.safetensors")
     save_sharded(optimizer, folder / "optim")  # ends with a barrier
     atomic_save_safetensors({"rng.torch": torch.get_rng_state()}, folder / f"rank_{rank}.safetensors")
     atomic_write_json(_rng_state(), folder / f"rank_{rank}.json")
@@ -97,22 +83,12 @@ def _jsonable(value):
     return value
 
 
-def latest(run_dir):
-    """The newest complete checkpoint folder of a run, or None."""
-    folders = sorted(p.parent for p in (Path(run_dir) / "checkpoints").glob("step_*/state.json"))
-    return folders[-1] if folders else None
-
-
-def read_state(folder):
-    return json.loads((Path(folder) / "state.json").read_text())
-
-
-def load_checkpoint(folder, model, optimizer, rank=0, world=1):
+def load_checkpoint(folder, recipe, model, optimizer, rank=0, world=1):
     """Restore model, optimizer and RNG states; returns the state.json dict. A checkpoint written
     at one world size loads at another; the RNG states are restored only at the same world size."""
     folder = Path(folder)
     state = read_state(folder)
-    _load_model(folder, model)
+    recipe.load_checkpoint_state(model, load_file(folder / "model.safetensors"), folder / "model.safetensors")
     if (folder / "optim").is_dir():
         if world > 1:
             load_sharded(optimizer, folder / "optim")

@@ -40,3 +40,12 @@ def shutdown_distributed():
         gc.collect()  # tensors of finished collectives held only by cyclic garbage
         dist.barrier()
         dist.destroy_process_group()
+
+
+def sum_over_ranks(values, world):
+    """Element-wise sum of a list of numbers over all ranks (float64: exact for token counts)."""
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()

@@ -14,10 +14,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from minilvlm.config import ConfigError
 from minilvlm.data.errors import DataError
-from minilvlm.data.images import load_image
 from minilvlm.data.scienceqa import LETTERS
-from minilvlm.train.config import ConfigError
 
 # Decoded images kept in memory between steps, in bytes; past it they are decoded per batch.
 CACHE_BYTES = 512 << 20
@@ -62,11 +61,12 @@ class AnswerLabels:
 
 
 class _Images:
-    """uint8 images of the labelled records, decoded once while they fit in CACHE_BYTES."""
+    """uint8 images of the labelled records (decoded by the run's ImageConfig), kept once decoded
+    while they fit in CACHE_BYTES."""
 
-    def __init__(self, paths, size, mode):
-        self.paths, self.size, self.mode = paths, size, mode
-        self.keep = len(paths) * 3 * size * size <= CACHE_BYTES
+    def __init__(self, paths, images):
+        self.paths, self.images = paths, images
+        self.keep = len(paths) * 3 * images.size * images.size <= CACHE_BYTES
         self.cache = {}
         self.bad = set()
 
@@ -79,7 +79,7 @@ class _Images:
             image = self.cache.get(i)
             if image is None:
                 try:
-                    image = load_image(self.paths[i], self.size, self.mode)
+                    image = self.images.load(self.paths[i])
                 except DataError:
                     self.bad.add(i)
                     continue
@@ -93,11 +93,8 @@ class _Images:
 
 
 def _logits(model, head, images, allowed):
-    pixels = (images.to(model.pixel_mean.dtype) - model.pixel_mean) / model.pixel_std
-    features, = model.vision.forward_features(pixels, layers=[model.config.feature_layer])
-    if model.config.vision.class_token:
-        features = features[:, 1:]
-    return head(features.mean(1)).masked_fill(~allowed, float("-inf"))
+    """The head over the mean of the features the projector will read (LLaVA.tower_features)."""
+    return head(model.tower_features(images).mean(1)).masked_fill(~allowed, float("-inf"))
 
 
 def _accuracy(model, head, labels, images, batch=256):
@@ -116,17 +113,7 @@ def _accuracy(model, head, labels, images, batch=256):
     return {task: right[task] / seen[task] for task in sorted(seen)}
 
 
-def skip_reason(cfg):
-    """Why a llava run with vision pretraining on does not pretrain, else None."""
-    if cfg.data.blank_images:   # the text-only baseline: the tower must not see what the LM is denied
-        return "data.blank_images hides the pictures"
-    if cfg.model.vision_weights or cfg.model.init_from:
-        key = "model.vision_weights" if cfg.model.vision_weights else "model.init_from"
-        return f"the tower is loaded from {key}"
-    return None
-
-
-def pretrain_vision(model, train_records, val_records, cfg, stream, log=None):
+def pretrain_vision(model, train_records, val_records, cfg, image_config, stream):
     """Train model.vision (a llava model's tower) as an answer classifier, in place. Returns the
     summary: steps, labelled and skipped record counts, the final loss and the val accuracy per task."""
     t = cfg.train
@@ -136,7 +123,7 @@ def pretrain_vision(model, train_records, val_records, cfg, stream, log=None):
         raise ConfigError(f"train.vision_pretrain_steps = {steps}: none of the {len(train_records)} training records "
                           "is an image question with task/answer metadata to pretrain the tower on; set "
                           "train.vision_pretrain_steps = 0 or give the tower weights (model.vision_weights)")
-    images = _Images(labels.paths, cfg.image_size, cfg.data.image_mode)
+    images = _Images(labels.paths, image_config)
     generator = torch.Generator().manual_seed(t.seed)
     # skip_init: the head's init draws from its own generator, not the global RNG the run continues with
     head = torch.nn.utils.skip_init(torch.nn.Linear, model.config.vision.dim, len(labels.classes))
@@ -171,7 +158,7 @@ def pretrain_vision(model, train_records, val_records, cfg, stream, log=None):
                   f"({time.perf_counter() - started:.0f} s)", file=stream)
     model.vision.train(was_training)
     val = AnswerLabels(val_records, labels.classes)
-    val_images = _Images(val.paths, cfg.image_size, cfg.data.image_mode)
+    val_images = _Images(val.paths, image_config)
     accuracy = _accuracy(model, head, val, val_images) if len(val) else {}
     bad = len(images.bad) + len(val_images.bad)
     summary = {"steps": steps, "labelled": len(labels), "skipped": labels.skipped, "unreadable_images": bad,

@@ -36,7 +36,8 @@ def token_batch(n_image_tokens, with_image):
     images = torch.randint(0, 256, (int(with_image.sum()), 3, VISION["image_size"], VISION["image_size"]),
                            generator=g, dtype=torch.uint8)
     batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
-             "position_ids": torch.arange(SEQ).expand(BATCH, SEQ), "segment_ids": torch.ones_like(ids)}
+             "position_ids": torch.arange(SEQ).expand(BATCH, SEQ), "segment_ids": torch.ones_like(ids),
+             "images": images}
     return batch, images
 
 
@@ -47,7 +48,7 @@ def trainer_step(model, batch, images, autocast):
 
     def step():
         with autocast():
-            loss, count, _ = model.batch_loss(batch, images)
+            loss, count, _ = model.batch_loss(batch)
         (loss / count).backward()
         opt.step()
         opt.zero_grad()
@@ -56,7 +57,7 @@ def trainer_step(model, batch, images, autocast):
 
 def minilvlm_step(autocast, dropout):
     from minilvlm.models.decoder import DecoderConfig
-    from minilvlm.models.lvlm import LLaVA, LLaVAConfig
+    from minilvlm.models.llava import LLaVA, LLaVAConfig
     from minilvlm.models.vision import VisionConfig
     model = LLaVA(LLaVAConfig(vision=VisionConfig(**VISION), decoder=DecoderConfig(**LM, max_seq_len=SEQ),
                               projector="mlp2x_gelu", image_token_id=IMAGE_TOKEN))
@@ -75,7 +76,7 @@ def mma_step(autocast, dropout):
                           vision_layers=MMA_LAYERS, dropout=dropout, image_token_id=IMAGE_TOKEN))
     model.set_stage("finetune")
     model.train()
-    for adapter in [*model.vision_adapters, *model.lm_adapters]:  # not the identity LaVIN starts from
+    for adapter in model.adapters():  # not the identity LaVIN starts from
         torch.nn.init.normal_(adapter.up_w, std=0.02)
     with_image = torch.arange(BATCH) % 2 == 0
     return trainer_step(model, *token_batch(len(MMA_LAYERS), with_image), autocast)

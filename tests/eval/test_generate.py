@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minilvlm.eval.generate import generate, left_pad, next_token, top_p_filter
-from minilvlm.models import from_pretrained
+from minilvlm.weights import from_pretrained
 from tests.models import hf_fixtures
 
 PROMPTS = [[5, 17, 42, 8, 99, 3, 61], [12, 7, 30]]

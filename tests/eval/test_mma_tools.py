@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from minilvlm.data.templates import render
 from minilvlm.eval.chat import prompt_inputs
 from minilvlm.eval.load import load_model
-from minilvlm.train.checkpoint import latest
-from minilvlm.train.config import load_config
+from minilvlm.recipes.run_folder import latest
+from minilvlm.recipes import load_config
 from minilvlm.train.loop import train
 from tests.tools_main import tool_main
 from tests.train.test_run import TINY

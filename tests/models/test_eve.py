@@ -8,7 +8,7 @@ from minilvlm.eval.generate import generate
 from minilvlm.models import DecoderConfig, VisionConfig
 from minilvlm.models.eve import EVE, EVEConfig
 from minilvlm.models.eve_embed import PatchEmbedder
-from minilvlm.models.lvlm import CLIP_MEAN, CLIP_STD
+from minilvlm.models.vision import CLIP_MEAN, CLIP_STD
 from minilvlm.optim import FusedAdamW
 
 IMAGE_ID = 50   # past the 40-entry embedding table
@@ -110,7 +110,7 @@ def test_stages_train_their_parts(stage):
     model = tiny()
     trained = model.set_stage(stage)
     batch, imgs = make_batch(model)
-    loss, count, aux = model.batch_loss(batch, imgs)
+    loss, count, aux = model.batch_loss({**batch, "images": imgs})
     assert count == int((batch["labels"][:, 1:] != -100).sum())
     if stage == "finetune":
         assert aux is None
@@ -144,7 +144,7 @@ def test_alignment_loss_decreases():
     optimizer = FusedAdamW(model.param_groups(3e-3), lr=3e-3)
     history = []
     for _ in range(25):
-        _, _, aux = model.batch_loss(batch, imgs)
+        _, _, aux = model.batch_loss({**batch, "images": imgs})
         aux.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -205,3 +205,14 @@ def test_bad_stages_and_shapes():
     with pytest.raises(ValueError, match="out of range"):
         tiny(align_layers=(3,))
     assert tiny(align_layers=()).config.align_layers == (2,)   # EVE: every 4th from the last
+
+
+def test_teacher_reads_uint8_images_resized_to_its_own_size():
+    """A teacher of another image size sees the images resized as an image processor resizes
+    them (antialiased bilinear, rounded back to uint8), normalised by its own stem."""
+    model = tiny(image_size=32)   # the teacher reads 16 x 16
+    pictures = images(2, 32)
+    resized = F.interpolate(pictures.double(), size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    resized = resized.round().clamp(0, 255).to(torch.uint8)
+    expected, = model.teacher.forward_features(resized, layers=[model.config.teacher_layer])
+    torch.testing.assert_close(model.teacher_features(pictures), expected[:, 1:].reshape(-1, expected.shape[-1]))

@@ -5,14 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from minilvlm.eval.generate import generate, left_pad
 from minilvlm.models.decoder import DecoderConfig
-from minilvlm.models.mma import ADAPTER_PREFIXES, MMA, MMAConfig
+from minilvlm.models.mma import MMA, MMAConfig, is_adapter_key
 from minilvlm.models.vision import VisionConfig
 from minilvlm.optim import FusedAdamW
-from minilvlm.train.config import load_config
-from minilvlm.train.mma_setup import mma_config
+from minilvlm import recipes
+from minilvlm.config import ConfigError
+from minilvlm.recipes import load_config
+from minilvlm.recipes.mma import mma_config
 
 IMAGE_ID, VOCAB = 39, 40
 
@@ -31,10 +34,18 @@ def tiny_model(seed=0, **overrides):
     return model
 
 
+def vision_adapters(model):
+    return [block.adapter for block in model.vision.layers if block.adapter is not None]
+
+
+def lm_adapters(model):
+    return [block.adapter for block in model.lm.layers if block.adapter is not None]
+
+
 def randomize_adapters(model, std=0.3):
     """Fresh adapters are the identity (zero up-projections); give them random ones."""
     with torch.no_grad():
-        for adapter in (*model.vision_adapters, *model.lm_adapters):
+        for adapter in (*vision_adapters(model), *lm_adapters(model)):
             adapter.up_w.normal_(std=std)
             adapter.up_b.normal_(std=std)
             adapter.router_w.normal_(std=3.0)   # strong enough to route visibly at temperature 10
@@ -54,15 +65,16 @@ def mixed_batch():
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions,
-            "segment_ids": mask.int()}, images
+            "segment_ids": mask.int(), "images": images}, images
 
 
 def select(batch, images, rows):
     """A sub-batch of the given rows (and their images), trimmed to its own width."""
     image_rows = [r for r in range(batch["input_ids"].shape[0]) if (batch["input_ids"][r] == IMAGE_ID).any()]
     width = int(batch["attention_mask"][rows].sum(-1).max())
-    sub = {k: v[rows][:, :width] for k, v in batch.items()}
-    return sub, images[[image_rows.index(r) for r in rows if r in image_rows]]
+    sub = {k: v[rows][:, :width] for k, v in batch.items() if k != "images"}
+    sub["images"] = images[[image_rows.index(r) for r in rows if r in image_rows]]
+    return sub
 
 
 def test_modality_token_is_seen_by_the_routers_only():
@@ -75,7 +87,7 @@ def test_modality_token_is_seen_by_the_routers_only():
     with torch.no_grad():
         base = model(*args, **kwargs)
         # Routers blind to t (router_w = 0): swapping the token must change nothing after position 0.
-        for adapter in model.lm_adapters:
+        for adapter in lm_adapters(model):
             adapter.router_w.zero_()
         blind = model(*args, **kwargs)
         original = model.modality_token.embedding.weight.clone()
@@ -114,7 +126,7 @@ def test_routing_separates_text_only_from_image_samples_after_training():
     batch["labels"][2, 3:5] = torch.tensor([20, 21])
     optimizer = FusedAdamW(model.param_groups(3e-2), lr=3e-2)
     for _ in range(8):
-        loss, count, _ = model.batch_loss(batch, images)
+        loss, count, _ = model.batch_loss(batch)
         (loss / count).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -128,11 +140,11 @@ def test_only_adapters_get_gradients():
     parts = model.set_stage("finetune")
     assert parts == ["vision_adapters", "lm_adapters", "modality_token", "visual_adapter"]
     batch, images = mixed_batch()
-    loss, count, aux = model.batch_loss(batch, images)
+    loss, count, aux = model.batch_loss(batch)
     assert aux is None and count == int((batch["labels"][:, 1:] != -100).sum())
     loss.backward()
     for name, p in model.named_parameters():
-        if name.startswith(ADAPTER_PREFIXES):
+        if is_adapter_key(name):
             assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
         else:
             assert not p.requires_grad and p.grad is None, name
@@ -141,30 +153,52 @@ def test_only_adapters_get_gradients():
     groups = model.param_groups(1e-3)
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(
         p.numel() for p in model.parameters() if p.requires_grad)
-    with pytest.raises(ValueError, match="keeps the ViT and the LM frozen"):
-        model.set_stage("finetune", train_vision=True)
+    with pytest.raises(ConfigError, match="keeps the ViT and the LM frozen"):
+        load_config(None, ["model.recipe=mma", "model.mma.base_checkpoint=x", "train.train_vision=true"])
 
 
 def test_adapter_checkpoint_holds_only_trainable_tensors_and_round_trips(tmp_path):
-    from safetensors import safe_open
+    recipe = recipes.get("mma")
     model = tiny_model().eval()
     randomize_adapters(model)
     model.set_stage("finetune")
     path = tmp_path / "adapters.safetensors"
-    model.save_adapters(path)
-    with safe_open(str(path), "pt") as f:
-        keys = set(f.keys())
-    assert keys == {n for n, p in model.named_parameters() if p.requires_grad}
+    save_file(recipe.checkpoint_state(model), path)
+    tensors = load_file(path)
+    assert set(tensors) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {k.split(".adapter.")[0] for k in tensors if ".adapter." in k} == {
+        *(f"vision.layers.{i}" for i in range(4)), "lm.layers.0", "lm.layers.1"}   # in the blocks' slots
     fresh = tiny_model().eval()   # same seed: the same base, fresh (identity) adapters
     batch, images = mixed_batch()
     args = (batch["input_ids"], images, batch["attention_mask"])
     with torch.no_grad():
         assert not torch.allclose(fresh(*args), model(*args))
-        fresh.load_adapters(path)
+        recipe.load_checkpoint_state(fresh, tensors, path)
         assert torch.equal(fresh(*args), model(*args))
     other = tiny_model(hidden=6)
     with pytest.raises(ValueError, match="does not fit this model"):
-        other.load_adapters(path)
+        recipe.load_checkpoint_state(other, tensors, path)
+
+
+def test_adapter_checkpoints_of_the_hook_era_still_load():
+    """Checkpoints written when the adapters hung off the blocks by hooks named them
+    vision_adapters.N.* and lm_adapters.N.*; they load into the blocks' slots."""
+    model = tiny_model().eval()
+    randomize_adapters(model)
+    legacy = {}
+    for key, value in model.trainable_state_dict().items():
+        for part in ("vision", "lm"):
+            prefix = f"{part}.layers."
+            if key.startswith(prefix) and ".adapter." in key:
+                index, rest = key[len(prefix):].split(".adapter.")
+                key = f"{part}_adapters.{index}.{rest}"
+        legacy[key] = value.clone()
+    assert any(k.startswith("vision_adapters.") for k in legacy)
+    fresh = tiny_model().eval()
+    fresh.load_trainable_state_dict(legacy)
+    batch, images = mixed_batch()
+    with torch.no_grad():
+        assert torch.equal(fresh(batch["input_ids"], images), model(batch["input_ids"], images))
 
 
 def test_mixed_batch_loss_equals_the_rows_alone():
@@ -172,8 +206,8 @@ def test_mixed_batch_loss_equals_the_rows_alone():
     randomize_adapters(model)
     batch, images = mixed_batch()
     with torch.no_grad():
-        total, count, _ = model.batch_loss(batch, images)
-        parts = [model.batch_loss(*select(batch, images, [r])) for r in range(4)]
+        total, count, _ = model.batch_loss(batch)
+        parts = [model.batch_loss(select(batch, images, [r])) for r in range(4)]
     assert count == sum(c for _, c, _ in parts)
     torch.testing.assert_close(total, sum(loss for loss, _, _ in parts), rtol=1e-5, atol=1e-5)
 
@@ -183,7 +217,7 @@ def test_packed_batches_are_refused():
     batch, images = mixed_batch()
     batch["segment_ids"][0, 4:] = 2
     with pytest.raises(ValueError, match="turn packing off"):
-        model.batch_loss(batch, images)
+        model.batch_loss(batch)
 
 
 def test_cached_generation_matches_greedy_recompute():
@@ -243,12 +277,12 @@ def test_bf16_autocast_training_and_generation():
     randomize_adapters(model, std=0.1)
     model.set_stage("finetune")
     batch, images = mixed_batch()
-    loss32, count, _ = model.batch_loss(batch, images)
+    loss32, count, _ = model.batch_loss(batch)
     loss32.backward()
     grads32 = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss16, _, _ = model.batch_loss(batch, images)
+        loss16, _, _ = model.batch_loss(batch)
         loss16.backward()
     torch.testing.assert_close(loss16 / count, loss32 / count, rtol=3e-2, atol=3e-2)
     for name, grad in grads32.items():
@@ -271,8 +305,8 @@ class _Tokenizer:
 
 def test_base_from_hugging_face_folders(tmp_path):
     from tests.models import hf_fixtures
-    from minilvlm.train.mma_setup import build_mma_model
     from minilvlm.weights import from_pretrained
+    build_mma_model = recipes.get("mma").build_model
     hf_fixtures.llama(tmp_path / "llama")
     hf_fixtures.clip_vision(tmp_path / "clip")
     sizes = ["model.vision.image_size=30", "model.vision.patch_size=6", "model.vision.dim=48",
@@ -282,17 +316,19 @@ def test_base_from_hugging_face_folders(tmp_path):
               f"model.mma.vision_weights={str(tmp_path / 'clip')!r}", f"model.mma.lm_weights={str(tmp_path / 'llama')!r}"]
     model = build_mma_model(load_config(None, common + sizes), _Tokenizer())
     reference = from_pretrained(tmp_path / "llama")
-    assert all(torch.equal(a, b) for a, b in zip(model.lm.state_dict().values(), reference.state_dict().values()))
-    assert model.config.image_tokens == 2 and len(model.vision_adapters) == 3 and len(model.lm_adapters) == 2
+    ours = model.lm.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in reference.state_dict().items())
+    assert model.config.image_tokens == 2 and len(vision_adapters(model)) == 3 and len(lm_adapters(model)) == 2
     model.set_stage("finetune")
     ids = torch.tensor([[1, 210, 210, 5, 6], [2, 7, 8, 9, 10]])
     images = torch.randint(0, 256, (1, 3, 30, 30), dtype=torch.uint8)
     labels = ids.masked_fill(ids == 210, -100)
     loss, count, _ = model.batch_loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-                                       "position_ids": torch.arange(5).expand(2, 5), "segment_ids": None}, images)
+                                       "position_ids": torch.arange(5).expand(2, 5), "segment_ids": None,
+                                       "images": images})
     assert torch.isfinite(loss) and count == 2 * 5 - 2   # every token but the two image ids
     with pytest.raises(ValueError, match=r"model.decoder.dim = 32 but .*llama has 64. Set \[model.decoder\]"):
         build_mma_model(load_config(None, common + sizes + ["model.decoder.dim=32"]), _Tokenizer())
-    with pytest.raises(FileNotFoundError, match="model.mma.lm_weights = .*nowhere.*no such file"):
+    with pytest.raises(ConfigError, match="model.mma.lm_weights = .*nowhere.*no such file"):
         build_mma_model(load_config(None, common + sizes + [f"model.mma.lm_weights={str(tmp_path / 'nowhere')!r}"]),
                         _Tokenizer())

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from minilvlm.models import Decoder, VisionTransformer, from_pretrained
+from minilvlm.models import Decoder, VisionTransformer
+from minilvlm.weights import from_pretrained
 from tests.models import hf_fixtures
 
 TOL = 1e-4

@@ -1,10 +1,10 @@
-"""The vision tower on its own: the stem against a convolution, input checks, presets."""
+"""The vision tower on its own: the stem against a convolution, uint8 images normalised inside the
+stem, input checks, presets."""
 import pytest
 import torch
 
 from minilvlm.models import VisionConfig, VisionTransformer
-from minilvlm.models.vision import patch_embed_stem
-from minilvlm.ops import patch_embed_reference
+from minilvlm.ops import patch_embed, patch_embed_reference
 
 
 @pytest.mark.parametrize("cls, bias", [(True, False), (False, True)], ids=["clip", "siglip"])
@@ -21,14 +21,29 @@ def test_stem_matches_an_explicit_patch_matmul(cls, bias):
     if cls:
         expected = torch.cat((cls_t.expand(B, 1, D), expected), dim=1)
     expected = expected + pos
-    assert torch.allclose(patch_embed_stem(pixels, weight, bias_t, pos, p, cls_t), expected, atol=1e-10)
+    assert torch.allclose(patch_embed(pixels, weight, bias_t, pos, patch_size=p, cls_token=cls_t), expected, atol=1e-10)
     reference = patch_embed_reference(pixels, weight, bias_t, pos, patch_size=p, cls_token=cls_t)
     assert torch.allclose(reference, expected, atol=1e-10)
 
 
+@pytest.mark.parametrize("mean, std", [((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+                                       ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))], ids=["clip", "siglip"])
+def test_uint8_images_are_normalised_in_the_stem_with_the_configs_mean_and_std(mean, std):
+    """uint8 images are raw pixels: the tower scales and normalises them in the fused stem, and
+    gives what float pixel values normalised beforehand (a transformers image processor's) give."""
+    config = VisionConfig(image_size=14, patch_size=7, dim=16, n_layers=2, n_heads=2, mlp_dim=24, pixel_mean=mean,
+                          pixel_std=std)
+    torch.manual_seed(0)
+    model = VisionTransformer(config)
+    images = torch.randint(0, 256, (2, 3, 14, 14), dtype=torch.uint8)
+    pixels = (images.double() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(model(images), model(pixels.float()), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(model(images), model(images.float()))   # floats are not normalised again
+
+
 def test_wrong_image_size_is_an_error():
     model = VisionTransformer(VisionConfig(image_size=28, patch_size=7, dim=32, n_layers=1, n_heads=4, mlp_dim=48))
-    with pytest.raises(ValueError, match=r"expected pixel_values \[B, 3, 28, 28\], got \[1, 3, 32, 32\]"):
+    with pytest.raises(ValueError, match=r"expected images \[B, 3, 28, 28\], got \[1, 3, 32, 32\]"):
         model(torch.randn(1, 3, 32, 32))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from minilvlm.train.checkpoint import latest
+from minilvlm.recipes.run_folder import latest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.demo_sizes={train = 48, val = 8, test = 8}", "model.vision.dim=16", "model.vision.n_layers=2",

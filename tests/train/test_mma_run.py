@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from minilvlm.models.mma import ADAPTER_PREFIXES
-from minilvlm.train import setup
-from minilvlm.train.checkpoint import latest
-from minilvlm.train.config import ConfigError, load_config
+from minilvlm.models.mma import is_adapter_key
+from minilvlm.recipes.run_data import load_records
+from minilvlm.recipes.run_folder import latest
+from minilvlm.config import ConfigError
+from minilvlm.recipes import load_config
 from minilvlm.train.loop import train
 from tests.train.test_run import TINY, losses
 
@@ -58,22 +59,23 @@ def test_mma_trains_adapters_on_the_frozen_base_and_resumes_bitwise(base_run, tm
     folder = latest(full)
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
-    assert keys and all(k.startswith(ADAPTER_PREFIXES) for k in keys)
+    assert keys and all(is_adapter_key(k) for k in keys)
     # The frozen base is the base run's: the checkpoint holds no base tensor, and the base did not move.
     with safe_open(str(latest(base_run) / "model.safetensors"), "pt") as f:
         base_keys = set(f.keys())
     assert not base_keys & set(keys)
     # Text-only records carry the "Image: N/A" prefix; image records do not.
-    records = [r for split in setup.load_records(cfg, full).values() for r in split]
+    records = [r for split in load_records(cfg, full).values() for r in split]
     text_only = [r for r in records if not r.images]
     assert text_only and all(r.turns[0].text.startswith("Image: N/A\n") for r in text_only)
     assert not any("N/A" in r.turns[0].text for r in records if r.images)
 
-    # tools/eval_checkpoint.py scores the frozen base and the adapted model on the same new questions.
-    evaluate_tool = tool("eval_checkpoint")
+    # tools/eval.py scores the frozen base and the adapted model on the same new questions.
+    evaluate_tool = tool("eval")
     for run in (base_run, full):
-        assert evaluate_tool([str(run), str(full / "data"), "--split", "val"]) == 0
-        assert "per task: count_left" in capsys.readouterr().out
+        out = tmp_path / f"{run.name}.json"
+        assert evaluate_tool([str(run), "--data", str(full / "data"), "--split", "val", "--out", str(out)]) == 0
+        assert "task/count_left" in json.loads(out.read_text())["accuracy"]
 
     split = tmp_path / "split"
     train(load_config(None, mma_overrides(base_run, split) + ["train.stop_at=3"]))
@@ -99,7 +101,7 @@ def test_mma_config_errors(base_run, tmp_path):
         load_config(None, good + ["model.mma.vision_layers=[]"])
     missing = tmp_path / "no_such_checkpoint"
     cfg = load_config(None, good + [f"model.mma.base_checkpoint={json.dumps(str(missing))}"])
-    with pytest.raises(FileNotFoundError, match="model.mma.base_checkpoint = .*no_such_checkpoint.*no such file"):
+    with pytest.raises(ConfigError, match="model.mma.base_checkpoint = .*no_such_checkpoint.*no such file"):
         train(cfg)
     cfg = load_config(None, good + ["model.decoder.dim=32"])   # a base of other sizes
     with pytest.raises(ValueError, match="does not hold this model's base"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from minilvlm.train.checkpoint import latest, read_state
-from minilvlm.train.config import load_config
+from minilvlm.recipes.run_folder import latest, read_state
+from minilvlm.recipes import load_config
 from minilvlm.train.loop import train
 
 TINY = ["data.demo_sizes={train = 40, val = 8, test = 8}", "model.vision.dim=16", "model.vision.n_layers=2",

@@ -7,12 +7,14 @@ import torch
 
 from minilvlm.data.demo import generate, load_demo
 from minilvlm.data.records import Record
-from minilvlm.models.lvlm import LLaVA, LLaVAConfig
+from minilvlm.models.llava import LLaVA, LLaVAConfig
 from minilvlm.models.vision import VisionConfig
 from minilvlm.models.decoder import DecoderConfig
-from minilvlm.train.config import ConfigError, load_config
+from minilvlm.config import ConfigError
+from minilvlm import recipes
+from minilvlm.recipes import load_config
 from minilvlm.train.loop import train
-from minilvlm.train.vision_pretrain import AnswerLabels, answer_label, pretrain_vision, skip_reason
+from minilvlm.train.vision_pretrain import AnswerLabels, answer_label, pretrain_vision
 from tests.tiny_run import TINY_RUN
 
 
@@ -62,7 +64,7 @@ def test_pretraining_teaches_the_tower_colour_and_leaves_the_global_rng_alone(tm
     before = {k: v.clone() for k, v in model.vision.state_dict().items()}
     rng = torch.random.get_rng_state()
     out = io.StringIO()
-    summary = pretrain_vision(model, splits["train"], splits["val"], cfg, out)
+    summary = pretrain_vision(model, splits["train"], splits["val"], cfg, recipes.of(cfg).image_config(cfg), out)
     assert torch.equal(torch.random.get_rng_state(), rng)
     assert not torch.equal(model.vision.patch_weight, before["patch_weight"])
     assert all(torch.equal(p, before[k]) for k, p in model.vision.state_dict().items() if k.startswith("post_norm"))
@@ -75,11 +77,17 @@ def test_pretraining_teaches_the_tower_colour_and_leaves_the_global_rng_alone(tm
 def test_no_labelled_record_is_a_clear_error(tmp_path):
     cfg = _demo_cfg(tmp_path, ["train.vision_pretrain_steps=3"])
     with pytest.raises(ConfigError, match="train.vision_pretrain_steps = 3: none of the 1 training records"):
-        pretrain_vision(_llava(cfg), [_record("add", "7", [], image=False)], [], cfg, io.StringIO())
+        pretrain_vision(_llava(cfg), [_record("add", "7", [], image=False)], [], cfg, recipes.of(cfg).image_config(cfg),
+                        io.StringIO())
+
+
+def skip_reason(cfg):
+    return recipes.of(cfg).skip_tower_pretraining(cfg)
 
 
 def test_skip_reasons_and_bad_values(tmp_path):
     assert skip_reason(load_config(None)) is None
+    assert "no such step" in skip_reason(load_config(None, ["model.recipe=eve", "train.stage=finetune"]))
     assert "blank_images" in skip_reason(load_config(None, ["data.blank_images=true"]))
     assert "model.vision_weights" in skip_reason(load_config(None, ["model.vision_weights=/x"]))
     assert "model.init_from" in skip_reason(load_config(None, ["model.init_from=/x"]))

@@ -2,8 +2,8 @@
 from minilvlm.data.records import Record, Turn
 from minilvlm.data.templates import render
 from minilvlm.data.tokenizer import Tokenizer
-from minilvlm.train.demo_tokenizer import build_word_tokenizer
-from minilvlm.train.evaluate import is_correct
+from minilvlm.data.word_tokenizer import build_word_tokenizer
+from minilvlm.eval.score import is_correct
 
 TEXTS = ["<image>\nWhat colour is the shape?", "red", "Options: (A) red (B) blue", "The answer is B.",
          "What is 3 + 4?", "7"]

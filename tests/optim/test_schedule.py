@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from minilvlm.train.config import OptimSection
-from minilvlm.train.schedule import lr_at
+from minilvlm.config import OptimSection
+from minilvlm.optim.schedule import lr_at
 
 
 def test_cosine_warmup_then_decay_to_min():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from minilvlm.models import DecoderConfig, VisionConfig
-from minilvlm.models.lvlm import LLaVA, LLaVAConfig
+from minilvlm.models.llava import LLaVA, LLaVAConfig
 from minilvlm.optim import FusedAdamW
 
 IMAGE_ID = 50   # past the 40-entry embedding table, as an added <image> token can be
@@ -15,6 +15,13 @@ def tiny(projector="mlp2x_gelu", class_token=True):
     decoder = DecoderConfig(vocab_size=40, dim=32, n_layers=2, n_heads=2, mlp_dim=48)
     torch.manual_seed(0)
     return LLaVA(LLaVAConfig(vision=vision, decoder=decoder, projector=projector, image_token_id=IMAGE_ID))
+
+
+def normalized(images, vision):
+    """What the tower's fused stem does to uint8 images, in plain PyTorch (float pixel values)."""
+    mean = torch.tensor(vision.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(vision.pixel_std).view(1, 3, 1, 1)
+    return (images.double() / 255 - mean) / std
 
 
 def batch():
@@ -33,7 +40,7 @@ def test_image_features_land_on_image_tokens(projector, class_token):
     ids, images = batch()
     embeds = model.embed(ids, images)
     # the reference: penultimate hidden state of each image alone, class token dropped, projected
-    pixels = (images.float() - model.pixel_mean) / model.pixel_std
+    pixels = normalized(images, model.config.vision).float()
     hidden = model.vision(pixels, output_hidden_states=True)[-2]
     if class_token:
         hidden = hidden[:, 1:]
@@ -104,7 +111,7 @@ def test_frozen_vision_runs_without_autograd_graph():
     model = tiny()
     model.set_stage("finetune")
     ids, images = batch()
-    feats = model.vision.forward_features(((images.float() - model.pixel_mean) / model.pixel_std), layers=[-2])[0]
+    feats = model.vision.forward_features(images, layers=[-2])[0]
     assert feats.requires_grad is False
     assert model.embed(ids, images).requires_grad   # projector and embeddings train
 
@@ -115,8 +122,8 @@ def test_batch_loss_sums_the_cross_entropy_of_labelled_positions():
     labels = ids.masked_fill(ids == IMAGE_ID, -100)
     labels[0, -4:] = -100
     trainer_batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids),
-                     "position_ids": None, "segment_ids": None}
-    loss, count, aux = model.batch_loss(trainer_batch, images)
+                     "position_ids": None, "segment_ids": None, "images": images}
+    loss, count, aux = model.batch_loss(trainer_batch)
     logits = model(ids, images)
     assert count == int((labels[:, 1:] != -100).sum()) and aux is None
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),

@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minilvlm.train.config import ConfigError, load_config
-from minilvlm.train.setup import build_model
+from minilvlm.config import ConfigError
+from minilvlm.recipes import load_config
+from minilvlm import recipes
 from tests.models import hf_fixtures
 
 # The tiny fixtures' architectures, as config overrides.
@@ -15,6 +16,10 @@ CLIP = ["model.vision.image_size=30", "model.vision.patch_size=6", "model.vision
 LLAMA = ["model.decoder.dim=64", "model.decoder.n_layers=2", "model.decoder.n_heads=4", "model.decoder.n_kv_heads=2",
          "model.decoder.mlp_dim=96"]
 TOKENIZER = SimpleNamespace(vocab_size=211, image_token_id=211)
+
+
+def build_model(cfg, tokenizer):
+    return recipes.of(cfg).build_model(cfg, tokenizer)
 
 
 @pytest.fixture(scope="module")

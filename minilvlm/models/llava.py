@@ -1,10 +1,6 @@
-"""The composite vision-language models. Recipe `llava` (LLaVA-1.5, ALLaVA): a ViT whose
-penultimate-layer patch features (CLIP's class token dropped) go through a projector and take the
-places of the image tokens in the decoder's input embeddings.
-
-The data pipeline repeats each `<image>` id `image_tokens` times (minilvlm.data.labels), so the
-model only has to write one image's features over each run of image ids, in order: images are
-listed in the order their runs appear when reading `input_ids` row by row (minilvlm.data.batching).
+"""Recipe `llava` (LLaVA-1.5, ALLaVA): a ViT whose penultimate-layer patch features (CLIP's class
+token dropped) go through a projector and take the places of the image tokens in the decoder's
+input embeddings (minilvlm.models.multimodal).
 
 Stages (LLaVA's two): `pretrain` trains the projector (and the LM too when `pretrain_lm`), `finetune`
 trains the LM and the projector. The vision tower stays frozen unless `train_vision` (a run with no
@@ -15,11 +11,9 @@ import torch
 from torch import nn
 
 from minilvlm.models.decoder import Decoder, DecoderConfig
+from minilvlm.models.multimodal import embed_with_images, make_projector
 from minilvlm.models.vision import VisionConfig, VisionTransformer
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PROJECTORS = ("linear", "mlp2x_gelu")
 STAGES = ("pretrain", "finetune")
 
 
@@ -30,21 +24,11 @@ class LLaVAConfig:
     projector: str = "mlp2x_gelu"
     feature_layer: int = -2          # hidden-state index, as in transformers (LLaVA: penultimate)
     image_token_id: int = -1         # the tokenizer's <image> id (may lie past the embedding table)
-    pixel_mean: tuple = CLIP_MEAN
-    pixel_std: tuple = CLIP_STD
 
     @property
     def image_tokens(self):
         """Tokens per image in the decoder: the patches, without the class token."""
         return self.vision.n_patches
-
-
-def make_projector(kind, vision_dim, lm_dim):
-    if kind == "linear":
-        return nn.Linear(vision_dim, lm_dim)
-    if kind == "mlp2x_gelu":
-        return nn.Sequential(nn.Linear(vision_dim, lm_dim), nn.GELU(), nn.Linear(lm_dim, lm_dim))
-    raise ValueError(f"unknown projector {kind!r}; known: {', '.join(PROJECTORS)}")
 
 
 class LLaVA(nn.Module):
@@ -54,8 +38,6 @@ class LLaVA(nn.Module):
         self.vision = VisionTransformer(config.vision)
         self.projector = make_projector(config.projector, config.vision.dim, config.decoder.dim)
         self.lm = Decoder(config.decoder)
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1) * 255, persistent=False)
 
     def set_stage(self, stage, pretrain_lm=False, train_vision=False):
         """requires_grad per part for a training stage; returns the names of the trained parts."""
@@ -77,14 +59,16 @@ class LLaVA(nn.Module):
                 groups.append({"params": params, "lr": lr if group_lr is None else group_lr, "name": name})
         return groups
 
+    def tower_features(self, images):
+        """uint8 [N, 3, S, S] -> the tower's patch features that the projector reads [N, P, D_vision]."""
+        features, = self.vision.forward_features(images, layers=[self.config.feature_layer])
+        return features[:, 1:] if self.config.vision.class_token else features
+
     def image_features(self, images):
         """uint8 [N, 3, S, S] -> projected patch features [N, P, D_lm]."""
-        pixels = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
         frozen = not any(p.requires_grad for p in self.vision.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            features, = self.vision.forward_features(pixels, layers=[self.config.feature_layer])
-        if self.config.vision.class_token:
-            features = features[:, 1:]
+            features = self.tower_features(images)
         return self.projector(features)
 
     def embed(self, input_ids, images):
@@ -101,33 +85,15 @@ class LLaVA(nn.Module):
 
     # ---- the trainer's interface (every recipe model has these) ------------------------------
 
-    def batch_loss(self, batch, images):
+    def batch_loss(self, batch):
         """(summed next-token CE, labelled-token count, auxiliary loss or None) for one collated
-        micro-batch. The trainer divides the CE by the global batch's token count and adds the
-        auxiliary loss (EVE's alignment loss) as it is."""
-        hidden = self(batch["input_ids"], images, batch["attention_mask"], position_ids=batch["position_ids"],
-                      segment_ids=batch["segment_ids"], head=False)
+        micro-batch (minilvlm.data.batching). The trainer divides the CE by the global batch's token
+        count and adds the auxiliary loss (EVE's alignment loss) as it is."""
+        hidden = self(batch["input_ids"], batch["images"], batch["attention_mask"],
+                      position_ids=batch["position_ids"], segment_ids=batch["segment_ids"], head=False)
         loss, count = self.lm.loss(hidden, batch["labels"])
         return loss, count, None
 
     def generation_inputs(self, input_ids, images, attention_mask):
         """(inputs_embeds, attention_mask) of left-padded prompts for `generate(self.lm, ...)`."""
         return self.embed(input_ids, images), attention_mask
-
-
-def embed_with_images(lm, input_ids, images, image_token_id, image_tokens, image_embeddings):
-    """(LM input embeddings [B, T, D], image-position mask [B, T]): the token embeddings with each
-    run of `image_tokens` image ids replaced by one image's embeddings, images in the order their
-    runs appear row by row. image_embeddings maps images [N, ...] to [N, image_tokens, D]."""
-    is_image = input_ids == image_token_id
-    n_image_tokens = int(is_image.sum())
-    expected = images.shape[0] * image_tokens
-    if n_image_tokens != expected:
-        raise ValueError(f"the batch has {n_image_tokens} image tokens but {images.shape[0]} image(s) "
-                         f"x {image_tokens} tokens = {expected}; were the records encoded "
-                         f"with image_tokens={image_tokens}?")
-    embeds = lm.embed(input_ids.masked_fill(is_image, 0))
-    if images.shape[0] == 0:
-        return embeds, is_image
-    tokens = image_embeddings(images).to(embeds.dtype)
-    return embeds.masked_scatter(is_image.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1])), is_image

@@ -1,7 +1,10 @@
 """Run configuration: dataclasses filled from a TOML file (tomllib) and dotted command-line
 overrides (`optim.lr=1e-4`). Every key is checked: an unknown key is an error that names the
 closest valid one, and a value of the wrong type is an error naming the key, the expected type and
-where the value came from. The defaults are the embedded demo (`python tools/train.py`)."""
+where the value came from. The defaults are the embedded demo (`python tools/train.py`).
+
+This module checks what holds for every recipe; each recipe adds its own checks
+(minilvlm/recipes/, `Recipe.validate`), and `minilvlm.recipes.load_config` runs both."""
 import dataclasses
 import difflib
 import tomllib
@@ -10,13 +13,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minilvlm.models import eve
 from minilvlm.models.decoder import DecoderConfig
 from minilvlm.models.vision import VisionConfig
 
 
 class ConfigError(ValueError):
-    pass
+    """A run config (file, override or value) that cannot be used, with what to do about it."""
 
 
 def _demo_vision():
@@ -152,13 +154,6 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
-    @property
-    def image_size(self):
-        """The side of the images the model reads (data and evaluation are fitted to it)."""
-        if self.model.recipe == "eve" and self.model.eve.image_size:
-            return self.model.eve.image_size
-        return self.model.vision.image_size
-
 
 # ---- parsing ------------------------------------------------------------------------------
 
@@ -258,14 +253,16 @@ def apply_overrides(config, overrides):
     return config
 
 
-def from_dict(data, source="config"):
+def parse_dict(data, source="config"):
+    """The RunConfig of a dict (a run's saved config.json), checked by `check`."""
     config = RunConfig()
     _fill(config, data, "", source)
-    return validate(config)
+    return check(config)
 
 
-def load_config(path=None, overrides=()):
-    """The RunConfig of a TOML file (None: the demo defaults) with dotted overrides applied."""
+def parse_config(path=None, overrides=()):
+    """The RunConfig of a TOML file (None: the demo defaults) with dotted overrides applied, checked
+    by `check` (the recipe's own checks come on top: minilvlm.recipes.load_config)."""
     config = RunConfig()
     if path is not None:
         path = Path(path)
@@ -275,66 +272,30 @@ def load_config(path=None, overrides=()):
             raise ConfigError(f"{path}: invalid TOML: {err}") from None
         _fill(config, data, "", str(path))
     apply_overrides(config, overrides)
-    return validate(config)
+    return check(config)
 
 
-RECIPE_STAGES = {"llava": ("pretrain", "finetune"), "mma": ("finetune",), "eve": eve.STAGES}
-
-
-def validate(c):
-    def check(ok, message):
+def check(c):
+    """The checks that hold for every recipe."""
+    def require(ok, message):
         if not ok:
             raise ConfigError(message)
-    check(c.model.recipe in RECIPE_STAGES,
-          f"model.recipe: expected one of {', '.join(RECIPE_STAGES)}, got {c.model.recipe!r}")
-    check(c.model.projector in ("linear", "mlp2x_gelu"),
-          f"model.projector: expected 'linear' or 'mlp2x_gelu', got {c.model.projector!r}")
-    stages = RECIPE_STAGES[c.model.recipe]
-    check(c.train.stage in stages, f"train.stage: the {c.model.recipe} recipe's stages are "
-          f"{', '.join(repr(s) for s in stages)}, got {c.train.stage!r}"
-          + (f"; {eve.STAGE_HELP}" if c.model.recipe == "eve" else ""))
-    if c.model.recipe == "eve":
-        check(all(isinstance(i, int) and not isinstance(i, bool) for i in c.model.eve.align_layers),
-              f"model.eve.align_layers: expected a list of integers, got {c.model.eve.align_layers!r}")
-        from minilvlm.train.eve_setup import check_teacher, eve_config   # it imports this module
-        check_teacher(c)
-        eve_config(c)
-    if c.model.recipe == "mma":
-        _validate_mma(c, check)
-    check(c.data.demo_tasks in ("shapes", "mma"), f"data.demo_tasks: expected 'shapes' or 'mma', got {c.data.demo_tasks!r}")
-    check(c.optim.schedule in ("cosine", "warm_restarts", "lavin", "constant"),
-          f"optim.schedule: expected cosine, warm_restarts, lavin or constant, got {c.optim.schedule!r}")
-    check(c.train.micro_batch > 0 and c.train.global_batch % c.train.micro_batch == 0,
-          f"train.global_batch ({c.train.global_batch}) must be a positive multiple of "
-          f"train.micro_batch ({c.train.micro_batch})")
-    check(c.train.steps > 0, f"train.steps must be positive, got {c.train.steps}")
-    check(len(c.optim.betas) == 2, f"optim.betas: expected two numbers, got {c.optim.betas!r}")
-    check(c.train.vision_pretrain_batch > 0,
-          f"train.vision_pretrain_batch must be positive, got {c.train.vision_pretrain_batch}")
+    require(c.model.projector in ("linear", "mlp2x_gelu"),
+            f"model.projector: expected 'linear' or 'mlp2x_gelu', got {c.model.projector!r}")
+    require(c.data.demo_tasks in ("shapes", "mma"),
+            f"data.demo_tasks: expected 'shapes' or 'mma', got {c.data.demo_tasks!r}")
+    require(c.optim.schedule in ("cosine", "warm_restarts", "lavin", "constant"),
+            f"optim.schedule: expected cosine, warm_restarts, lavin or constant, got {c.optim.schedule!r}")
+    require(c.train.micro_batch > 0 and c.train.global_batch % c.train.micro_batch == 0,
+            f"train.global_batch ({c.train.global_batch}) must be a positive multiple of "
+            f"train.micro_batch ({c.train.micro_batch})")
+    require(c.train.steps > 0, f"train.steps must be positive, got {c.train.steps}")
+    require(len(c.optim.betas) == 2, f"optim.betas: expected two numbers, got {c.optim.betas!r}")
+    require(c.train.vision_pretrain_batch > 0,
+            f"train.vision_pretrain_batch must be positive, got {c.train.vision_pretrain_batch}")
     for name in ("log_every", "eval_every", "ckpt_every", "vision_pretrain_steps"):
-        check(getattr(c.train, name) >= 0, f"train.{name} must be >= 0 (0 turns it off)")
+        require(getattr(c.train, name) >= 0, f"train.{name} must be >= 0 (0 turns it off)")
     return c
-
-
-def _validate_mma(c, check):
-    m = c.model.mma
-    has_hf = bool(m.vision_weights or m.lm_weights)
-    check(bool(m.base_checkpoint) != has_hf,
-          "model.mma: the mma recipe trains adapters on a frozen base; set model.mma.base_checkpoint (a llava-recipe "
-          "checkpoint folder) or both model.mma.vision_weights and model.mma.lm_weights, not both kinds")
-    check(not has_hf or bool(m.vision_weights and m.lm_weights),
-          "model.mma: give both vision_weights and lm_weights (Hugging Face folders)")
-    check(not c.train.train_vision and not c.train.pretrain_lm,
-          "train.train_vision / train.pretrain_lm: the mma recipe keeps the ViT and the LM frozen; set both to false")
-    n = c.model.vision.n_layers
-    check(bool(m.vision_layers) or n >= 4,
-          f"model.mma.vision_layers: the tower has {n} blocks, fewer than 4; list the layers to read, e.g. [1, 2, 3]")
-    check(all(isinstance(i, int) and 1 <= i <= n for i in m.vision_layers),
-          f"model.mma.vision_layers: expected block indices in 1..{n}, got {m.vision_layers!r}")
-    check(m.hidden > 0 and m.groups > 0 and m.hidden % m.groups == 0,
-          f"model.mma: hidden ({m.hidden}) must be a positive multiple of groups ({m.groups})")
-    check(m.temperature > 0, f"model.mma.temperature must be positive, got {m.temperature}")
-    check(0 <= m.dropout < 1, f"model.mma.dropout must be in [0, 1), got {m.dropout}")
 
 
 def to_dict(config):

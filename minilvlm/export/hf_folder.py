@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from minilvlm import recipes
+from minilvlm.config import ConfigError
 from minilvlm.eval.load import LoadError, load_model, resolve_checkpoint
-from minilvlm.hf_configs import (
+from minilvlm.export.hf_configs import (
     ExportError,
     decoder_config,
     decoder_model_type,
@@ -22,9 +24,8 @@ from minilvlm.hf_configs import (
     vision_model_type,
 )
 from minilvlm.io import atomic_save_safetensors, atomic_write_json, atomic_write_with
-from minilvlm.models.lvlm import LLaVA
-from minilvlm.train import checkpoint
-from minilvlm.train.config import ConfigError
+from minilvlm.models.llava import LLaVA
+from minilvlm.recipes.run_folder import read_state
 from minilvlm.weights import ARCHITECTURES, WeightsError, by_key_map, to_hf_names
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -192,7 +193,7 @@ def export_llava(model, tokenizer, out, *, dtype=None, max_shard_bytes=DEFAULT_S
         raise ExportError(f"the tokenizer's {tokenizer.image_token!r} is id {tokenizer.image_token_id}, but the "
                           f"model reads image_token_id {c.image_token_id}; export with the run's own tokenizer")
     extra = {
-        "preprocessor_config.json": image_processor_config(c.vision, c.pixel_mean, c.pixel_std),
+        "preprocessor_config.json": image_processor_config(c.vision, c.vision.pixel_mean, c.vision.pixel_std),
         # LlavaProcessor expands each <image> to image_seq_length ids: patches (+1 for a class token,
         # -1 again for the "default" strategy that drops it)
         "processor_config.json": dict(processor_class="LlavaProcessor", image_token=tokenizer.image_token,
@@ -218,30 +219,24 @@ def _write(out, force, config, tensors, tokenizer, max_len, max_shard_bytes, ext
 
 # ---- a run folder --------------------------------------------------------------------------------
 
-_OTHER_RECIPES = {
-    "mma": "mma runs are LaVIN adapters (MM-Adapters in the tower and the decoder, a routed "
-           "modality token) that transformers' LLaVA has no place for",
-    "eve": "eve runs read images through an encoder-free patch embedder, not a vision tower, so they are "
-           "not LlavaForConditionalGeneration models",
-}
-
-
 def export_run(path, out, *, decoder_only=False, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False):
     """Export the newest checkpoint of a run folder (or a checkpoint folder) written by tools/train.py:
     the LLaVA model, or with decoder_only its decoder alone. Returns the summary of export_llava /
     export_decoder, plus the checkpoint it came from."""
     try:
         folder, _ = resolve_checkpoint(path)
-        state = checkpoint.read_state(folder)
+        state = read_state(folder)
     except (LoadError, OSError, json.JSONDecodeError) as err:
         raise ExportError(f"cannot read the run {path}: {err}") from None
     if "config" not in state:
         raise ExportError(f"{folder / 'state.json'} has no 'config' entry; it was not written by tools/train.py")
     model_section = state["config"].get("model", {})   # read before validating: other recipes need more
-    recipe = model_section.get("recipe", "llava") if isinstance(model_section, dict) else "llava"
-    if recipe != "llava":
-        why = _OTHER_RECIPES.get(recipe, f"{recipe!r} is not a recipe minilvlm knows")
-        raise ExportError(f"export supports the llava recipe; {why}")
+    name = model_section.get("recipe", "llava") if isinstance(model_section, dict) else "llava"
+    if name not in recipes.names():
+        raise ExportError(f"export supports the llava recipe; {name!r} is not a recipe minilvlm knows")
+    refusal = recipes.get(name).export_refusal()
+    if refusal:
+        raise ExportError(f"export supports the llava recipe; {refusal}")
     try:
         loaded = load_model(folder)
     except (LoadError, ConfigError, SafetensorError, OSError) as err:

@@ -4,10 +4,10 @@ run's checkpoint, whose tensors sit under the part's prefix, e.g. `vision.` for 
 Every problem is a ConfigError naming the config key, the path and what to do."""
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
-from minilvlm.train.config import ConfigError
+from minilvlm.config import ConfigError
+from minilvlm.models.state import mismatch
 from minilvlm.weights import (
     ARCHITECTURES,
     WeightsError,
@@ -64,16 +64,10 @@ def _load_ours(module, path, key, prefix):
 
 
 def _assign(module, state, key, file, note=""):
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k} {list(state[k].shape)} (expected {list(expected[k].shape)})"
-                   for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        raise ConfigError(f"{key} = '{file}' does not fit the configured {type(module).__name__}"
-                          f"{note}: missing {missing[:8]}, unexpected "
-                          f"{unexpected[:8]}, wrong shape {wrong[:8]}; does the config section match the run "
-                          f"that saved it?")
+    problems = mismatch(module.state_dict(), state)
+    if problems:
+        raise ConfigError(f"{key} = '{file}' does not fit the configured {type(module).__name__}{note}: {problems}; "
+                          f"does the config section match the run that saved it?")
     module.load_state_dict(state, strict=True)
 
 
@@ -88,26 +82,14 @@ def load_pretrained(module, path, key, kind):
     return module
 
 
-def load_previous_stage(model, path, key="model.init_from"):
-    """A whole model from an earlier run's checkpoint (the previous training stage). Tensors of parts
-    this stage drops (EVE's aligner in instruction tuning) are left out; any other difference is an
-    error."""
+def load_previous_stage(model, path, key="model.init_from", dropped=()):
+    """A whole model from an earlier run's checkpoint (the previous training stage). Tensors under
+    the `dropped` prefixes that this stage's model lacks (EVE's aligner in instruction tuning) are
+    left out; any other difference is an error."""
     path = Path(path)
     _check_exists(path, key)
     file, state = _read_ours(path, key)
     expected = model.state_dict()
-    state = {k: v for k, v in state.items() if k in expected or not k.startswith("aligner.")}
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith(tuple(dropped))}
     _assign(model, state, key, file)
     return model
-
-
-def init_from_scratch(modules):
-    """Small-normal init of the Linear and Embedding layers among `modules`, for parts trained from
-    scratch (the modules' own defaults are for loading checkpoints, not for training)."""
-    for module in modules:
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, torch.nn.Embedding):
-            torch.nn.init.normal_(module.weight, std=0.02)

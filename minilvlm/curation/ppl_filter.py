@@ -1,0 +1,82 @@
+"""Perplexity filtering of a data file end to end (tools/ppl_filter.py is its command line): read the
+records with their JSON objects, score them with a reference model (the records split round-robin
+over torchrun ranks), keep the lowest-scoring ones, and write the kept records, the scores, the
+statistics and a histogram."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minilvlm.curation.filter_output import plot_histogram, read_with_objects, write_subset
+from minilvlm.curation.perplexity import score_records, select, stats
+from minilvlm.data.errors import DataError, SkipCounter
+from minilvlm.data.jsonfile import iter_json
+from minilvlm.eval.load import load_model
+from minilvlm.io import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class FilterJob:
+    data: str                 # a LLaVA or Alpaca .json/.jsonl file
+    model: str                # the reference run or checkpoint folder
+    out: str                  # the kept records (.json or .jsonl)
+    keep: float = None        # fraction to keep (lowest scores), or
+    threshold: float = None   # the highest mean NLL kept
+    fmt: str = "auto"         # "auto" | "llava" | "alpaca"
+    image_root: str = None
+    batch: int = 16
+
+
+def detect_format(path):
+    """"alpaca" for a file of instruction records, else "llava"."""
+    for _, _, obj in iter_json(path):
+        if isinstance(obj, dict) and "instruction" in obj and "conversations" not in obj:
+            return "alpaca"
+        return "llava"
+    raise DataError("the file holds no records", reason="empty_file", file=path)
+
+
+def _gather(values, world):
+    if world == 1:
+        return [values]
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, values)
+    return gathered
+
+
+def score_file(job, rank=0, world=1):
+    """(pairs [(record, object)], scores, skip counts by reason, the loaded model); every rank
+    reads all records and scores its round-robin share, and every rank gets all scores."""
+    fmt = detect_format(job.data) if job.fmt == "auto" else job.fmt
+    read_skips, score_skips = SkipCounter(), SkipCounter()
+    pairs = read_with_objects(job.data, fmt, job.image_root, read_skips)
+    loaded = load_model(job.model)
+    mine = [pairs[i][0] for i in range(rank, len(pairs), world)]
+    scores = [None] * len(pairs)
+    skip_counts = dict(read_skips.counts)
+    gathered = _gather((score_records(loaded, mine, job.batch, score_skips), dict(score_skips.counts)), world)
+    for r, (part, counts) in enumerate(gathered):
+        scores[r::world] = part
+        for reason, n in counts.items():
+            skip_counts[reason] = skip_counts.get(reason, 0) + n
+    return fmt, pairs, scores, skip_counts, loaded
+
+
+def run_filter(job, rank=0, world=1):
+    """Score, select and (on rank 0) write OUT, OUT.stats.json, OUT.scores.jsonl and OUT.hist.png.
+    Returns the statistics (None on other ranks)."""
+    fmt, pairs, scores, skip_counts, loaded = score_file(job, rank, world)
+    if rank != 0:
+        return None
+    flags, cut_value = select(scores, keep=job.keep, threshold=job.threshold)
+    out = Path(job.out)
+    summary = stats(scores, flags, cut_value)
+    summary.update(data=job.data, format=fmt, model=str(loaded.checkpoint), keep=job.keep, threshold=job.threshold,
+                   skipped=skip_counts, ranks=world, written=write_subset([obj for _, obj in pairs], flags, out))
+    base = out.with_suffix("")
+    atomic_write_json(summary, base.with_name(base.name + ".stats.json"))
+    atomic_write_text("".join(json.dumps({"id": r.id, "score": s, "kept": f}) + "\n"
+                              for (r, _), s, f in zip(pairs, scores, flags)), base.with_name(base.name + ".scores.jsonl"))
+    plot_histogram(scores, cut_value, base.with_name(base.name + ".hist.png"))
+    return summary

@@ -1,0 +1,41 @@
+"""Held-out evaluation of a vision-language model by generation: greedy answers to each record's
+last question, scored by minilvlm.eval.score."""
+import torch
+
+from minilvlm.data.labels import expand_images
+from minilvlm.data.templates import render, stop_tokens
+from minilvlm.eval.generate import generate, left_pad
+from minilvlm.eval.score import is_correct, summarize
+
+
+def _prompt(record, tokenizer, template, image_tokens):
+    question = [{"role": t.role, "content": t.text} for t in record.turns[:-1]]
+    ids = render(question, tokenizer, template, generation_prompt=True).ids
+    expanded, _, _ = expand_images(ids, [False] * len(ids), tokenizer.image_token_id, image_tokens)
+    return expanded
+
+
+@torch.no_grad()
+def evaluate(model, records, tokenizer, template, images, *, batch=64, max_new_tokens=8, autocast_dtype=None):
+    """{'accuracy': {question_type: acc}, 'count': {...}, 'answers': [(record, text, correct)]}.
+    `images` is the run's minilvlm.data.images.ImageConfig. Records need `meta['question_type']`
+    and `meta['answer']` (the demo set has them)."""
+    was_training = model.training
+    model.eval()
+    stops = stop_tokens(template, tokenizer)
+    device = model.lm.embed.weight.device
+    answers = []
+    for start in range(0, len(records), batch):
+        chunk = records[start:start + batch]
+        prompts = [_prompt(r, tokenizer, template, model.config.image_tokens) for r in chunk]
+        pictures = images.load_batch([p for r in chunk for p in r.images])
+        ids, mask = left_pad(prompts, tokenizer.pad_id)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            embeds, mask = model.generation_inputs(ids, pictures, mask)
+            new = generate(model.lm, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                           stop_ids=stops, pad_id=tokenizer.pad_id)
+        for record, row in zip(chunk, new.tolist()):
+            text = tokenizer.decode(row)
+            answers.append((record, text, is_correct(record, text)))
+    model.train(was_training)
+    return summarize(answers)

@@ -1,0 +1,16 @@
+"""Export to Hugging Face folders that `transformers` loads: a llava-recipe run as
+LlavaForConditionalGeneration, or its decoder alone as a causal LM (hf_folder.py), with the
+config.json dicts built from our configs (hf_configs.py)."""
+from minilvlm.export.hf_configs import ExportError
+from minilvlm.export.hf_folder import (
+    DTYPES,
+    decoder_state_dict,
+    export_decoder,
+    export_llava,
+    export_run,
+    llava_state_dict,
+    parse_size,
+)
+
+__all__ = ["DTYPES", "ExportError", "decoder_state_dict", "export_decoder", "export_llava", "export_run",
+           "llava_state_dict", "parse_size"]

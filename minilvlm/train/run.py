@@ -1,0 +1,159 @@
+"""Setting up a training run from its config: seeds, the data and tokenizer, the recipe's model
+(with the from-scratch tower pretrained first where the recipe asks for it), the loader, the
+optimizer, and the state of a resumed run. Everything the step loop (loop.py) and the final report
+(report.py) need is in one `Run`."""
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minilvlm import recipes
+from minilvlm.config import RunConfig, to_dict
+from minilvlm.data.dataset import SFTDataset
+from minilvlm.data.loader import ResumableLoader
+from minilvlm.data.sampler import ResumableBatchSampler
+from minilvlm.data.templates import chat_template
+from minilvlm.io import atomic_write_json
+from minilvlm.optim import FusedAdamW, ZeroAdamW
+from minilvlm.recipes.base import Recipe
+from minilvlm.recipes.run_data import load_records, load_tokenizer
+from minilvlm.recipes.run_folder import latest
+from minilvlm.train import checkpoint, vision_pretrain
+from minilvlm.train.logging import MetricsLog
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    recipe: Recipe
+    rank: int
+    world: int
+    run_dir: Path
+    stream: object                # where progress goes (devnull on ranks other than 0)
+    started: float                # time.perf_counter() at the start
+    splits: dict                  # {split: records}
+    tokenizer: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: ResumableLoader
+    log: MetricsLog
+    base_lrs: list                # each param group's peak lr (group["lr"] follows the schedule)
+    step: int = 0                 # optimizer steps done
+    resumed_from: Path = None
+    summary: dict = field(default_factory=dict)   # what the final report adds to summary.json
+
+    @property
+    def accum(self):
+        """Micro-batches per rank and optimizer step."""
+        return self.cfg.train.global_batch // (self.cfg.train.micro_batch * self.world)
+
+    @property
+    def steps_per_epoch(self):
+        return len(self.loader.dataset) / self.cfg.train.global_batch
+
+
+def _seed(t):
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+    random.seed(t.seed)
+    np.random.seed(t.seed)
+    torch.manual_seed(t.seed)
+
+
+def _data(cfg, rank, world, run_dir):
+    """(splits, tokenizer). Rank 0 first: it generates the demo set and builds the tokenizer file on
+    first use; the other ranks then read both (building them concurrently raced on tokenizer.json)."""
+    if rank == 0:
+        splits = load_records(cfg, run_dir)
+        tokenizer = load_tokenizer(cfg, run_dir, splits["train"])
+    if world > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        splits = load_records(cfg, run_dir)
+        tokenizer = load_tokenizer(cfg, run_dir, splits["train"])
+    return splits, tokenizer
+
+
+def _pretrain_tower(recipe, model, splits, cfg, world, stream):
+    """The from-scratch tower's pretraining (minilvlm/train/vision_pretrain.py), or None with a note
+    when the recipe skips it. Every rank runs the same steps; rank 0's result is broadcast so that
+    the ranks start the recipe from one tower whatever their thread counts did to the rounding."""
+    reason = recipe.skip_tower_pretraining(cfg)
+    if reason:
+        print(f"vision pretraining skipped: {reason}", file=stream)
+        return None
+    result = vision_pretrain.pretrain_vision(model, splits["train"], splits.get("val", []), cfg,
+                                             recipe.image_config(cfg), stream)
+    if world > 1:
+        for tensor in model.vision.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+    return result
+
+
+def _loader(cfg, recipe, model, records, tokenizer, rank, world):
+    dataset = SFTDataset(records, tokenizer, chat_template(cfg.data.template), model.config.image_tokens,
+                         cfg.data.max_len, image=recipe.image_config(cfg))
+    sampler = ResumableBatchSampler(dataset.lengths, cfg.train.micro_batch, rank=rank, world_size=world,
+                                    seed=cfg.train.seed)
+    return ResumableLoader(dataset, sampler, tokenizer.pad_id, num_workers=cfg.data.num_workers)
+
+
+def _optimizer(cfg, model, world):
+    o = cfg.optim
+    return (ZeroAdamW if world > 1 else FusedAdamW)(model.param_groups(o.lr, o.projector_lr, o.vision_lr), lr=o.lr,
+                                                    betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def setup_run(cfg, rank, world, run_dir=None, resume=False, stream=None):
+    """Everything a run needs before its first step (or the first step after a resume)."""
+    stream = (stream or sys.stderr) if rank == 0 else open(os.devnull, "w")
+    run_dir = Path(run_dir or cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _seed(cfg.train)
+    started = time.perf_counter()
+    recipe = recipes.of(cfg)
+    splits, tokenizer = _data(cfg, rank, world, run_dir)
+    model = recipe.build_model(cfg, tokenizer)
+    resume_from = latest(run_dir) if resume else None
+    if resume and resume_from is None:
+        raise FileNotFoundError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")
+    summary = {}
+    if cfg.train.vision_pretrain_steps and resume_from is None:   # a resumed run's tower is in its checkpoint
+        tower = _pretrain_tower(recipe, model, splits, cfg, world, stream)
+        if tower is not None:
+            summary["vision_pretrain"] = tower
+    recipe.set_stage(model, cfg)
+    loader = _loader(cfg, recipe, model, splits["train"], tokenizer, rank, world)
+    optimizer = _optimizer(cfg, model, world)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    step = 0
+    if resume_from is not None:
+        state = checkpoint.load_checkpoint(resume_from, recipe, model, optimizer, rank=rank, world=world)
+        loader.load_state_dict(state["data"])
+        step = state["step"]
+        print(f"resumed from {resume_from} at step {step}", file=stream)
+    if rank == 0:
+        atomic_write_json(to_dict(cfg), run_dir / "config.json")
+    log = MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None, resume_step=step if resume_from else None)
+    run = Run(cfg, recipe, rank, world, run_dir, stream, started, splits, tokenizer, model, optimizer, loader, log,
+              base_lrs, step, resume_from, summary)
+    _print_banner(run)
+    return run
+
+
+def _print_banner(run):
+    t, model = run.cfg.train, run.model
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ranks = f" x {run.world} ranks" if run.world > 1 else ""
+    print(f"run {run.run_dir}: {len(run.loader.dataset)} training samples, vocab {run.tokenizer.vocab_size}, model "
+          f"{n_params / 1e6:.2f}M params ({n_trained / 1e6:.2f}M trained), {t.steps} steps of "
+          f"{t.global_batch} ({run.accum} x {t.micro_batch}{ranks}), "
+          f"{run.steps_per_epoch:.0f} steps per epoch", file=run.stream)
