@@ -13,15 +13,15 @@ The CUDA decision reads nvcc and torch.version.cuda, never torch.cuda.is_availab
 a build machine without a GPU must still produce the CUDA kernels.
 """
 import os
+import runpy
 import shutil
-import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "tools"))
-from build_support import find_cuda_home, read_sources  # noqa: E402
+_build_support = runpy.run_path(str(ROOT / "csrc" / "build_support.py"))
+find_cuda_home, read_sources = _build_support["find_cuda_home"], _build_support["read_sources"]
 
 CUDA_HOME = find_cuda_home()
 if CUDA_HOME:
