@@ -97,7 +97,8 @@ if want_emu():
                                "-UNDEBUG"]},  # device asserts stay live in tests
         extra_link_args=["-fopenmp"]))
 else:
-    print("minilvlm: skipping the emulator module minilvlm._emu (no CUDA headers)")
+    why = "MINILVLM_EMU=0" if env_flag("MINILVLM_EMU") is False else "no CUDA headers"
+    print(f"minilvlm: skipping the emulator module minilvlm._emu ({why})")
 
 setup(
     name="minilvlm",
