@@ -13,15 +13,15 @@ The CUDA decision reads nvcc and torch.version.cuda, never torch.cuda.is_availab
 a build machine without a GPU must still produce the CUDA kernels.
 """
 import os
+import runpy
 import shutil
-import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "tools"))
-from build_support import find_cuda_home, read_sources  # noqa: E402
+_build_support = runpy.run_path(str(ROOT / "csrc" / "build_support.py"))
+find_cuda_home, read_sources = _build_support["find_cuda_home"], _build_support["read_sources"]
 
 CUDA_HOME = find_cuda_home()
 if CUDA_HOME:
@@ -93,10 +93,12 @@ if want_emu():
         define_macros=[("MINILVLM_EMU", "1")],
         extra_compile_args={"cxx": (["-O0", "-g"] if debug else ["-O2"])
                             + ["-std=c++20", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wall",
+                               "-Wno-unknown-pragmas",  # the kernels' #pragma unroll is nvcc's
                                "-UNDEBUG"]},  # device asserts stay live in tests
         extra_link_args=["-fopenmp"]))
 else:
-    print("minilvlm: skipping the emulator module minilvlm._emu (no CUDA headers)")
+    why = "MINILVLM_EMU=0" if env_flag("MINILVLM_EMU") is False else "no CUDA headers"
+    print(f"minilvlm: skipping the emulator module minilvlm._emu ({why})")
 
 setup(
     name="minilvlm",

@@ -1,7 +1,8 @@
 // registration.cpp: every op of the minilvlm library is declared here (schema strings in
 // common/schemas.h), plus the Python module entry of minilvlm._C. Kernels register their
-// implementations beside themselves with TORCH_LIBRARY_IMPL(minilvlm, CPU|CUDA, m); Python
-// adds fakes and autograd (minilvlm/ops/). Mutating ops mark their outputs Tensor(x!).
+// implementations beside themselves with TORCH_LIBRARY_IMPL(minilvlm, CPU|CUDA, m) (cpu/<op>.cpp,
+// cuda/<op>.cu); Python adds fakes and autograd (register_<op> in minilvlm/ops/<op>.py). Mutating
+// ops mark their outputs Tensor(x!). See docs/design.md, "The op contract".
 #include <Python.h>
 #include <torch/library.h>
 

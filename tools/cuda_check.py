@@ -7,6 +7,7 @@ report (registers, stack, spills) for our kernels.
 import argparse
 import os
 import re
+import runpy
 import subprocess
 import sys
 import sysconfig
@@ -14,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-from build_support import find_cuda_home, read_sources  # noqa: E402
+_build_support = runpy.run_path(str(ROOT / "csrc" / "build_support.py"))
+find_cuda_home, read_sources = _build_support["find_cuda_home"], _build_support["read_sources"]
 
 SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 ENTRY = re.compile(r"ptxas info\s*: (?:Compiling entry function|Function properties for) '?([\w$]+)'?(?: for '(sm_\d+)')?")

@@ -1,6 +1,8 @@
-// mm_adapter_host.h: argument checks for mm_adapter and mm_adapter_backward, shared by the CPU
-// kernel, the CUDA launcher and the emulator build, so every backend rejects the same bad input
-// with the same message. Host code only (ATen, no CUDA).
+// mm_adapter_host.h: the host side of mm_adapter and mm_adapter_backward that the CPU kernel and
+// the CUDA launch code (cuda/mm_adapter_launch.h, also built for the emulator) share: the argument
+// checks, so that every backend rejects the same bad input with the same message; the per-sample
+// routing before the token loops; and the gradients after them. Host code only (light ATen
+// headers, no CUDA).
 //
 // Shapes: x [B,T,D]; t [B,E]; router_w [P,E]; router_b [P]; down_w [r,D]; down_b [r];
 // up_w [P,D,r/groups]; up_b [P,D]. E may be 0 (no router: with P=1 the softmax weight is 1,
@@ -17,6 +19,10 @@
 #include <tuple>
 
 namespace minilvlm {
+
+// What mm_adapter_backward returns: the gradients of (x, t, router_w, router_b, down_w, down_b, up_w, up_b).
+using MmAdapterGrads =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 struct MmAdapterShape {
   int64_t B, T, D, E, P, r, groups;

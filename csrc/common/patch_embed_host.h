@@ -1,6 +1,8 @@
-// patch_embed_host.h: argument checks and the shape plan of patch_embed / patch_embed_backward,
-// shared by the CPU kernel, the CUDA launcher and the emulator build so that every backend
-// rejects the same bad input with the same message. Host code only (ATen core, no CUDA).
+// patch_embed_host.h: the host side of patch_embed / patch_embed_backward that the CPU kernel and
+// the CUDA launch code (cuda/patch_embed_launch.h, also built for the emulator) share: the argument
+// checks, so that every backend rejects the same bad input with the same message; the shape and
+// normalization plans; and the order of work around the backend's own passes (the GEMMs and the
+// small reductions go through ATen). Host code only (light ATen headers, no CUDA).
 //
 // The plan describes one "patch row" per output token: row (b, t) of a [B*T, K] matrix holds
 // the normalized pixels of patch t - has_cls of image b, flattened in Conv2d weight order
@@ -10,12 +12,16 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <tuple>
 #include <vector>
 
-#include "common/patch_embed_geometry.h"
+#include "common/patch_embed_math.h"
 
 namespace minilvlm {
 
@@ -123,6 +129,67 @@ inline PatchGeometry plan_patch_embed_backward(const at::Tensor& grad_out, const
   TORCH_CHECK(grad_out.device() == weight.device(), op, ": grad_out is on ", grad_out.device(),
               " but weight is on ", weight.device());
   return g;
+}
+
+// ---------------------------------------------------------------------------------------
+// the order of work; each backend supplies its two passes:
+//   make_rows(pixels, rows)          pixels -> normalized patch rows [B*T, K] in weight's dtype
+//                                    (zero rows at the class-token positions)
+//   epilogue(out, bias, pos, cls)    in place over out [B, T, D]: + bias + pos on patch rows,
+//                                    cls + pos[0] on class-token rows
+// and ATen does the GEMMs (oneDNN/MKL on the CPU, cuBLAS on the GPU, CPU matmuls under the
+// emulator).
+
+// Forward: one pass over the pixels, one GEMM written straight into the output, one pass over
+// the output.
+template <typename MakeRows, typename Epilogue>
+at::Tensor run_patch_embed_passes(const PatchGeometry& g, const at::Tensor& pixels, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos,
+                                  const std::optional<at::Tensor>& cls, MakeRows make_rows, Epilogue epilogue) {
+  const int64_t rows_count = g.batch * g.tokens;
+  at::Tensor rows = at::empty({rows_count, g.row_len}, weight.options());
+  if (rows.numel() > 0) make_rows(pixels.contiguous(), rows);
+  at::Tensor out = at::empty({g.batch, g.tokens, g.dim}, weight.options());
+  if (out.numel() == 0) return out;
+  at::Tensor out_rows = out.view({rows_count, g.dim});
+  at::mm_out(out_rows, rows, weight.contiguous().view({g.dim, g.row_len}).t());  // rows @ W^T
+  const auto contiguous = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+  };
+  epilogue(out, contiguous(bias), contiguous(pos), contiguous(cls));
+  return out;
+}
+
+// Backward: recompute the patch rows (cheaper than keeping them: K elements per token against
+// C*p*p pixels read), then
+//   grad_weight = grad_out^T @ rows           one GEMM over all B*T rows; the zero class-token
+//                                             rows contribute nothing
+//   grad_tokens = sum over the batch of grad_out     = grad pos_embed; row 0 = grad cls_token
+//   grad_bias   = sum of grad_tokens over the patch rows
+// Reductions accumulate in float32 (float64 for float64) and round once.
+// sum_batch(grad, acc_dtype) -> [T, D] may be supplied by the backend (the CPU has a faster one);
+// aten_sum_batch is the default.
+inline at::Tensor aten_sum_batch(const at::Tensor& grad, at::ScalarType acc) {
+  const int64_t first = 0;
+  return at::sum(grad, at::IntArrayRef(first), /*keepdim=*/false, acc);
+}
+
+template <typename MakeRows, typename SumBatch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_patch_embed_backward_passes(
+    const PatchGeometry& g, const at::Tensor& grad_out, const at::Tensor& pixels, const at::Tensor& weight,
+    MakeRows make_rows, SumBatch sum_batch) {
+  const int64_t rows_count = g.batch * g.tokens;
+  const auto dtype = weight.scalar_type();
+  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor rows = at::empty({rows_count, g.row_len}, weight.options());
+  if (rows.numel() > 0) make_rows(pixels.contiguous(), rows);
+  const at::Tensor grad = grad_out.contiguous();
+  at::Tensor grad_weight = at::mm(grad.view({rows_count, g.dim}).t(), rows).view(weight.sizes());
+  at::Tensor tokens_acc = sum_batch(grad, acc);
+  at::Tensor grad_bias = sum_batch(tokens_acc.narrow(0, g.has_cls ? 1 : 0, g.patches).unsqueeze(1), acc)
+                             .view({g.dim})
+                             .to(dtype);
+  return {grad_weight, grad_bias, tokens_acc.to(dtype)};
 }
 
 }  // namespace minilvlm

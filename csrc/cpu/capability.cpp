@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 
-#include "cpu/avx512_io.h"
+#include "cpu/simd.h"
 
 namespace minilvlm {
 

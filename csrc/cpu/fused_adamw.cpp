@@ -1,10 +1,10 @@
 // fused_adamw.cpp: the CPU kernel of minilvlm::fused_adamw_, one AdamW step over flat buffers.
 //
 // SIMD choice: runtime dispatch. The AVX-512 intrinsics path and an AVX2+FMA build of the
-// portable loop are compiled with GCC target attributes and chosen at run time by
-// __builtin_cpu_supports, so one binary runs on any x86-64 CPU (and the portable loop alone on
-// other architectures); the choice is cpu/capability.h's, which MINILVLM_CPU_CAPABILITY caps, so
-// tests check every path on an AVX-512 machine.
+// portable loop are compiled for their ISA (cpu/simd.h) and chosen at run time, so one binary
+// runs on any x86-64 CPU (and the portable loop alone on other architectures); the choice is
+// cpu/capability.h's, which MINILVLM_CPU_CAPABILITY caps, so tests check every path on an
+// AVX-512 machine.
 //
 // Memory traffic per element, fp32: read param, grad, m, v and write param, m, v = 28 bytes;
 // bf16 params with fp32 masters: read grad (2), master, m, v and write master, m, v, param (2)
@@ -13,17 +13,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <string>
+#include <algorithm>
+#include <optional>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-#include "common/adamw_host.h"
-#include "cpu/avx512_io.h"
+#include "common/dispatch.h"
+#include "common/fused_adamw_host.h"
 #include "cpu/capability.h"
+#include "cpu/simd.h"
 
 namespace minilvlm {
 namespace {
@@ -57,12 +53,10 @@ void adamw_range_portable(PT* param, const PT* grad, float* m, float* v, float* 
   adamw_loop(param, grad, m, v, master, begin, end, s, c, grad_scale);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef MINILVLM_HAVE_AVX512_PATH
 template <typename PT>
-__attribute__((target("avx2,fma"))) void adamw_range_avx2(PT* param, const PT* grad, float* m, float* v,
-                                                           float* master, int64_t begin, int64_t end,
-                                                           const AdamwSegment& s, const AdamwConstants& c,
-                                                           float grad_scale) {
+MINILVLM_AVX2 void adamw_range_avx2(PT* param, const PT* grad, float* m, float* v, float* master, int64_t begin,
+                                    int64_t end, const AdamwSegment& s, const AdamwConstants& c, float grad_scale) {
   adamw_loop(param, grad, m, v, master, begin, end, s, c, grad_scale);
 }
 #endif
@@ -70,16 +64,10 @@ __attribute__((target("avx2,fma"))) void adamw_range_avx2(PT* param, const PT* g
 // ---------------------------------------------------------------------------------------
 // AVX-512 path
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MINILVLM_HAVE_AVX512_PATH 1
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
-// GCC 12 flags the deliberately undefined source operand inside its own AVX-512 intrinsics
-// (_mm512_undefined_ps) as maybe-uninitialized; the warning is about the header, not our code.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#ifdef MINILVLM_HAVE_AVX512_PATH
+MINILVLM_AVX512_BEGIN
 
-// The vector form of adamw_update (common/adamw_math.h), op for op.
+// The vector form of adamw_update (common/fused_adamw_math.h), op for op.
 template <typename PT, bool kMaster, bool kSmallWeight>
 void adamw_range_avx512(PT* param, const PT* grad, float* m, float* v, float* master, int64_t begin, int64_t end,
                         const AdamwSegment& s, const AdamwConstants& c, float grad_scale) {
@@ -89,7 +77,7 @@ void adamw_range_avx512(PT* param, const PT* grad, float* m, float* v, float* ma
   const __m512 beta2 = _mm512_set1_ps(c.beta2), one_minus_beta2 = _mm512_set1_ps(c.one_minus_beta2);
   const __m512 scale = _mm512_set1_ps(grad_scale);
   for (int64_t i = begin; i < end; i += 16) {
-    const __mmask16 k = end - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (end - i)) - 1);
+    const __mmask16 k = lanes(end - i);
     __m512 g = load16(grad + i, k);
     if (grad_scale != 1.0f) g = _mm512_mul_ps(g, scale);
     __m512 w = kMaster ? load16(master + i, k) : load16(param + i, k);
@@ -108,8 +96,7 @@ void adamw_range_avx512(PT* param, const PT* grad, float* m, float* v, float* ma
   }
 }
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MINILVLM_AVX512_END
 #endif
 
 template <typename PT>
@@ -165,13 +152,10 @@ void fused_adamw_cpu(const at::Tensor& param, const at::Tensor& grad, const at::
   TORCH_CHECK(param.device().is_cpu(), "fused_adamw_ (CPU kernel): tensors must be on the CPU, got ", param.device());
   check_grad_scale(grad_scale);
   const float scale = grad_scale.has_value() ? grad_scale->item<float>() : 1.0f;
-  switch (param.scalar_type()) {
-    case at::kFloat: return fused_adamw_typed<float>(param, grad, exp_avg, exp_avg_sq, master, plan, scale);
-    case at::kBFloat16:
-      return fused_adamw_typed<c10::BFloat16>(param, grad, exp_avg, exp_avg_sq, master, plan, scale);
-    case at::kHalf: return fused_adamw_typed<c10::Half>(param, grad, exp_avg, exp_avg_sq, master, plan, scale);
-    default: TORCH_CHECK(false, "fused_adamw_: unsupported param dtype ", param.scalar_type());
-  }
+  dispatch_dtype<float, c10::BFloat16, c10::Half>(param.scalar_type(), "fused_adamw_", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    fused_adamw_typed<T>(param, grad, exp_avg, exp_avg_sq, master, plan, scale);
+  });
 }
 
 }  // namespace

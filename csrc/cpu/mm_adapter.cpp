@@ -4,9 +4,9 @@
 //
 // Forward reads each token row of x once from memory and writes out once, in tiles of tokens of
 // one sample: h (r dot products per token) for the tile, then out = x + cs + UsT^T h while the
-// tile sits in L2. Backward reads x and dy and writes dx, in tiles of tokens of one sample; the parameter sums live in per-thread buffers
-// that are added up at the end. SIMD, chosen at run time (cpu/capability.h; MINILVLM_CPU_CAPABILITY
-// caps it): the bf16 forward takes bf16 dot products (cpu/mm_adapter_bf16.h) on CPUs with
+// tile sits in L2. Backward reads x and dy and writes dx, in tiles of tokens of one sample; the
+// parameter sums live in per-thread buffers that are added up at the end. SIMD, chosen at run time
+// (cpu/capability.h; MINILVLM_CPU_CAPABILITY caps it): the bf16 forward takes bf16 dot products (cpu/mm_adapter_bf16.h) on CPUs with
 // AVX512_BF16; otherwise fp32/bf16 tokens take AVX-512F fp32 arithmetic where the CPU has it;
 // float64 and other CPUs take the portable loops.
 #include <ATen/ATen.h>
@@ -15,22 +15,19 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
-#include <string>
 #include <vector>
 
+#include "common/dispatch.h"
 #include "common/mm_adapter_host.h"
 #include "cpu/capability.h"
 #include "cpu/mm_adapter_bf16.h"
 #include "cpu/mm_adapter_tokens.h"
+#include "cpu/simd.h"
 
 namespace minilvlm {
 namespace {
-
-bool use_avx512() {
-  static const bool yes = capability() >= Capability::kAvx512;
-  return yes;
-}
 
 template <typename Acc>
 mm::TokenArgs<Acc> token_args(const MmAdapterShape& s, const MmRouting& m) {
@@ -75,7 +72,7 @@ void forward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tensor
       const int64_t off = (b * s.T + t0) * D;
 #ifdef MINILVLM_HAVE_AVX512_PATH
       if constexpr (!std::is_same_v<Acc, double>) {
-        if (use_avx512()) {
+        if (avx512_enabled()) {
           mm::forward_tile_avx512(xp + off, op + off, nt, a, b, h.data());
           continue;
         }
@@ -120,11 +117,10 @@ at::Tensor mm_adapter_cpu(const at::Tensor& x_in, const at::Tensor& t, const at:
     return out;
   }
 #endif
-  switch (x.scalar_type()) {
-    case at::kFloat: forward_typed<float, float>(s, m, x, out); break;
-    case at::kBFloat16: forward_typed<c10::BFloat16, float>(s, m, x, out); break;
-    default: forward_typed<double, double>(s, m, x, out); break;
-  }
+  dispatch_dtype<float, c10::BFloat16, double>(x.scalar_type(), "mm_adapter", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    forward_typed<T, acc_t<T>>(s, m, x, out);
+  });
   return out;
 }
 
@@ -155,7 +151,7 @@ void backward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tenso
       const int64_t off = (b * s.T + t0) * D;
 #ifdef MINILVLM_HAVE_AVX512_PATH
       if constexpr (!std::is_same_v<Acc, double>) {
-        if (use_avx512()) {
+        if (avx512_enabled()) {
           mm::backward_tile_avx512(xp + off, gp + off, dxp + off, nt, a, b, sums, h.data(), dh.data());
           continue;
         }
@@ -173,11 +169,10 @@ void backward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tenso
   S.copy_(total.narrow(0, r * D + r + B * rg * D, B * D).view({B, D}));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& t,
-                        const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
-                        const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b, double temperature,
-                        double scale, int64_t groups) {
+MmAdapterGrads mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& t,
+                                       const at::Tensor& router_w, const at::Tensor& router_b,
+                                       const at::Tensor& down_w, const at::Tensor& down_b, const at::Tensor& up_w,
+                                       const at::Tensor& up_b, double temperature, double scale, int64_t groups) {
   const MmAdapterShape s =
       check_mm_adapter_backward(grad_out, x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
   TORCH_CHECK(x_in.device().is_cpu(), "mm_adapter_backward (CPU kernel): tensors must be on the CPU, got ",
@@ -190,11 +185,10 @@ mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, cons
   at::Tensor dA = at::zeros({s.r, s.D}, acc), dbA = at::zeros({s.r}, acc);
   at::Tensor G = at::zeros({s.B, s.rg * s.D}, acc), S = at::zeros({s.B, s.D}, acc);
   if (x.numel() > 0) {
-    switch (x.scalar_type()) {
-      case at::kFloat: backward_typed<float, float>(s, m, x, dy, dx, dA, dbA, G, S); break;
-      case at::kBFloat16: backward_typed<c10::BFloat16, float>(s, m, x, dy, dx, dA, dbA, G, S); break;
-      default: backward_typed<double, double>(s, m, x, dy, dx, dA, dbA, G, S); break;
-    }
+    dispatch_dtype<float, c10::BFloat16, double>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      backward_typed<T, acc_t<T>>(s, m, x, dy, dx, dA, dbA, G, S);
+    });
   }
   auto [dt, drw, drb, ddw, ddb, duw, dub] =
       mm_finalize(s, m, dA, dbA, G, S, temperature, scale, t, router_w, router_b, down_w, down_b, up_w, up_b);

@@ -21,7 +21,7 @@
 
 #include <algorithm>
 
-#include "cpu/avx512_io.h"
+#include "cpu/simd.h"
 #include "cpu/mm_adapter_tokens.h"
 
 #ifdef MINILVLM_HAVE_AVX512BF16_PATH
@@ -44,10 +44,7 @@ inline Bf16Operands pack_bf16(const at::Tensor& A, const at::Tensor& UsT, int64_
   return {Apk, Upk, r4, rp};
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+MINILVLM_AVX512BF16_BEGIN
 
 // Tokens per forward tile: the tile's x rows (16 x 8 KB at D=4096) stay in L2 between the two projections.
 constexpr int64_t kBf16TileTokens = 16;
@@ -129,8 +126,7 @@ inline void forward_tile_bf16(const c10::BFloat16* x, c10::BFloat16* out, int64_
     up_rows_bf16(x, out, D, nt, g * a.Dg, (g + 1) * a.Dg, a.cs + b * D, Up, rp, hp + g * rp, ldh);
 }
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MINILVLM_AVX512_END
 
 }  // namespace mm
 }  // namespace minilvlm

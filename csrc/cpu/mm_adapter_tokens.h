@@ -13,7 +13,7 @@
 
 #include <algorithm>
 
-#include "cpu/avx512_io.h"
+#include "cpu/simd.h"
 
 namespace minilvlm {
 namespace mm {
@@ -96,10 +96,7 @@ void backward_token_portable(const T* x, const T* dy, T* dx, const TokenArgs<Acc
 // AVX-512 loops (fp32 or bf16 tokens, fp32 arithmetic)
 
 #ifdef MINILVLM_HAVE_AVX512_PATH
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+MINILVLM_AVX512_BEGIN
 
 // Token tiles: every weight row the forward or backward reads (A, and the sample's UsT) is
 // fetched from L2 once per tile of tokens rather than once per token, which is what bounded the
@@ -233,8 +230,7 @@ void backward_tile_avx512(const T* x, const T* dy, T* dx, int64_t nt, const Toke
   }
 }
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MINILVLM_AVX512_END
 #endif
 
 }  // namespace mm

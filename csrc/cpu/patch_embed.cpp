@@ -1,6 +1,6 @@
 // patch_embed.cpp: the CPU kernel of minilvlm::patch_embed and patch_embed_backward.
 //
-// Forward = three passes (common/patch_embed_driver.h):
+// Forward = three passes (the order of work is common/patch_embed_host.h's):
 //   1. pixels (uint8 or float32, NCHW or NHWC) -> normalized patch rows [B*T, K] in the weight's
 //      dtype, at::parallel_for over rows; the inner loops are plain loops GCC auto-vectorises
 //      (bf16 rounding is written as integer operations for that reason);
@@ -19,9 +19,10 @@
 #include <string>
 #include <vector>
 
-#include "common/patch_embed_driver.h"
+#include "common/dispatch.h"
 #include "common/patch_embed_host.h"
 #include "cpu/capability.h"
+#include "cpu/simd.h"
 
 namespace minilvlm {
 
@@ -65,8 +66,8 @@ inline c10::BFloat16 narrow<c10::BFloat16>(float x) {
 
 // ---------------------------------------------------------------------------------------
 // the vector loops: each is written once (always_inline) and compiled twice, for the baseline
-// ISA and with GCC's AVX-512 target attribute; one is chosen at run time (cpu_capability(),
-// cpu/capability.h, so MINILVLM_CPU_CAPABILITY caps it too).
+// ISA and for AVX-512 (cpu/simd.h); one is chosen at run time (cpu/capability.h, so
+// MINILVLM_CPU_CAPABILITY caps it too).
 
 // dst[i] = (src[i] * scale[i] + shift[i]) in Out: one image row, scale/shift laid out like it.
 template <typename Pix, typename Out, typename Acc>
@@ -108,25 +109,20 @@ void accumulate_default(Acc* acc, const In* x, int64_t n, bool first) {
   accumulate_loop(acc, x, n, first);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MINILVLM_PE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#ifdef MINILVLM_HAVE_AVX512_PATH
 template <typename Pix, typename Out, typename Acc>
-MINILVLM_PE_AVX512 void normalize_avx512(const Pix* src, Out* dst, int64_t n, const Acc* scale, const Acc* shift) {
+MINILVLM_AVX512 void normalize_avx512(const Pix* src, Out* dst, int64_t n, const Acc* scale, const Acc* shift) {
   normalize_loop(src, dst, n, scale, shift);
 }
 template <typename Out, typename Acc, bool kBias, bool kPos>
-MINILVLM_PE_AVX512 void epilogue_avx512(Out* y, const Out* bias, const Out* pos, int64_t n) {
+MINILVLM_AVX512 void epilogue_avx512(Out* y, const Out* bias, const Out* pos, int64_t n) {
   epilogue_loop<Out, Acc, kBias, kPos>(y, bias, pos, n);
 }
 template <typename In, typename Acc>
-MINILVLM_PE_AVX512 void accumulate_avx512(Acc* acc, const In* x, int64_t n, bool first) {
+MINILVLM_AVX512 void accumulate_avx512(Acc* acc, const In* x, int64_t n, bool first) {
   accumulate_loop(acc, x, n, first);
 }
-bool use_avx512() {
-  static const bool yes = capability() >= Capability::kAvx512;
-  return yes;
-}
-#define MINILVLM_PE_PICK(name, ...) (use_avx512() ? &name##_avx512<__VA_ARGS__> : &name##_default<__VA_ARGS__>)
+#define MINILVLM_PE_PICK(name, ...) (avx512_enabled() ? &name##_avx512<__VA_ARGS__> : &name##_default<__VA_ARGS__>)
 #else
 #define MINILVLM_PE_PICK(name, ...) (&name##_default<__VA_ARGS__>)
 #endif
@@ -184,23 +180,14 @@ void make_rows_typed(const Pix* pixels, Out* rows, const PatchGeometry& g, const
   });
 }
 
-template <typename Out, typename Acc>
-void make_rows_out(const at::Tensor& pixels, const at::Tensor& rows, const PatchGeometry& g,
-                   const PatchNormHost& norm) {
-  Out* dst = rows.data_ptr<Out>();
-  if (pixels.scalar_type() == at::kByte)
-    make_rows_typed<uint8_t, Out, Acc>(pixels.data_ptr<uint8_t>(), dst, g, norm);
-  else
-    make_rows_typed<float, Out, Acc>(pixels.data_ptr<float>(), dst, g, norm);
-}
-
 void make_rows(const at::Tensor& pixels, const at::Tensor& rows, const PatchGeometry& g, const PatchNormHost& norm) {
-  switch (rows.scalar_type()) {
-    case at::kFloat: return make_rows_out<float, float>(pixels, rows, g, norm);
-    case at::kBFloat16: return make_rows_out<c10::BFloat16, float>(pixels, rows, g, norm);
-    case at::kDouble: return make_rows_out<double, double>(pixels, rows, g, norm);
-    default: TORCH_CHECK(false, "patch_embed: unsupported dtype ", rows.scalar_type());
-  }
+  dispatch_dtype<float, c10::BFloat16, double>(rows.scalar_type(), "patch_embed", [&](auto out_tag) {
+    using Out = typename decltype(out_tag)::type;
+    dispatch_dtype<uint8_t, float>(pixels.scalar_type(), "patch_embed", [&](auto pixel_tag) {
+      using Pix = typename decltype(pixel_tag)::type;
+      make_rows_typed<Pix, Out, acc_t<Out>>(pixels.data_ptr<Pix>(), rows.data_ptr<Out>(), g, norm);
+    });
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -238,12 +225,10 @@ void epilogue_out(const at::Tensor& out, const std::optional<at::Tensor>& bias, 
 
 void epilogue(const at::Tensor& out, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos,
               const std::optional<at::Tensor>& cls, const PatchGeometry& g) {
-  switch (out.scalar_type()) {
-    case at::kFloat: return epilogue_out<float, float>(out, bias, pos, cls, g);
-    case at::kBFloat16: return epilogue_out<c10::BFloat16, float>(out, bias, pos, cls, g);
-    case at::kDouble: return epilogue_out<double, double>(out, bias, pos, cls, g);
-    default: TORCH_CHECK(false, "patch_embed: unsupported dtype ", out.scalar_type());
-  }
+  dispatch_dtype<float, c10::BFloat16, double>(out.scalar_type(), "patch_embed", [&](auto tag) {
+    using Out = typename decltype(tag)::type;
+    epilogue_out<Out, acc_t<Out>>(out, bias, pos, cls, g);
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -265,16 +250,10 @@ at::Tensor sum_batch(const at::Tensor& grad_in, at::ScalarType acc) {
   if (batch == 0) return at::zeros({tokens, dim}, grad.options().dtype(acc));
   at::Tensor out = at::empty({tokens, dim}, grad.options().dtype(acc));  // b == 0 assigns every element
   if (out.numel() == 0) return out;
-  switch (grad.scalar_type()) {
-    case at::kFloat: sum_batch_typed<float, float>(grad.data_ptr<float>(), out.data_ptr<float>(), batch, tokens, dim); break;
-    case at::kBFloat16:
-      sum_batch_typed<c10::BFloat16, float>(grad.data_ptr<c10::BFloat16>(), out.data_ptr<float>(), batch, tokens, dim);
-      break;
-    case at::kDouble:
-      sum_batch_typed<double, double>(grad.data_ptr<double>(), out.data_ptr<double>(), batch, tokens, dim);
-      break;
-    default: TORCH_CHECK(false, "patch_embed_backward: unsupported dtype ", grad.scalar_type());
-  }
+  dispatch_dtype<float, c10::BFloat16, double>(grad.scalar_type(), "patch_embed_backward", [&](auto tag) {
+    using In = typename decltype(tag)::type;
+    sum_batch_typed<In, acc_t<In>>(grad.data_ptr<In>(), out.data_ptr<acc_t<In>>(), batch, tokens, dim);
+  });
   return out;
 }
 
@@ -289,7 +268,7 @@ at::Tensor patch_embed_cpu(const at::Tensor& pixels, const at::Tensor& weight, c
   TORCH_CHECK(pixels.device().is_cpu(), "patch_embed (CPU kernel): tensors must be on the CPU, got ",
               pixels.device());
   const PatchNormHost norm = plan_patch_norm(g.channels, pixels.scalar_type() == at::kByte, mean, std, "patch_embed");
-  return run_patch_embed(
+  return run_patch_embed_passes(
       g, pixels, weight, bias, pos, cls,
       [&](const at::Tensor& px, const at::Tensor& rows) { make_rows(px, rows, g, norm); },
       [&](const at::Tensor& out, const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& p,
@@ -305,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_embed_backward_cpu(
               pixels.device());
   const PatchNormHost norm =
       plan_patch_norm(g.channels, pixels.scalar_type() == at::kByte, mean, std, "patch_embed_backward");
-  return run_patch_embed_backward(
+  return run_patch_embed_backward_passes(
       g, grad_out, pixels, weight, [&](const at::Tensor& px, const at::Tensor& rows) { make_rows(px, rows, g, norm); },
       sum_batch);
 }

@@ -1,6 +1,7 @@
-// mm_adapter_kernels.cuh: the CUDA kernels of minilvlm::mm_adapter and mm_adapter_backward and
-// their launchers. No ATen here: the same code is compiled by nvcc (csrc/cuda/mm_adapter.cu) and
-// by g++ against the SIMT emulator (csrc/emu/mm_adapter_emu.cpp).
+// mm_adapter_kernels.cuh: the CUDA kernels of minilvlm::mm_adapter and mm_adapter_backward.
+// Device code only, no ATen: nvcc compiles it into csrc/cuda/mm_adapter.cu and g++ into the
+// emulator build (csrc/emu/mm_adapter_emu.cpp), both through cuda/mm_adapter_launch.h, so the code
+// under test is the code that ships.
 //
 // The host has folded the router into per-sample UsT [B, rg, D] = s * sum_i w_i U_i (transposed)
 // and cs [B, D] = s * sum_i w_i c_i (common/mm_adapter_host.h). One block takes a tile of
@@ -16,11 +17,13 @@
 // more than the default 48 KB of shared memory.
 #pragma once
 
-#include "common/launch.h"
+#include <cstdint>
+
+#include "cuda/convert.cuh"
+#include "cuda/launch.h"
 
 namespace minilvlm {
 namespace cuda {
-namespace mm {
 
 constexpr int kMmThreads = 256;
 constexpr int kMmWarps = kMmThreads / 32;
@@ -32,10 +35,9 @@ struct MmDims {
   int r, rg, Dg, groups;
 };
 
-__device__ __forceinline__ float load_f(const float* p) { return __ldg(p); }
-__device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void store_f(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_f(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+// A token element as float: fp32 tokens through the read-only cache, bf16 tokens as plain loads.
+__device__ __forceinline__ float load_token(const float* p) { return __ldg(p); }
+__device__ __forceinline__ float load_token(const __nv_bfloat16* p) { return widen<float>(*p); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -53,7 +55,7 @@ __device__ __forceinline__ void warp_dot_rows(const float* __restrict__ rows, in
 #pragma unroll
     for (int j = 0; j < kMmChunk; ++j) acc[j] = 0.0f;
     for (int64_t i = lane; i < n; i += 32) {
-      const float vi = load_f(v + i);
+      const float vi = load_token(v + i);
 #pragma unroll
       for (int j = 0; j < kMmChunk; ++j)
         if (j0 + j < count) acc[j] = fmaf(__ldg(rows + (j0 + j) * ld + i), vi, acc[j]);
@@ -91,7 +93,7 @@ __global__ void __launch_bounds__(kMmThreads)
     for (int t = 0; t < nt; ++t) {
       float v = c;
       for (int j = 0; j < dims.rg; ++j) v = fmaf(__ldg(u + j * D + d), h[t * dims.r + hg + j], v);
-      store_f(os + t * D + d, load_f(xs + t * D + d) + v);
+      store(os + t * D + d, load_token(xs + t * D + d) + v);
     }
   }
 }
@@ -133,10 +135,10 @@ __global__ void __launch_bounds__(kMmThreads)
     const int hg = static_cast<int>(d / dims.Dg) * rg;
     float s = 0.0f;
     for (int t = 0; t < nt; ++t) {  // dx = dy + A^T dh
-      const float gd = load_f(gs + t * D + d);
+      const float gd = load_token(gs + t * D + d);
       float v = gd;
       for (int k = 0; k < r; ++k) v = fmaf(__ldg(A + k * D + d), dh[t * r + k], v);
-      store_f(dxs + t * D + d, v);
+      store(dxs + t * D + d, v);
       s += gd;
     }
     atomicAdd(S + b * D + d, s);
@@ -145,7 +147,7 @@ __global__ void __launch_bounds__(kMmThreads)
 #pragma unroll
       for (int j = 0; j < kMmChunk; ++j) acc[j] = 0.0f;
       for (int t = 0; t < nt; ++t) {
-        const float xd = load_f(xs + t * D + d);
+        const float xd = load_token(xs + t * D + d);
 #pragma unroll
         for (int j = 0; j < kMmChunk; ++j)
           if (k0 + j < r) acc[j] = fmaf(dh[t * r + k0 + j], xd, acc[j]);
@@ -159,7 +161,7 @@ __global__ void __launch_bounds__(kMmThreads)
 #pragma unroll
       for (int j = 0; j < kMmChunk; ++j) acc[j] = 0.0f;
       for (int t = 0; t < nt; ++t) {
-        const float gd = load_f(gs + t * D + d);
+        const float gd = load_token(gs + t * D + d);
 #pragma unroll
         for (int j = 0; j < kMmChunk; ++j)
           if (j0 + j < rg) acc[j] = fmaf(h[t * r + hg + j0 + j], gd, acc[j]);
@@ -171,30 +173,5 @@ __global__ void __launch_bounds__(kMmThreads)
   }
 }
 
-inline dim3 mm_grid(int64_t B, int64_t T) {
-  return dim3(static_cast<unsigned>((T + kMmTileTokens - 1) / kMmTileTokens), static_cast<unsigned>(B));
-}
-
-template <typename T>
-void launch_mm_adapter_forward(const T* x, T* out, const float* A, const float* bA, const float* UsT,
-                               const float* cs, int64_t B, const MmDims& dims, cudaStream_t stream) {
-  if (B == 0 || dims.T == 0) return;
-  auto* kernel = &mm_adapter_forward_kernel<T>;
-  const size_t smem = sizeof(float) * kMmTileTokens * dims.r;
-  MINILVLM_LAUNCH(kernel, mm_grid(B, dims.T), dim3(kMmThreads), smem, stream)(x, out, A, bA, UsT, cs, dims);
-}
-
-template <typename T>
-void launch_mm_adapter_backward(const T* x, const T* dy, T* dx, const float* A, const float* bA, const float* UsT,
-                                float* dA, float* dbA, float* G, float* S, int64_t B, const MmDims& dims,
-                                cudaStream_t stream) {
-  if (B == 0 || dims.T == 0) return;
-  auto* kernel = &mm_adapter_backward_kernel<T>;
-  const size_t smem = 2 * sizeof(float) * kMmTileTokens * dims.r;
-  MINILVLM_LAUNCH(kernel, mm_grid(B, dims.T), dim3(kMmThreads), smem, stream)(x, dy, dx, A, bA, UsT, dA, dbA, G, S,
-                                                                               dims);
-}
-
-}  // namespace mm
 }  // namespace cuda
 }  // namespace minilvlm

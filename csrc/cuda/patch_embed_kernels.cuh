@@ -1,6 +1,7 @@
-// patch_embed_kernels.cuh: the two CUDA kernels of minilvlm::patch_embed and their launchers.
-// No ATen here: the same code is compiled by nvcc (csrc/cuda/patch_embed.cu) and by g++
-// against the SIMT emulator (csrc/emu/patch_embed_emu.cpp), so the code under test ships.
+// patch_embed_kernels.cuh: the two CUDA kernels of minilvlm::patch_embed. Device code only, no
+// ATen: nvcc compiles it into csrc/cuda/patch_embed.cu and g++ into the emulator build
+// (csrc/emu/patch_embed_emu.cpp), both through cuda/patch_embed_launch.h, so the code under test is
+// the code that ships.
 //
 // The op is pixel kernel -> GEMM (cuBLAS through ATen) -> epilogue kernel:
 //   patch_rows_kernel     one block per patch row (grid-stride over rows), threads over the
@@ -11,8 +12,11 @@
 //                         y = (y + bias) + pos[t] on patch rows, y = cls + pos[0] on class rows.
 #pragma once
 
-#include "common/launch.h"
-#include "common/patch_embed_geometry.h"
+#include <cstdint>
+
+#include "common/patch_embed_math.h"
+#include "cuda/convert.cuh"
+#include "cuda/launch.h"
 
 namespace minilvlm {
 namespace cuda {
@@ -20,26 +24,13 @@ namespace cuda {
 constexpr int kPatchThreads = 128;
 constexpr int kPatchMaxChannels = 16;  // per-channel constants travel in the kernel argument
 
-// Per-channel x * scale + shift, i.e. (x / 255 - mean) / std for uint8 pixels.
+// Per-channel x * scale + shift, i.e. (x / 255 - mean) / std for uint8 pixels; Acc is float for
+// float32/bf16 rows, double for float64.
 template <typename Acc>
 struct PatchNorm {
   Acc scale[kPatchMaxChannels];
   Acc shift[kPatchMaxChannels];
 };
-
-// Acc is float for float32/bf16 rows, double for float64.
-template <typename Acc>
-__device__ __forceinline__ Acc pe_widen(unsigned char x) { return static_cast<Acc>(x); }
-template <typename Acc>
-__device__ __forceinline__ Acc pe_widen(float x) { return static_cast<Acc>(x); }
-template <typename Acc>
-__device__ __forceinline__ Acc pe_widen(double x) { return static_cast<Acc>(x); }
-template <typename Acc>
-__device__ __forceinline__ Acc pe_widen(__nv_bfloat16 x) { return static_cast<Acc>(__bfloat162float(x)); }
-
-__device__ __forceinline__ void pe_store(float* p, float x) { *p = x; }
-__device__ __forceinline__ void pe_store(double* p, double x) { *p = x; }
-__device__ __forceinline__ void pe_store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
 
 template <typename Pix, typename Out, typename Acc>
 __global__ void __launch_bounds__(kPatchThreads)
@@ -54,7 +45,7 @@ __global__ void __launch_bounds__(kPatchThreads)
     const int64_t b = r / g.tokens;
     const int64_t t = r - b * g.tokens;
     if (g.has_cls && t == 0) {  // the class token's row: zeros, so the GEMM writes 0 there
-      for (int k = threadIdx.x; k < K; k += blockDim.x) pe_store(dst + k, Acc(0));
+      for (int k = threadIdx.x; k < K; k += blockDim.x) store(dst + k, Acc(0));
       continue;
     }
     const int64_t n = t - (g.has_cls ? 1 : 0);
@@ -63,8 +54,8 @@ __global__ void __launch_bounds__(kPatchThreads)
       const int c = k / pp;  // Conv2d weight order (c, ky, kx)
       const int ky = (k - c * pp) / p;
       const int kx = k - c * pp - ky * p;
-      const Acc x = pe_widen<Acc>(pixels[g.pixel_offset(b, c, y0 + ky, x0 + kx)]);
-      pe_store(dst + k, x * norm.scale[c] + norm.shift[c]);
+      const Acc x = widen<Acc>(pixels[g.pixel_offset(b, c, y0 + ky, x0 + kx)]);
+      store(dst + k, x * norm.scale[c] + norm.shift[c]);
     }
   }
 }
@@ -80,40 +71,17 @@ __global__ void __launch_bounds__(kPatchThreads)
     const int64_t t = r % g.tokens;
     if (g.has_cls && t == 0) {  // class token: cls + pos[0]; the GEMM wrote zeros here
       for (int d = threadIdx.x; d < D; d += blockDim.x)
-        pe_store(y + d, pe_widen<Acc>(cls[d]) + (pos ? pe_widen<Acc>(pos[d]) : Acc(0)));
+        store(y + d, widen<Acc>(cls[d]) + (pos ? widen<Acc>(pos[d]) : Acc(0)));
       continue;
     }
     const Out* pos_row = pos ? pos + t * D : nullptr;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
-      Acc v = pe_widen<Acc>(y[d]);
-      if (bias) v += pe_widen<Acc>(bias[d]);  // (x @ W^T + b) + pos, the reference's order
-      if (pos_row) v += pe_widen<Acc>(pos_row[d]);
-      pe_store(y + d, v);
+      Acc v = widen<Acc>(y[d]);
+      if (bias) v += widen<Acc>(bias[d]);  // (x @ W^T + b) + pos, the reference's order
+      if (pos_row) v += widen<Acc>(pos_row[d]);
+      store(y + d, v);
     }
   }
-}
-
-inline unsigned pe_blocks(int64_t rows, int max_blocks) {
-  const int64_t b = rows < max_blocks ? rows : max_blocks;
-  return static_cast<unsigned>(b < 1 ? 1 : b);
-}
-
-// rows: [B*T, K]; max_blocks bounds the grid (a few waves of SMs; small under the emulator).
-template <typename Pix, typename Out, typename Acc>
-void launch_patch_rows(const Pix* pixels, Out* rows, const PatchGeometry& g, const PatchNorm<Acc>& norm,
-                       int max_blocks, cudaStream_t stream) {
-  auto* kernel = &patch_rows_kernel<Pix, Out, Acc>;
-  MINILVLM_LAUNCH(kernel, dim3(pe_blocks(g.batch * g.tokens, max_blocks)), dim3(kPatchThreads), 0, stream)(
-      pixels, rows, g, norm);
-}
-
-// out: [B, T, D], in place; bias, pos and cls may be null.
-template <typename Out, typename Acc>
-void launch_patch_epilogue(Out* out, const Out* bias, const Out* pos, const Out* cls, const PatchGeometry& g,
-                           int max_blocks, cudaStream_t stream) {
-  auto* kernel = &patch_epilogue_kernel<Out, Acc>;
-  MINILVLM_LAUNCH(kernel, dim3(pe_blocks(g.batch * g.tokens, max_blocks)), dim3(kPatchThreads), 0, stream)(
-      out, bias, pos, cls, g);
 }
 
 }  // namespace cuda

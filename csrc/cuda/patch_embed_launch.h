@@ -1,27 +1,25 @@
-// patch_embed_launch.h: host side of the CUDA patch_embed, shared by the real CUDA build
-// (csrc/cuda/patch_embed.cu, cuBLAS GEMMs, the current stream) and the emulator build
-// (csrc/emu/patch_embed_emu.cpp, ATen CPU GEMMs, kernels run by the SIMT emulator): tensor
-// dtypes -> kernel template arguments, then common/patch_embed_driver.h's order of work.
+// patch_embed_launch.h: the host side of the CUDA patch_embed and patch_embed_backward, shared by
+// the CUDA build (csrc/cuda/patch_embed.cu: cuBLAS GEMMs, the current stream) and the emulator
+// build (csrc/emu/patch_embed_emu.cpp: ATen CPU GEMMs, kernels run by the SIMT emulator): the
+// checks, then common/patch_embed_host.h's order of work with the two kernels of
+// cuda/patch_embed_kernels.cuh as its passes. The caller's Target says where the kernels run.
 // ATen headers come before the kernel header, as the emulator requires.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <optional>
 #include <tuple>
 
-#include "common/patch_embed_driver.h"
+#include "common/dispatch.h"
 #include "common/patch_embed_host.h"
+#include "cuda/launch.h"
 #include "cuda/patch_embed_kernels.cuh"
 
 namespace minilvlm {
 namespace cuda {
-
-struct PatchLaunchConfig {
-  int max_blocks;
-  cudaStream_t stream;
-};
 
 template <typename Acc>
 PatchNorm<Acc> to_kernel_norm(const PatchNormHost& host) {
@@ -35,82 +33,78 @@ PatchNorm<Acc> to_kernel_norm(const PatchNormHost& host) {
   return norm;
 }
 
-template <typename AtOut, typename Out, typename Acc>
-void patch_rows_typed(const at::Tensor& pixels, const at::Tensor& rows, const PatchGeometry& g,
-                      const PatchNormHost& norm, const PatchLaunchConfig& cfg) {
-  Out* dst = reinterpret_cast<Out*>(rows.data_ptr<AtOut>());
-  const PatchNorm<Acc> k = to_kernel_norm<Acc>(norm);
-  if (pixels.scalar_type() == at::kByte)
-    launch_patch_rows<unsigned char, Out, Acc>(pixels.data_ptr<uint8_t>(), dst, g, k, cfg.max_blocks, cfg.stream);
-  else
-    launch_patch_rows<float, Out, Acc>(pixels.data_ptr<float>(), dst, g, k, cfg.max_blocks, cfg.stream);
+// Both kernels loop over rows: one block per row, at most config.max_blocks blocks.
+inline dim3 patch_grid(const PatchGeometry& g, const LaunchConfig& config) {
+  const int64_t rows = g.batch * g.tokens;
+  const int64_t blocks = rows < config.max_blocks ? rows : config.max_blocks;
+  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : blocks));
 }
 
-inline void patch_rows(const at::Tensor& pixels, const at::Tensor& rows, const PatchGeometry& g,
-                       const PatchNormHost& norm, const PatchLaunchConfig& cfg) {
-  switch (rows.scalar_type()) {
-    case at::kFloat: return patch_rows_typed<float, float, float>(pixels, rows, g, norm, cfg);
-    case at::kBFloat16: return patch_rows_typed<at::BFloat16, __nv_bfloat16, float>(pixels, rows, g, norm, cfg);
-    case at::kDouble: return patch_rows_typed<double, double, double>(pixels, rows, g, norm, cfg);
-    default: TORCH_CHECK(false, "patch_embed: unsupported dtype ", rows.scalar_type());
-  }
+// The make_rows pass: pixels -> rows [B*T, K] in the weight's dtype.
+inline void launch_patch_rows(const at::Tensor& pixels, const at::Tensor& rows, const PatchGeometry& g,
+                              const PatchNormHost& norm, const LaunchConfig& config) {
+  dispatch_dtype<float, c10::BFloat16, double>(rows.scalar_type(), "patch_embed", [&](auto out_tag) {
+    using Out = typename decltype(out_tag)::type;
+    using Acc = acc_t<Out>;
+    const PatchNorm<Acc> kernel_norm = to_kernel_norm<Acc>(norm);
+    dispatch_dtype<uint8_t, float>(pixels.scalar_type(), "patch_embed", [&](auto pixel_tag) {
+      using Pix = typename decltype(pixel_tag)::type;
+      auto* kernel = &patch_rows_kernel<cuda_scalar_t<Pix>, cuda_scalar_t<Out>, Acc>;
+      MINILVLM_LAUNCH(kernel, patch_grid(g, config), dim3(kPatchThreads), 0, config.stream)(
+          cuda_data<Pix>(pixels), cuda_data<Out>(rows), g, kernel_norm);
+    });
+  });
 }
 
-template <typename AtOut, typename Out, typename Acc>
-void epilogue_typed(const at::Tensor& out, const std::optional<at::Tensor>& bias,
-                    const std::optional<at::Tensor>& pos, const std::optional<at::Tensor>& cls,
-                    const PatchGeometry& g, const PatchLaunchConfig& cfg) {
-  const auto ptr = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? reinterpret_cast<const Out*>(t->data_ptr<AtOut>()) : nullptr;
-  };
+// The epilogue pass, in place over out [B, T, D]; bias, pos and cls are each optional.
+inline void launch_patch_epilogue(const at::Tensor& out, const std::optional<at::Tensor>& bias,
+                                  const std::optional<at::Tensor>& pos, const std::optional<at::Tensor>& cls,
+                                  const PatchGeometry& g, const LaunchConfig& config) {
   if (!bias.has_value() && !pos.has_value() && !cls.has_value()) return;
-  launch_patch_epilogue<Out, Acc>(reinterpret_cast<Out*>(out.data_ptr<AtOut>()), ptr(bias), ptr(pos), ptr(cls), g,
-                                  cfg.max_blocks, cfg.stream);
+  dispatch_dtype<float, c10::BFloat16, double>(out.scalar_type(), "patch_embed", [&](auto tag) {
+    using Out = typename decltype(tag)::type;
+    using DeviceOut = cuda_scalar_t<Out>;
+    const auto data = [](const std::optional<at::Tensor>& t) -> const DeviceOut* {
+      return t.has_value() ? cuda_data<Out>(*t) : nullptr;
+    };
+    auto* kernel = &patch_epilogue_kernel<DeviceOut, acc_t<Out>>;
+    MINILVLM_LAUNCH(kernel, patch_grid(g, config), dim3(kPatchThreads), 0, config.stream)(
+        cuda_data<Out>(out), data(bias), data(pos), data(cls), g);
+  });
 }
 
-inline void epilogue(const at::Tensor& out, const std::optional<at::Tensor>& bias,
-                     const std::optional<at::Tensor>& pos, const std::optional<at::Tensor>& cls,
-                     const PatchGeometry& g, const PatchLaunchConfig& cfg) {
-  switch (out.scalar_type()) {
-    case at::kFloat: return epilogue_typed<float, float, float>(out, bias, pos, cls, g, cfg);
-    case at::kBFloat16: return epilogue_typed<at::BFloat16, __nv_bfloat16, float>(out, bias, pos, cls, g, cfg);
-    case at::kDouble: return epilogue_typed<double, double, double>(out, bias, pos, cls, g, cfg);
-    default: TORCH_CHECK(false, "patch_embed: unsupported dtype ", out.scalar_type());
-  }
-}
-
-// The whole forward: checks, pixel kernel, GEMM, epilogue kernel. check_device throws unless the
-// tensors live where this backend runs.
-template <typename CheckDevice, typename ConfigFor>
-at::Tensor patch_embed_forward(const at::Tensor& pixels, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos,
-                               const std::optional<at::Tensor>& cls, int64_t patch_size,
-                               std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
-                               bool channels_last, CheckDevice check_device, ConfigFor config_for) {
+// The ops on the kernels. target(pixels, op) is the backend's (cuda/cuda_target.h,
+// emu/emu_target.h): it checks that the tensors live where the kernels run, makes that device
+// current and returns the launch configuration. It runs after the argument checks, so a wrong
+// shape is reported first.
+template <typename Target>
+at::Tensor patch_embed(const at::Tensor& pixels, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& pos, const std::optional<at::Tensor>& cls, int64_t patch_size,
+                       std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
+                       bool channels_last, Target& target) {
   const PatchGeometry g = plan_patch_embed(pixels, weight, bias, pos, cls, patch_size, channels_last);
-  check_device(pixels, "patch_embed");
+  const LaunchConfig config = target(pixels, "patch_embed");
   const PatchNormHost norm = plan_patch_norm(g.channels, pixels.scalar_type() == at::kByte, mean, std, "patch_embed");
-  const PatchLaunchConfig cfg = config_for(pixels);
-  return run_patch_embed(
+  return run_patch_embed_passes(
       g, pixels, weight, bias, pos, cls,
-      [&](const at::Tensor& px, const at::Tensor& rows) { patch_rows(px, rows, g, norm, cfg); },
+      [&](const at::Tensor& px, const at::Tensor& rows) { launch_patch_rows(px, rows, g, norm, config); },
       [&](const at::Tensor& out, const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& p,
-          const std::optional<at::Tensor>& c) { epilogue(out, b, p, c, g, cfg); });
+          const std::optional<at::Tensor>& c) { launch_patch_epilogue(out, b, p, c, g, config); });
 }
 
-template <typename CheckDevice, typename ConfigFor>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_embed_backward_device(
+template <typename Target>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_embed_backward(
     const at::Tensor& grad_out, const at::Tensor& pixels, const at::Tensor& weight, int64_t patch_size,
     std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std, bool channels_last,
-    bool has_cls, CheckDevice check_device, ConfigFor config_for) {
+    bool has_cls, Target& target) {
   const PatchGeometry g = plan_patch_embed_backward(grad_out, pixels, weight, patch_size, channels_last, has_cls);
-  check_device(pixels, "patch_embed_backward");
+  const LaunchConfig config = target(pixels, "patch_embed_backward");
   const PatchNormHost norm =
       plan_patch_norm(g.channels, pixels.scalar_type() == at::kByte, mean, std, "patch_embed_backward");
-  const PatchLaunchConfig cfg = config_for(pixels);
-  return run_patch_embed_backward(
+  return run_patch_embed_backward_passes(
       g, grad_out, pixels, weight,
-      [&](const at::Tensor& px, const at::Tensor& rows) { patch_rows(px, rows, g, norm, cfg); }, aten_sum_batch);
+      [&](const at::Tensor& px, const at::Tensor& rows) { launch_patch_rows(px, rows, g, norm, config); },
+      aten_sum_batch);
 }
 
 }  // namespace cuda

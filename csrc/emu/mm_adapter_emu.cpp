@@ -1,35 +1,36 @@
 // mm_adapter_emu.cpp: minilvlm_emu::mm_adapter and mm_adapter_backward, the CUDA kernels of
-// mm_adapter (csrc/cuda/mm_adapter_kernels.cuh, host side common/mm_adapter_run.h) executed by
-// the SIMT emulator on CPU tensors. Same schemas and checks as the real ops.
-#include <ATen/ATen.h>
+// mm_adapter (csrc/cuda/mm_adapter_kernels.cuh, host side csrc/cuda/mm_adapter_launch.h) run by the
+// SIMT emulator on CPU tensors. Same schemas and checks as the real ops; tests compare them with
+// the reference.
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include "common/mm_adapter_host.h"
 #include "common/schemas.h"
-#include "cuda/mm_adapter_kernels.cuh"
-#include "common/mm_adapter_run.h"
+#include "cuda/mm_adapter_launch.h"
+#include "emu/emu_target.h"
 
 namespace minilvlm {
 namespace {
 
-// mm_cuda_adapter's on_device: the emulator runs the kernels on CPU tensors and has no streams.
-cudaStream_t on_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), "minilvlm_emu::", op, " emulates the CUDA kernel on CPU tensors");
-  return nullptr;
-}
+// The grids follow the shape (tiles x samples): no grid bound.
+constexpr int kEmuMaxBlocks = 0;
 
 at::Tensor mm_adapter_emu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& router_w,
                           const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
                           const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
                           int64_t groups) {
-  return mm_cuda_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups, on_cpu);
+  const cuda::EmuTarget target(kEmuMaxBlocks);
+  return cuda::mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups, target);
 }
 
-MmGrads mm_adapter_backward_emu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& t,
-                                const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
-                                const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b,
-                                double temperature, double scale, int64_t groups) {
-  return mm_cuda_adapter_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale,
-                                  groups, on_cpu);
+MmAdapterGrads mm_adapter_backward_emu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& t,
+                                       const at::Tensor& router_w, const at::Tensor& router_b,
+                                       const at::Tensor& down_w, const at::Tensor& down_b, const at::Tensor& up_w,
+                                       const at::Tensor& up_b, double temperature, double scale, int64_t groups) {
+  const cuda::EmuTarget target(kEmuMaxBlocks);
+  return cuda::mm_adapter_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature,
+                                   scale, groups, target);
 }
 
 }  // namespace

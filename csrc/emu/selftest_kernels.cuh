@@ -3,7 +3,7 @@
 // emulator (csrc/emu/selftest.cpp wraps each kernel in a minilvlm_emu::selftest_* op).
 #pragma once
 
-#include "common/launch.h"
+#include "cuda/launch.h"
 
 namespace minilvlm {
 namespace emu_selftest {

@@ -1,4 +1,4 @@
-// simt.h: run CUDA kernels on the CPU. Included by common/launch.h when the kernel headers
+// simt.h: run CUDA kernels on the CPU. Included by cuda/launch.h when the kernel headers
 // are compiled by a host compiler with -DMINILVLM_EMU (see docs/emulator.md).
 //
 // Every CUDA thread of a block becomes a fiber; the fibers of one block run cooperatively on
@@ -7,7 +7,7 @@
 #pragma once
 
 #if defined(__CUDACC__)
-#error "csrc/emu/simt.h is the CPU emulation of CUDA; nvcc builds include the real runtime via common/launch.h"
+#error "csrc/emu/simt.h is the CPU emulation of CUDA; nvcc builds include the real runtime via cuda/launch.h"
 #endif
 
 #include <cuda_runtime.h>

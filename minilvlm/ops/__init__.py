@@ -1,9 +1,17 @@
-"""minilvlm's ops: one file per op, each with its public function, plain-PyTorch reference and
-fake (meta) registration. See DESIGN.md, "The op contract"."""
+"""minilvlm's ops: one module per op, each in the same seven parts (docs/design.md, "The op contract"):
+the contract (module docstring), imports, the dtypes the native kernels take, private helpers, the
+plain-PyTorch reference, the public function, and register_<op>(namespace), which adds the fakes and
+autograd of the native ops. This package calls every register_<op> once when minilvlm._C is loaded.
+"""
 from minilvlm.ops._registry import backend, cpu_capability, native_available, use_native
-from minilvlm.ops.fused_adamw import fused_adamw_, fused_adamw_reference
-from minilvlm.ops.mm_adapter import mm_adapter, mm_adapter_reference
-from minilvlm.ops.patch_embed import patch_embed, patch_embed_reference
+from minilvlm.ops.fused_adamw import fused_adamw_, fused_adamw_reference, register_fused_adamw
+from minilvlm.ops.mm_adapter import mm_adapter, mm_adapter_reference, register_mm_adapter
+from minilvlm.ops.patch_embed import patch_embed, patch_embed_reference, register_patch_embed
 
 __all__ = ["backend", "cpu_capability", "native_available", "use_native", "fused_adamw_", "fused_adamw_reference",
            "mm_adapter", "mm_adapter_reference", "patch_embed", "patch_embed_reference"]
+
+if native_available():
+    register_fused_adamw()
+    register_patch_embed()
+    register_mm_adapter()

@@ -1,4 +1,6 @@
-"""mm_adapter: LaVIN's Mixture-of-Modality Adapter (kernels: csrc/cpu/mm_adapter.cpp, csrc/cuda/).
+"""mm_adapter: LaVIN's Mixture-of-Modality Adapter.
+
+    mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, temperature, scale, groups) -> out
 
 For each sample b with modality token t_b and each token x of that sample:
     w   = softmax((router_w t_b + router_b) / temperature)      routing weights over P paths
@@ -11,16 +13,22 @@ Arguments: x [B,T,D]; t [B,E] (E is usually D); router_w [P,E]; router_b [P]; do
 down_b [r]; up_w [P,D,r/groups]; up_b [P,D]. With t, router_w and router_b all None there is no
 router and P must be 1 (w_0 = 1): that is RepAdapter.
 
-The native kernels fold the router into one effective up-projection per sample
-(s * sum_i w_i U_i, only D x r/groups), then read x once and write out once per token. The backward
-is a native op too (minilvlm::mm_adapter_backward) giving the gradients of x, t, the router, the
-down- and the up-projections. Dropout on h is not part of the op: models/adapters.py falls back to
-this file's reference with dropout when it is active.
+Native ops (schemas in csrc/common/schemas.h; kernels csrc/cpu/mm_adapter.cpp and
+csrc/cuda/mm_adapter.cu):
+  minilvlm::mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale,
+                       groups) -> out
+  minilvlm::mm_adapter_backward(grad_out, <the same arguments>) -> the gradients of x, t, router_w,
+                       router_b, down_w, down_b, up_w, up_b
+Without a router the public function passes t [B, 0], router_w [1, 0] and router_b [1]. The kernels
+fold the router into one effective up-projection per sample (s * sum_i w_i U_i, only D x r/groups),
+then read x once and write out once per token. Dropout on h is not part of the op:
+models/adapters.py falls back to this file's reference with dropout when it is active. The CUDA
+kernels take float32 and bfloat16 x; the CPU kernels also float64.
 """
 import torch
 import torch.nn.functional as F
 
-from minilvlm.ops._registry import native_available, use_native
+from minilvlm.ops._registry import use_native
 
 _NATIVE_DTYPES = {"cpu": (torch.float32, torch.bfloat16, torch.float64), "cuda": (torch.float32, torch.bfloat16)}
 
@@ -28,6 +36,15 @@ _NATIVE_DTYPES = {"cpu": (torch.float32, torch.bfloat16, torch.float64), "cuda":
 def routing_weights(t, router_w, router_b, temperature):
     """softmax((router_w t + router_b) / temperature) per sample: [B, P]."""
     return torch.softmax((t @ router_w.t() + router_b) / temperature, dim=-1)
+
+
+def _check_router(t, router_w, router_b, up_w):
+    absent = [name for name, v in (("t", t), ("router_w", router_w), ("router_b", router_b)) if v is None]
+    if absent and len(absent) != 3:
+        raise ValueError(f"mm_adapter: give all of t, router_w, router_b or none of them; missing {absent}")
+    if absent and up_w.shape[0] != 1:
+        raise ValueError(f"mm_adapter: without a router there must be one path, but up_w has {up_w.shape[0]} "
+                         f"(shape {tuple(up_w.shape)}); pass t, router_w and router_b")
 
 
 def mm_adapter_reference(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, temperature, scale, groups,
@@ -53,15 +70,6 @@ def mm_adapter_reference(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *
     return x + scale * mixed
 
 
-def _check_router(t, router_w, router_b, up_w):
-    absent = [name for name, v in (("t", t), ("router_w", router_w), ("router_b", router_b)) if v is None]
-    if absent and len(absent) != 3:
-        raise ValueError(f"mm_adapter: give all of t, router_w, router_b or none of them; missing {absent}")
-    if absent and up_w.shape[0] != 1:
-        raise ValueError(f"mm_adapter: without a router there must be one path, but up_w has {up_w.shape[0]} "
-                         f"(shape {tuple(up_w.shape)}); pass t, router_w and router_b")
-
-
 def mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, temperature, scale, groups):
     """The MM-Adapter forward (differentiable); the native kernels where they serve this device and dtype."""
     _check_router(t, router_w, router_b, up_w)
@@ -78,10 +86,10 @@ def mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, temperat
                                 scale=scale, groups=groups)
 
 
-def register_mm_adapter_autograd(namespace):
+def register_mm_adapter(namespace="minilvlm"):
     """Fakes for `namespace`::mm_adapter(_backward) and autograd for mm_adapter through the native backward.
 
-    Called for minilvlm here, and by the tests for minilvlm_emu (the emulated CUDA kernels).
+    minilvlm.ops registers them for minilvlm; tests register them for minilvlm_emu (the emulated CUDA kernels).
     """
     lib = getattr(torch.ops, namespace)
 
@@ -105,7 +113,3 @@ def register_mm_adapter_autograd(namespace):
         return (*grads, None, None, None)
 
     torch.library.register_autograd(f"{namespace}::mm_adapter", _backward, setup_context=_setup_context)
-
-
-if native_available():
-    register_mm_adapter_autograd("minilvlm")

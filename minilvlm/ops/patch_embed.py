@@ -1,5 +1,4 @@
-"""patch_embed: images -> patch tokens, the ViT conv stem and EVE's patch embedder
-(kernels: csrc/cpu/patch_embed.cpp, csrc/cuda/patch_embed.cu).
+"""patch_embed: images -> patch tokens, the ViT conv stem and EVE's patch embedder.
 
     patch_embed(pixels, weight, bias, pos_embed, *, patch_size, mean=None, std=None,
                 channels_last=False, cls_token=None) -> [B, N(+1), D]
@@ -15,7 +14,8 @@
 Patches are non-overlapping, in row-major order, each flattened in Conv2d weight order
 (c, ky, kx). Gradients flow to weight, bias, pos_embed and cls_token, never to pixels.
 
-Native ops (schemas in csrc/common/schemas.h):
+Native ops (schemas in csrc/common/schemas.h; kernels csrc/cpu/patch_embed.cpp and
+csrc/cuda/patch_embed.cu):
   minilvlm::patch_embed(pixels, weight, bias?, pos_embed?, cls_token?, patch_size, mean?, std?,
                         channels_last) -> out
   minilvlm::patch_embed_backward(grad_out, pixels, weight, patch_size, mean?, std?,
@@ -29,7 +29,7 @@ the autocast dtype, as autocast does for a conv stem; the pixels stay as they ar
 import torch
 import torch.nn.functional as F
 
-from minilvlm.ops._registry import native_available, use_native
+from minilvlm.ops._registry import use_native
 
 _WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 _NATIVE_PIXEL_DTYPES = (torch.uint8, torch.float32)
@@ -77,6 +77,13 @@ def _shape_check(pixels, weight, bias, pos_embed, cls_token, patch_size, mean, s
             raise ValueError(f"patch_embed: {name} has {len(values)} values but the image has {c} channels")
 
 
+def _autocast_dtype(device):
+    """The dtype autocast computes in on this device, or None when it is off."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
 def patch_embed_reference(pixels, weight, bias, pos_embed, *, patch_size, mean=None, std=None,
                           channels_last=False, cls_token=None):
     """The specification, in plain PyTorch: normalize -> conv2d(stride=p) -> tokens -> + pos (+ cls)."""
@@ -104,12 +111,6 @@ def patch_embed_reference(pixels, weight, bias, pos_embed, *, patch_size, mean=N
     return tokens
 
 
-def _autocast_dtype(device):
-    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return None
-
-
 def patch_embed(pixels, weight, bias, pos_embed, *, patch_size, mean=None, std=None, channels_last=False,
                 cls_token=None):
     """Patch tokens [B, N(+1), D] from images; the native kernel where one serves this device and dtype."""
@@ -130,18 +131,21 @@ def patch_embed(pixels, weight, bias, pos_embed, *, patch_size, mean=None, std=N
                                  channels_last=channels_last, cls_token=cls_token)
 
 
-if native_available():
-    def _tokens(pixels, patch_size, channels_last):
-        h, w = (pixels.shape[1], pixels.shape[2]) if channels_last else (pixels.shape[2], pixels.shape[3])
-        return (h // patch_size) * (w // patch_size)
+def register_patch_embed(namespace="minilvlm"):
+    """Fakes for `namespace`::patch_embed(_backward) and autograd for patch_embed through the native backward.
 
-    @torch.library.register_fake("minilvlm::patch_embed")
-    def _patch_embed_fake(pixels, weight, bias, pos_embed, cls_token, patch_size, mean, std, channels_last):
-        tokens = _tokens(pixels, patch_size, channels_last) + (cls_token is not None)
+    minilvlm.ops registers them for minilvlm; tests may register them for minilvlm_emu (the emulated CUDA kernels).
+    """
+    lib = getattr(torch.ops, namespace)
+
+    @torch.library.register_fake(f"{namespace}::patch_embed")
+    def _fake(pixels, weight, bias, pos_embed, cls_token, patch_size, mean, std, channels_last):
+        h, w = (pixels.shape[1], pixels.shape[2]) if channels_last else (pixels.shape[2], pixels.shape[3])
+        tokens = (h // patch_size) * (w // patch_size) + (cls_token is not None)
         return weight.new_empty(pixels.shape[0], tokens, weight.shape[0])
 
-    @torch.library.register_fake("minilvlm::patch_embed_backward")
-    def _patch_embed_backward_fake(grad_out, pixels, weight, patch_size, mean, std, channels_last, has_cls):
+    @torch.library.register_fake(f"{namespace}::patch_embed_backward")
+    def _fake_backward(grad_out, pixels, weight, patch_size, mean, std, channels_last, has_cls):
         return (torch.empty_like(weight), weight.new_empty(weight.shape[0]),
                 weight.new_empty(grad_out.shape[1], weight.shape[0]))
 
@@ -155,9 +159,9 @@ if native_available():
         pixels, weight = ctx.saved_tensors
         patch_size, mean, std, channels_last = ctx.args
         has_bias, has_pos, has_cls = ctx.present
-        grad_weight, grad_bias, grad_tokens = torch.ops.minilvlm.patch_embed_backward(
+        grad_weight, grad_bias, grad_tokens = lib.patch_embed_backward(
             grad_out.contiguous(), pixels, weight, patch_size, mean, std, channels_last, has_cls)
         return (None, grad_weight, grad_bias if has_bias else None, grad_tokens if has_pos else None,
                 grad_tokens[0].clone() if has_cls else None, None, None, None, None)  # no .grad aliasing
 
-    torch.library.register_autograd("minilvlm::patch_embed", _backward, setup_context=_setup_context)
+    torch.library.register_autograd(f"{namespace}::patch_embed", _backward, setup_context=_setup_context)

@@ -8,7 +8,9 @@ import torch
 
 import minilvlm
 from minilvlm.ops import fused_adamw_reference
+from minilvlm.ops.fused_adamw import register_fused_adamw
 from tests.conftest import adamw_mismatch, max_rel_diff
+from tests.ops import register_on_emulator
 
 pytestmark = pytest.mark.skipif(not minilvlm.ops.native_available(), reason="minilvlm._C is not built")
 
@@ -131,13 +133,21 @@ def test_float64_runs_the_reference_through_the_public_function():
     assert torch.equal(bufs["param"], ref["param"])
 
 
-def test_opcheck():
+def opcheck(op):
     bufs = make_buffers(257, torch.bfloat16, True)
     bounds, lrs, wds, steps = segments_for(257)
     args = (bufs["param"], bufs["grad"], bufs["exp_avg"], bufs["exp_avg_sq"], bufs["master"], bounds, lrs, wds,
             steps, 0.9, 0.999, 1e-8, torch.tensor([0.5]))
-    torch.library.opcheck(torch.ops.minilvlm.fused_adamw_.default, args,
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_opcheck():
+    opcheck(torch.ops.minilvlm.fused_adamw_)
+
+
+def test_emulated_cuda_kernel_opcheck(emu):
+    register_on_emulator(register_fused_adamw)
+    opcheck(emu.fused_adamw_)
 
 
 @pytest.mark.parametrize("mutate,message", [

@@ -8,6 +8,8 @@ import torch
 
 import minilvlm
 from minilvlm.ops import mm_adapter, mm_adapter_reference
+from minilvlm.ops.mm_adapter import register_mm_adapter
+from tests.ops import register_on_emulator
 
 pytestmark = pytest.mark.skipif(not minilvlm.ops.native_available(), reason="minilvlm._C is not built")
 
@@ -325,10 +327,7 @@ def test_emulated_cuda_kernels_same_result_under_two_schedules(emu):
 
 
 def test_emulated_cuda_kernels_opcheck(emu):
-    from minilvlm.ops.mm_adapter import register_mm_adapter_autograd
-    if not hasattr(emu.mm_adapter, "_mm_adapter_registered"):
-        register_mm_adapter_autograd("minilvlm_emu")
-        emu.mm_adapter._mm_adapter_registered = True
+    register_on_emulator(register_mm_adapter)
     a = make_inputs(2, 5, 74, 8, 2, 2)
     args = tuple(v.requires_grad_() for v in native_args(a)) + (5.0, 0.7, 2)
     torch.library.opcheck(emu.mm_adapter.default, args)

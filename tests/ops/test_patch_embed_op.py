@@ -8,6 +8,8 @@ import torch
 
 import minilvlm
 from minilvlm.ops import patch_embed, patch_embed_reference
+from minilvlm.ops.patch_embed import register_patch_embed
+from tests.ops import register_on_emulator
 
 pytestmark = pytest.mark.skipif(not minilvlm.ops.native_available(), reason="minilvlm._C is not built")
 
@@ -171,14 +173,23 @@ def test_backward_op_without_pos_or_bias_gives_only_the_weight_gradient():
     assert weight.grad is not None and torch.allclose(cls.grad, torch.full((7,), 2.0))
 
 
-def test_opcheck():
+def opcheck_both(ops):
     for cls in (False, True):
         args, kwargs = make_case(p=4, grid=(2, 3), dim=9, cls=cls)
         params_requiring_grad(args, kwargs)
-        torch.library.opcheck(torch.ops.minilvlm.patch_embed.default, native_args(args, kwargs))
+        torch.library.opcheck(ops.patch_embed.default, native_args(args, kwargs))
         grad_out = torch.randn(2, 6 + cls, 9)
-        torch.library.opcheck(torch.ops.minilvlm.patch_embed_backward.default,
+        torch.library.opcheck(ops.patch_embed_backward.default,
                               (grad_out, args["pixels"], args["weight"].detach(), 4, list(MEAN), list(STD), False, cls))
+
+
+def test_opcheck():
+    opcheck_both(torch.ops.minilvlm)
+
+
+def test_emulated_cuda_kernels_opcheck(emu):
+    register_on_emulator(register_patch_embed)
+    opcheck_both(emu)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-// adamw_math.h: one AdamW element update, shared by the CPU kernel's scalar tail and the
-// CUDA kernel, so both follow torch.optim.AdamW (decoupled weight decay, bias correction)
-// in the same order of operations. Per-segment constants are folded on the host in double.
-// Host code is compiled with -ffp-contract=off so that only the fmas written here are fused.
+// fused_adamw_math.h: what the CPU and CUDA kernels of fused_adamw_ share below ATen: the
+// per-segment constants (a kernel argument) and one AdamW element update, so that both kernels
+// follow torch.optim.AdamW (decoupled weight decay, bias correction) in the same order of
+// operations. The constants are folded on the host in double (common/fused_adamw_host.h). Host
+// code is compiled with -ffp-contract=off so that only the fmas written here are fused.
 #pragma once
 
 #include <cmath>

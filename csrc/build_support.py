@@ -1,4 +1,11 @@
-"""Build helpers shared by setup.py and the CI script (no torch import here)."""
+"""Build helpers shared by setup.py, CMakeLists.txt and tools/cuda_check.py (no torch import here).
+
+It lives in csrc/, beside the source list it reads, and is loaded by path
+(runpy.run_path): csrc/ never goes on sys.path, where its folders cuda/ and common/ would pass
+for namespace packages, and it is no package, so `pip install -e .` never installs it.
+
+    python csrc/build_support.py cuda-home    # print the CUDA toolkit root (empty if none): for CMake
+"""
 import os
 import re
 import shutil
@@ -54,3 +61,10 @@ def find_cuda_home():
             if real is not None:
                 return str(real.parent.parent)
     return None
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] != ["cuda-home"]:
+        sys.exit("usage: python csrc/build_support.py cuda-home")
+    print(find_cuda_home() or "")

@@ -1,6 +1,7 @@
-// adamw_host.h: argument checks and per-segment constants for fused_adamw_, shared by the
-// CPU kernel, the CUDA launcher and the emulator build so that every backend rejects the
-// same bad input with the same message. Host code only (ATen, no CUDA).
+// fused_adamw_host.h: argument checks and per-segment constants of fused_adamw_, shared by the
+// CPU kernel and the CUDA launch code (cuda/fused_adamw_launch.h, also built for the emulator), so
+// that every backend rejects the same bad input with the same message. Host code only (light
+// ATen headers, no CUDA).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,7 +11,7 @@
 #include <optional>
 #include <vector>
 
-#include "common/adamw_math.h"
+#include "common/fused_adamw_math.h"
 
 namespace minilvlm {
 

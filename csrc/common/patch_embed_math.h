@@ -1,5 +1,6 @@
-// patch_embed_geometry.h: the shape of one patch_embed call, as a plain struct that CPU code
-// and CUDA kernels (by value, as a kernel argument) share. No ATen, no CUDA runtime.
+// patch_embed_math.h: what the CPU and CUDA kernels of patch_embed share below ATen: the shape of
+// one call (PatchGeometry, a kernel argument by value) and the indexing of its pixels. Filled in
+// by common/patch_embed_host.h. No ATen, no CUDA runtime.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,83 @@
+// fused_adamw_launch.h: the host side of the CUDA fused_adamw_, shared by the CUDA build
+// (csrc/cuda/fused_adamw.cu) and the emulator build (csrc/emu/fused_adamw_emu.cpp): the argument
+// checks, the dtype dispatch, the choice of the vector kernel and one launch per
+// kAdamwMaxSegments segments. The caller's Target says where the kernels run (see fused_adamw
+// below). ATen headers come before the kernel header, as the emulator requires.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "common/dispatch.h"
+#include "common/fused_adamw_host.h"
+#include "cuda/fused_adamw_kernels.cuh"
+#include "cuda/launch.h"
+
+namespace minilvlm {
+namespace cuda {
+
+inline bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// One launch per kAdamwMaxSegments segments (one launch for any usual optimizer). grad_scale is
+// a device pointer to one float, or null; config.max_blocks bounds gridDim.x.
+template <typename PT>
+void launch_fused_adamw(PT* param, const PT* grad, float* exp_avg, float* exp_avg_sq, float* master,
+                        const AdamwSegment* segments, int64_t num_segments, const AdamwConstants& c,
+                        const float* grad_scale, const LaunchConfig& config) {
+  const bool vector = aligned_to(param, 4 * sizeof(PT)) && aligned_to(grad, 4 * sizeof(PT)) &&
+                      aligned_to(exp_avg, 16) && aligned_to(exp_avg_sq, 16) && (!master || aligned_to(master, 16));
+  // Master weights exist only beside bf16/fp16 params (plan_fused_adamw rejects them for fp32).
+  constexpr bool kCanHaveMaster = sizeof(PT) == 2;
+  auto* kernel = vector ? &fused_adamw_kernel<PT, false, true> : &fused_adamw_kernel<PT, false, false>;
+  if (kCanHaveMaster && master)
+    kernel = vector ? &fused_adamw_kernel<PT, kCanHaveMaster, true> : &fused_adamw_kernel<PT, kCanHaveMaster, false>;
+  for (int64_t first = 0; first < num_segments; first += kAdamwMaxSegments) {
+    const int count = static_cast<int>(num_segments - first < kAdamwMaxSegments ? num_segments - first
+                                                                                : kAdamwMaxSegments);
+    AdamwSegmentTable table;
+    int64_t longest = 0;
+    for (int i = 0; i < count; ++i) {
+      table.seg[i] = segments[first + i];
+      const int64_t len = table.seg[i].end - table.seg[i].begin;
+      longest = len > longest ? len : longest;
+    }
+    for (int i = count; i < kAdamwMaxSegments; ++i) table.seg[i] = AdamwSegment{0, 0, 1.0f, 0.0f, 1.0f, 0.0f};
+    const int64_t per_block = static_cast<int64_t>(kAdamwThreads) * 4;
+    int64_t blocks = (longest + per_block - 1) / per_block;
+    blocks = blocks < 1 ? 1 : (blocks > config.max_blocks ? config.max_blocks : blocks);
+    MINILVLM_LAUNCH(kernel, dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(count)), dim3(kAdamwThreads),
+                    0, config.stream)(param, grad, exp_avg, exp_avg_sq, master, table, c, grad_scale);
+  }
+}
+
+// The op on the kernels. target(param, op) is the backend's (cuda/cuda_target.h, emu/emu_target.h):
+// it checks that the tensors live where the kernels run, makes that device current and returns the
+// launch configuration. It runs after the argument checks, so a wrong shape is reported first.
+template <typename Target>
+void fused_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                 const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& master, at::IntArrayRef seg_bounds,
+                 at::ArrayRef<double> seg_lr, at::ArrayRef<double> seg_wd, at::IntArrayRef seg_step, double beta1,
+                 double beta2, double eps, const std::optional<at::Tensor>& grad_scale, Target& target) {
+  const AdamwPlan plan = plan_fused_adamw(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd,
+                                          seg_step, beta1, beta2, eps);
+  const LaunchConfig config = target(param, "fused_adamw_");
+  check_grad_scale(grad_scale);
+  if (plan.segments.empty()) return;
+  // The kernels read the multiplier on the device (to() returns the tensor itself if it is there).
+  const at::Tensor scale = grad_scale.has_value() ? grad_scale->to(param.device(), /*non_blocking=*/true)
+                                                  : at::Tensor();
+  dispatch_dtype<float, c10::BFloat16, c10::Half>(param.scalar_type(), "fused_adamw_", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_fused_adamw<cuda_scalar_t<T>>(
+        cuda_data<T>(param), cuda_data<T>(grad), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
+        master.has_value() ? master->data_ptr<float>() : nullptr, plan.segments.data(),
+        static_cast<int64_t>(plan.segments.size()), plan.constants,
+        scale.defined() ? scale.data_ptr<float>() : nullptr, config);
+  });
+}
+
+}  // namespace cuda
+}  // namespace minilvlm

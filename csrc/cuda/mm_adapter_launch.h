@@ -1,0 +1,103 @@
+// mm_adapter_launch.h: the host side of the CUDA mm_adapter and mm_adapter_backward, shared by the
+// CUDA build (csrc/cuda/mm_adapter.cu) and the emulator build (csrc/emu/mm_adapter_emu.cpp): the
+// checks, the per-sample routing and the gradient finalisation of common/mm_adapter_host.h (ATen
+// ops on the tensors' device), the workspace, and the launches of cuda/mm_adapter_kernels.cuh.
+// The caller's Target says where the kernels run. ATen headers come before the kernel header, as
+// the emulator requires.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+
+#include "common/dispatch.h"
+#include "common/mm_adapter_host.h"
+#include "cuda/launch.h"
+#include "cuda/mm_adapter_kernels.cuh"
+
+namespace minilvlm {
+namespace cuda {
+
+inline MmDims mm_dims(const MmAdapterShape& s, const char* op) {
+  TORCH_CHECK(s.B <= 65535, op, ": the CUDA kernel takes at most 65535 samples per call, got ", s.B);
+  return {s.T, s.D, static_cast<int>(s.r), static_cast<int>(s.rg), static_cast<int>(s.Dg), static_cast<int>(s.groups)};
+}
+
+// One block per tile of kMmTileTokens tokens of one sample.
+inline dim3 mm_grid(int64_t B, int64_t T) {
+  return dim3(static_cast<unsigned>((T + kMmTileTokens - 1) / kMmTileTokens), static_cast<unsigned>(B));
+}
+
+inline void check_mm_kernel_dtype(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
+              " (CUDA kernel): x must be float32 or bfloat16, got ", x.scalar_type(),
+              "; minilvlm.ops.mm_adapter runs the reference for other dtypes");
+}
+
+// The ops on the kernels. target(x, op) is the backend's (cuda/cuda_target.h, emu/emu_target.h):
+// it checks that the tensors live where the kernels run, makes that device current and returns the
+// launch configuration (these grids follow the shape, so only its stream matters). It runs after
+// the argument checks, so a wrong shape or a tensor on another device is reported first.
+template <typename Target>
+at::Tensor mm_adapter(const at::Tensor& x_in, const at::Tensor& t, const at::Tensor& router_w,
+                      const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
+                      const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale, int64_t groups,
+                      Target& target) {
+  const MmAdapterShape s =
+      check_mm_adapter(x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  const LaunchConfig config = target(x_in, "mm_adapter");
+  check_mm_kernel_dtype(x_in, "mm_adapter");
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
+  const MmDims dims = mm_dims(s, "mm_adapter");
+  dispatch_dtype<float, c10::BFloat16>(x.scalar_type(), "mm_adapter", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto* kernel = &mm_adapter_forward_kernel<cuda_scalar_t<T>>;
+    const size_t smem = sizeof(float) * kMmTileTokens * dims.r;  // h
+    MINILVLM_LAUNCH(kernel, mm_grid(s.B, s.T), dim3(kMmThreads), smem, config.stream)(
+        cuda_data<T>(x), cuda_data<T>(out), m.A.data_ptr<float>(), m.bA.data_ptr<float>(), m.UsT.data_ptr<float>(),
+        m.cs.data_ptr<float>(), dims);
+  });
+  return out;
+}
+
+template <typename Target>
+MmAdapterGrads mm_adapter_backward(const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& t,
+                                   const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
+                                   const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b,
+                                   double temperature, double scale, int64_t groups, Target& target) {
+  const MmAdapterShape s =
+      check_mm_adapter_backward(grad_out, x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  const LaunchConfig config = target(x_in, "mm_adapter_backward");
+  check_mm_kernel_dtype(x_in, "mm_adapter_backward");
+  const at::Tensor x = x_in.contiguous(), dy = grad_out.contiguous();
+  const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
+  const auto opts = m.A.options();
+  at::Tensor dx = at::empty_like(x);
+  // The kernels add their per-tile sums into these with atomics.
+  at::Tensor dA = at::zeros({s.r, s.D}, opts), dbA = at::zeros({s.r}, opts);
+  at::Tensor G = at::zeros({s.B, s.rg * s.D}, opts), S = at::zeros({s.B, s.D}, opts);
+  if (x.numel() > 0) {
+    const MmDims dims = mm_dims(s, "mm_adapter_backward");
+    dispatch_dtype<float, c10::BFloat16>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      auto* kernel = &mm_adapter_backward_kernel<cuda_scalar_t<T>>;
+      const size_t smem = 2 * sizeof(float) * kMmTileTokens * dims.r;  // h and dh
+      MINILVLM_LAUNCH(kernel, mm_grid(s.B, s.T), dim3(kMmThreads), smem, config.stream)(
+          cuda_data<T>(x), cuda_data<T>(dy), cuda_data<T>(dx), m.A.data_ptr<float>(), m.bA.data_ptr<float>(),
+          m.UsT.data_ptr<float>(), dA.data_ptr<float>(), dbA.data_ptr<float>(), G.data_ptr<float>(),
+          S.data_ptr<float>(), dims);
+    });
+  }
+  auto [dt, drw, drb, ddw, ddb, duw, dub] =
+      mm_finalize(s, m, dA, dbA, G, S, temperature, scale, t, router_w, router_b, down_w, down_b, up_w, up_b);
+  return {dx, dt, drw, drb, ddw, ddb, duw, dub};
+}
+
+}  // namespace cuda
+}  // namespace minilvlm
