@@ -22,7 +22,7 @@ def max_rel_diff(actual, expected, floor=1e-6):
 def adamw_mismatch(actual, expected, exact, floor=1e-6):
     """max_rel_diff of an fp32 AdamW result from an fp32 reference, over the elements whose error
     against the fp64 computation `exact` exceeds twice the reference's own largest error (the 2x
-    rule of DESIGN.md). A parameter that passes near zero ends with an absolute rounding error set
+    rule of docs/design.md, "Numerics"). A parameter that passes near zero ends with an absolute rounding error set
     by the size of its updates, not by its value, so there a relative difference between two correct
     fp32 results can exceed 1e-6; a difference counts only if our error is beyond the reference's."""
     actual, expected, exact = actual.double(), expected.double(), exact.double()
