@@ -10,9 +10,11 @@ import difflib
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minilvlm.device import PRECISIONS, DeviceError, parse_device
 from minilvlm.models.decoder import DecoderConfig
 from minilvlm.models.vision import VisionConfig
 
@@ -127,7 +129,10 @@ class TrainSection:
     micro_batch: int = 32
     steps: int = 3000
     seed: int = 0
-    bf16: bool = False                 # autocast matmuls to bf16 (CPU or GPU)
+    device: str = "auto"               # "auto" (CUDA when present, else CPU) | "cpu" | "cuda" | "cuda:N" | "meta"
+    precision: str = "fp32"            # "fp32" | "bf16-autocast" | "fp16-autocast" (dynamic loss scaling)
+    bf16: bool = False                 # deprecated: true means precision = "bf16-autocast"
+    peak_tflops: float = 0.0           # the device's peak for MFU in metrics.jsonl; 0: from a table of GPUs
     deterministic: bool = False        # torch.use_deterministic_algorithms, for bitwise resume
     threads: int = 0                   # torch intra-op threads; 0 keeps torch's default
     log_every: int = 10
@@ -295,7 +300,25 @@ def check(c):
             f"train.vision_pretrain_batch must be positive, got {c.train.vision_pretrain_batch}")
     for name in ("log_every", "eval_every", "ckpt_every", "vision_pretrain_steps"):
         require(getattr(c.train, name) >= 0, f"train.{name} must be >= 0 (0 turns it off)")
+    _check_device_and_precision(c.train, require)
     return c
+
+
+def _check_device_and_precision(t, require):
+    try:
+        parse_device(t.device)
+    except DeviceError as err:
+        raise ConfigError(f"train.device: {err}") from None
+    if t.bf16:   # the old switch, kept working: it names the precision that replaced it
+        require(t.precision in ("fp32", "bf16-autocast"),
+                f"train.bf16 = true asks for bf16 autocast, but train.precision = {t.precision!r}; set only "
+                f"train.precision")
+        warnings.warn('train.bf16 is deprecated; it now means train.precision = "bf16-autocast"', FutureWarning,
+                      stacklevel=3)
+        t.precision, t.bf16 = "bf16-autocast", False
+    require(t.precision in PRECISIONS,
+            f"train.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    require(t.peak_tflops >= 0, f"train.peak_tflops must be >= 0 (0: from the table of known GPUs), got {t.peak_tflops}")
 
 
 def to_dict(config):

@@ -30,12 +30,12 @@ betas = [0.9, 0.95]
 [train]
 stage = "pretrain"
 """)
-    cfg = load_config(path, ["optim.lr=1e-4", "train.bf16=true", "model.decoder.n_layers=5",
+    cfg = load_config(path, ["optim.lr=1e-4", "train.precision=bf16-autocast", "model.decoder.n_layers=5",
                              "data.template=vicuna_v1", "optim.projector_lr=3e-3", "data.demo_sizes.train=50"])
     assert cfg.model.projector == "linear" and cfg.model.vision.dim == 48
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.projector_lr == 3e-3
-    assert cfg.train.stage == "pretrain" and cfg.train.bf16 is True
+    assert cfg.train.stage == "pretrain" and cfg.train.precision == "bf16-autocast"
     assert cfg.model.decoder.n_layers == 5 and cfg.data.template == "vicuna_v1"
     assert cfg.data.demo_sizes == {"train": 50, "val": 300, "test": 600}
 
@@ -108,3 +108,23 @@ def test_derived_decoder_fields_follow_their_sources():
     assert cfg.model.decoder.n_kv_heads == 2 and cfg.model.decoder.head_dim == 8
     cfg = load_config(None, ["model.decoder.n_heads=4", "model.decoder.n_kv_heads=2"])
     assert cfg.model.decoder.n_kv_heads == 2
+
+
+def test_device_and_precision_settings():
+    assert load_config().train.device == "auto" and load_config().train.precision == "fp32"
+    for device in ("cpu", "cuda", "cuda:3", "meta"):
+        assert load_config(None, [f"train.device={device}"]).train.device == device
+    with pytest.raises(ConfigError, match="train.device: 'gpu' is not a device; expected auto, cpu, cuda, cuda:N or meta"):
+        load_config(None, ["train.device=gpu"])
+    with pytest.raises(ConfigError, match="train.precision: expected one of fp32, bf16-autocast, fp16-autocast, got 'fp8'"):
+        load_config(None, ["train.precision=fp8"])
+    with pytest.raises(ConfigError, match="train.peak_tflops must be >= 0"):
+        load_config(None, ["train.peak_tflops=-1"])
+
+
+def test_the_old_bf16_switch_still_works_and_says_it_is_deprecated():
+    with pytest.warns(FutureWarning, match='train.bf16 is deprecated; it now means train.precision = "bf16-autocast"'):
+        cfg = load_config(None, ["train.bf16=true"])
+    assert cfg.train.precision == "bf16-autocast" and cfg.train.bf16 is False
+    with pytest.raises(ConfigError, match="train.bf16 = true asks for bf16 autocast, but train.precision = 'fp16-autocast'"):
+        load_config(None, ["train.bf16=true", "train.precision=fp16-autocast"])

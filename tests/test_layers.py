@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "minilvlm"
 # part (minilvlm.models.llava -> minilvlm.models.decoder) and any lower layer, never a peer or higher.
 LAYERS = {
     "_C": -1, "_emu": -1,   # the compiled extensions (csrc/)
-    "ops": 0, "io": 0,
+    "ops": 0, "io": 0, "device": 0,
     "models": 1, "optim": 1,
     "weights": 2,
     "data": 3,

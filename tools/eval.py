@@ -32,9 +32,10 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, help="questions per generation batch (default: the run's eval.batch)")
     parser.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     ns = parser.parse_args(argv)
     try:
-        loaded = load_model(ns.path, threads=ns.threads)
+        loaded = load_model(ns.path, threads=ns.threads, device=ns.device)
         records = load_split(loaded, ns.split, ns.data, ns.image_root)
         result = eval_records(loaded, records, ns.batch, ns.max_new_tokens)
     except (LoadError, ConfigError, DataError) as err:

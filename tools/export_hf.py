@@ -22,10 +22,11 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: as trained)")
     parser.add_argument("--max-shard-size", default="5GB", help="split larger weights into shards (default 5GB)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing an export")
+    parser.add_argument("--device", default="auto", help="where the run is loaded: auto, cpu, cuda or cuda:N")
     ns = parser.parse_args(argv)
     try:
         summary = export_run(ns.path, ns.out, decoder_only=ns.decoder_only, dtype=DTYPES.get(ns.dtype),
-                             max_shard_bytes=parse_size(ns.max_shard_size), force=ns.force)
+                             max_shard_bytes=parse_size(ns.max_shard_size), force=ns.force, device=ns.device)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

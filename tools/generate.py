@@ -26,6 +26,7 @@ def main(argv=None, stdout=None):
     parser.add_argument("--top-p", type=float, default=LAVIN_TOP_P, help="nucleus mass (default 0.75)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, help="sampling seed, for repeatable samples")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     ns = parser.parse_args(argv)
     if ns.temperature < 0 or not 0 < ns.top_p <= 1:
         parser.error("--temperature must be >= 0 and --top-p in (0, 1]")
@@ -34,7 +35,7 @@ def main(argv=None, stdout=None):
         stdout.write(piece)
         stdout.flush()
     try:
-        loaded = load_model(ns.path)
+        loaded = load_model(ns.path, device=ns.device)
         ask(loaded, ns.prompt, ns.image, temperature=ns.temperature, top_p=ns.top_p,
             max_new_tokens=ns.max_new_tokens, on_text=show, seed=ns.seed)
     except (LoadError, ConfigError, DataError) as err:

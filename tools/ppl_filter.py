@@ -15,6 +15,7 @@ import sys
 from minilvlm.config import ConfigError
 from minilvlm.curation.ppl_filter import FilterJob, run_filter
 from minilvlm.data.errors import DataError
+from minilvlm.device import DeviceError, local_rank, resolve_device
 from minilvlm.eval.load import LoadError
 from minilvlm.train.distributed import init_distributed, shutdown_distributed
 
@@ -31,12 +32,18 @@ def main(argv=None):
     parser.add_argument("--format", choices=("auto", "llava", "alpaca"), default="auto")
     parser.add_argument("--image-root", help="image folder (default: the data file's folder)")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank)")
     ns = parser.parse_args(argv)
     if ns.keep is not None and not 0 < ns.keep <= 1:
         parser.error("--keep must be a fraction in (0, 1]")
     job = FilterJob(ns.data, ns.model, ns.out, keep=ns.keep, threshold=ns.threshold, fmt=ns.format,
-                    image_root=ns.image_root, batch=ns.batch)
-    rank, world = init_distributed()
+                    image_root=ns.image_root, batch=ns.batch, device=ns.device)
+    try:
+        device = resolve_device(ns.device, local_rank())
+    except DeviceError as err:
+        print(f"error: --device: {err}", file=sys.stderr)
+        return 2
+    rank, world = init_distributed(device)
     try:
         summary = run_filter(job, rank, world)
     except (LoadError, ConfigError, DataError) as err:

@@ -25,9 +25,10 @@ def main(argv=None):
     parser.add_argument("--run", help="greedy: the run whose data scores the members (default: the first's)")
     parser.add_argument("--split", default="val", help="greedy: the held-out split (default val)")
     parser.add_argument("--data", help="greedy: a LLaVA file, demo folder or ScienceQA folder to score on instead")
+    parser.add_argument("--device", default="auto", help="greedy: where members are scored (auto, cpu, cuda, cuda:N)")
     ns = parser.parse_args(argv)
     try:
-        tensors, info, members = soup_of(ns.checkpoints, ns.greedy, ns.run, ns.split, ns.data)
+        tensors, info, members = soup_of(ns.checkpoints, ns.greedy, ns.run, ns.split, ns.data, ns.device)
         for trial in info.get("trials", []):
             print(f"  {'kept   ' if trial['kept'] else 'dropped'} {trial['added']}: soup accuracy "
                   f"{100 * trial['soup_accuracy']:.2f}%")

@@ -9,7 +9,10 @@ import torch.nn.functional as F
 from minilvlm.data.batching import Collator
 from minilvlm.data.dataset import SFTDataset, Skipped
 from minilvlm.data.errors import DataError, SkipCounter
+from minilvlm.data.loader import to_device
 from minilvlm.data.templates import chat_template
+from minilvlm.device import autocast
+from minilvlm.models.multimodal import attention_inputs
 
 
 @torch.no_grad()
@@ -24,7 +27,6 @@ def score_records(loaded, records, batch=16, skips=None):
     position = {id(r): i for i, r in enumerate(records)}
     scores = [None] * len(records)
     collate = Collator(tokenizer.pad_id, images.size)
-    autocast = torch.autocast(model.lm.embed.weight.device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
     for start in range(0, len(dataset), batch):
         items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
         for item in items:
@@ -33,10 +35,10 @@ def score_records(loaded, records, batch=16, skips=None):
         samples = [item for item in items if not isinstance(item, Skipped)]
         if not samples:
             continue
-        b = collate(samples)
-        with autocast:
-            logits = model(b["input_ids"], b["images"], b["attention_mask"], position_ids=b["position_ids"],
-                           segment_ids=b["segment_ids"])
+        b = to_device(collate(samples), loaded.device)
+        mask, segments = attention_inputs(b)
+        with autocast(loaded.device, cfg.train.precision):
+            logits = model(b["input_ids"], b["images"], mask, position_ids=b["position_ids"], segment_ids=segments)
         # A model may put positions of its own in front (the mma recipe's modality token): the last
         # T positions are the ones aligned with input_ids.
         logits = logits[:, -b["input_ids"].shape[1]:]

@@ -26,6 +26,7 @@ class FilterJob:
     fmt: str = "auto"         # "auto" | "llava" | "alpaca"
     image_root: str = None
     batch: int = 16
+    device: str = "auto"      # under torchrun "cuda" is each rank's own GPU
 
 
 def detect_format(path):
@@ -51,7 +52,7 @@ def score_file(job, rank=0, world=1):
     fmt = detect_format(job.data) if job.fmt == "auto" else job.fmt
     read_skips, score_skips = SkipCounter(), SkipCounter()
     pairs = read_with_objects(job.data, fmt, job.image_root, read_skips)
-    loaded = load_model(job.model)
+    loaded = load_model(job.model, device=job.device)
     mine = [pairs[i][0] for i in range(rank, len(pairs), world)]
     scores = [None] * len(pairs)
     skip_counts = dict(read_skips.counts)

@@ -173,7 +173,7 @@ def write_soup(out, tensors, members, info):
     return out
 
 
-def soup_of(paths, greedy=False, run=None, split="val", data=None):
+def soup_of(paths, greedy=False, run=None, split="val", data=None, device="auto"):
     """(tensors, info, members) of the soup of checkpoint or run folders: uniform, or greedy by
     held-out accuracy on `split` of `run` (default: the first member's run) or on `data`."""
     members = [read_member(path) for path in paths]
@@ -181,7 +181,7 @@ def soup_of(paths, greedy=False, run=None, split="val", data=None):
     if not greedy:
         return uniform_soup([m.tensors for m in members]), {"method": "uniform",
                                                              "ingredients": [m.name for m in members]}, members
-    loaded = load_model(run or members[0].folder)
+    loaded = load_model(run or members[0].folder, device=device)
     check_scorer(loaded.state["config"], loaded.model.state_dict(), run or members[0].folder, members)
     records = load_split(loaded, split, data)
 

@@ -9,6 +9,9 @@ Both layouts give the model the same description of a batch:
   `input_ids` row by row; `image_rows` [N] gives each image's row.
 - `sample_index` [R, T]: the sample (0..n_samples-1) each token belongs to, -1 on padding;
   `has_image` [n_samples] says which samples carry images (LaVIN routes on it).
+- `packed` (bool) and `n_targets` (int, positions with a next-token target): facts the host knows
+  here for free, so the models never read them back from the device (an unpacked batch attends
+  plain-causally with no mask; the loss selects its `n_targets` rows with a static size).
 Text-only and image samples share batches; nothing is dropped except `Skipped` markers from the
 data set, which are counted in `skips`.
 """
@@ -98,6 +101,9 @@ class Collator:
             "image_rows": torch.tensor(image_rows, dtype=torch.long),
             "has_image": torch.tensor([s.has_image for s in samples], dtype=torch.bool),
             "ids": [s.id for s in samples],
+            # Known here for free, on the host: the models need not read them back from the device.
+            "packed": self.pack,
+            "n_targets": int((labels[:, 1:] != IGNORE_INDEX).sum()),
             "n_truncated": sum(s.truncated for s in samples),
             "skips": dict(skips),
         }

@@ -27,8 +27,20 @@ class _NumpyBatches:
         return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _as_tensors(batch):
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+def _as_tensors(batch, pin):
+    """Tensors of a worker's numpy batch; in pinned memory when they go on to a GPU."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+            value = value.pin_memory() if pin else value
+        out[key] = value
+    return out
+
+
+def to_device(batch, device):
+    """The batch's tensors on `device` (asynchronous from pinned memory); other entries as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class ResumableLoader:
@@ -54,13 +66,13 @@ class ResumableLoader:
             # shift a resumed run's dropout masks against the uninterrupted run's.
             self._dataloader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self.sampler, collate_fn=collate,
-                num_workers=self.num_workers, pin_memory=self.pin_memory, generator=torch.Generator(), **extra)
+                num_workers=self.num_workers, generator=torch.Generator(), **extra)
         return self._dataloader
 
     def __iter__(self):
         positions = [end for end, _ in self.sampler.chunks()]
         for batch, end in zip(self._loader(), positions):
-            batch = _as_tensors(batch)
+            batch = _as_tensors(batch, self.pin_memory)
             self.skips.merge(batch["skips"])
             self.truncated_seen += batch["n_truncated"]
             self.samples_seen += len(batch["ids"])

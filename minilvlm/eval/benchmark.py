@@ -3,8 +3,6 @@ folder, a LLaVA file, or a ScienceQA folder), batched greedy generation with the
 evaluate(), and the Table 1 breakdown (scienceqa_metrics)."""
 from pathlib import Path
 
-import torch
-
 from minilvlm.data import demo
 from minilvlm.data.records import read_records
 from minilvlm.data.scienceqa import read_scienceqa
@@ -52,5 +50,5 @@ def eval_records(loaded, records, batch=None, max_new_tokens=None):
     cfg = loaded.cfg
     answers = evaluate(loaded.model, records, loaded.tokenizer, cfg.data.template, loaded.images,
                        batch=batch or cfg.eval.batch, max_new_tokens=max_new_tokens or cfg.eval.max_new_tokens,
-                       autocast_dtype=torch.bfloat16 if cfg.train.bf16 else None)["answers"]
+                       precision=cfg.train.precision)["answers"]
     return score(answers)

@@ -6,6 +6,7 @@ import torch
 from minilvlm.data.labels import expand_images
 from minilvlm.data.records import IMAGE_TAG, Record, Turn
 from minilvlm.data.templates import render, stop_tokens
+from minilvlm.device import autocast
 from minilvlm.eval.generate import generate
 from minilvlm.eval.load import LoadError
 
@@ -57,7 +58,7 @@ def prompt_inputs(loaded, prompt, image=None):
     conversation = [{"role": t.role, "content": t.text} for t in question.turns]
     ids = render(conversation, tokenizer, cfg.data.template, generation_prompt=True).ids
     ids, _, _ = expand_images(ids, [False] * len(ids), tokenizer.image_token_id, loaded.model.config.image_tokens)
-    return torch.tensor([ids]), loaded.images.load_batch(images)
+    return torch.tensor([ids], device=loaded.device), loaded.images.load_batch(images).to(loaded.device)
 
 
 @torch.no_grad()
@@ -67,9 +68,8 @@ def ask(loaded, prompt, image=None, *, temperature=LAVIN_TEMPERATURE, top_p=LAVI
     model, tokenizer = loaded.model, loaded.tokenizer
     ids, images = prompt_inputs(loaded, prompt, image)
     stream = TextStream(tokenizer, on_text or (lambda piece: None))
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    autocast = torch.autocast(model.lm.embed.weight.device.type, dtype=torch.bfloat16, enabled=loaded.cfg.train.bf16)
-    with autocast:
+    generator = torch.Generator(loaded.device).manual_seed(seed) if seed is not None else None
+    with autocast(loaded.device, loaded.cfg.train.precision):
         embeds, mask = model.generation_inputs(ids, images, torch.ones_like(ids))
         generate(model.lm, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                  temperature=temperature, top_p=top_p, stop_ids=stop_tokens(loaded.cfg.data.template, tokenizer),

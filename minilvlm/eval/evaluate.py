@@ -3,6 +3,7 @@ last question, scored by minilvlm.eval.score."""
 import torch
 
 from minilvlm.data.labels import expand_images
+from minilvlm.device import autocast
 from minilvlm.data.templates import render, stop_tokens
 from minilvlm.eval.generate import generate, left_pad
 from minilvlm.eval.score import is_correct, summarize
@@ -16,10 +17,11 @@ def _prompt(record, tokenizer, template, image_tokens):
 
 
 @torch.no_grad()
-def evaluate(model, records, tokenizer, template, images, *, batch=64, max_new_tokens=8, autocast_dtype=None):
+def evaluate(model, records, tokenizer, template, images, *, batch=64, max_new_tokens=8, precision="fp32"):
     """{'accuracy': {question_type: acc}, 'count': {...}, 'answers': [(record, text, correct)]}.
-    `images` is the run's minilvlm.data.images.ImageConfig. Records need `meta['question_type']`
-    and `meta['answer']` (the demo set has them)."""
+    `images` is the run's minilvlm.data.images.ImageConfig; the model runs on its own device under
+    the run's precision. Records need `meta['question_type']` and `meta['answer']` (the demo set
+    has them)."""
     was_training = model.training
     model.eval()
     stops = stop_tokens(template, tokenizer)
@@ -28,9 +30,9 @@ def evaluate(model, records, tokenizer, template, images, *, batch=64, max_new_t
     for start in range(0, len(records), batch):
         chunk = records[start:start + batch]
         prompts = [_prompt(r, tokenizer, template, model.config.image_tokens) for r in chunk]
-        pictures = images.load_batch([p for r in chunk for p in r.images])
-        ids, mask = left_pad(prompts, tokenizer.pad_id)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        pictures = images.load_batch([p for r in chunk for p in r.images]).to(device)
+        ids, mask = (t.to(device) for t in left_pad(prompts, tokenizer.pad_id))
+        with autocast(device, precision):
             embeds, mask = model.generation_inputs(ids, pictures, mask)
             new = generate(model.lm, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                            stop_ids=stops, pad_id=tokenizer.pad_id)

@@ -12,6 +12,7 @@ from minilvlm import recipes
 from minilvlm.config import RunConfig
 from minilvlm.data.images import ImageConfig
 from minilvlm.data.tokenizer import Tokenizer
+from minilvlm.device import DeviceError, local_rank, resolve_device
 from minilvlm.recipes.base import Recipe
 from minilvlm.recipes.run_folder import latest, read_state
 
@@ -29,6 +30,10 @@ class LoadedModel:
     checkpoint: Path      # the folder holding model.safetensors and state.json
     run_dir: Path         # where the run's data and tokenizer live
     state: dict           # the checkpoint's state.json
+
+    @property
+    def device(self):
+        return self.model.lm.embed.weight.device
 
     @property
     def images(self) -> ImageConfig:
@@ -73,8 +78,15 @@ def load_weights(loaded, tensors, source):
         raise LoadError(f"{source} does not fit the config in state.json: {err}") from None
 
 
-def load_model(path, threads=0):
-    """A LoadedModel in eval mode, weights in fp32 as trained."""
+def load_model(path, threads=0, device="auto"):
+    """A LoadedModel in eval mode on `device` (a setting as train.device takes: auto, cpu, cuda,
+    cuda:N), weights in fp32 as trained."""
+    try:
+        device = resolve_device(device, local_rank())
+    except DeviceError as err:
+        raise LoadError(f"--device: {err}") from None
+    if device.type == "meta":
+        raise LoadError("--device meta: a loaded model needs real memory; use cpu or cuda")
     folder, run_dir = resolve_checkpoint(path)
     state = read_state(folder)
     if "config" not in state:
@@ -87,5 +99,5 @@ def load_model(path, threads=0):
     model = recipe.build_model(cfg, tokenizer)
     loaded = LoadedModel(cfg, recipe, model, tokenizer, folder, run_dir, state)
     load_weights(loaded, load_file(folder / "model.safetensors"), folder / "model.safetensors")
-    model.eval()
+    model.to(device).eval()
     return loaded

@@ -167,7 +167,8 @@ def write_tokenizer(tokenizer, out, max_len, image_token=False):
 
 
 def _cast(tensors, dtype):
-    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in tensors.items()}
+    """The tensors on the CPU (safetensors writes host memory), floating ones in `dtype` when given."""
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).cpu() for k, v in tensors.items()}
 
 
 def _dtype_name(tensors):
@@ -219,7 +220,8 @@ def _write(out, force, config, tensors, tokenizer, max_len, max_shard_bytes, ext
 
 # ---- a run folder --------------------------------------------------------------------------------
 
-def export_run(path, out, *, decoder_only=False, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False):
+def export_run(path, out, *, decoder_only=False, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False,
+               device="auto"):
     """Export the newest checkpoint of a run folder (or a checkpoint folder) written by tools/train.py:
     the LLaVA model, or with decoder_only its decoder alone. Returns the summary of export_llava /
     export_decoder, plus the checkpoint it came from."""
@@ -238,7 +240,7 @@ def export_run(path, out, *, decoder_only=False, dtype=None, max_shard_bytes=DEF
     if refusal:
         raise ExportError(f"export supports the llava recipe; {refusal}")
     try:
-        loaded = load_model(folder)
+        loaded = load_model(folder, device=device)
     except (LoadError, ConfigError, SafetensorError, OSError) as err:
         raise ExportError(f"cannot load {folder}: {err}") from None
     options = dict(dtype=dtype, max_shard_bytes=max_shard_bytes, force=force)

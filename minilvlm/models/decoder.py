@@ -201,11 +201,12 @@ class Decoder(nn.Module):
             return self.embed.weight, None
         return self.lm_head.weight, self.lm_head.bias
 
-    def loss(self, hidden, labels):
+    def loss(self, hidden, labels, count=None):
         """(summed next-token CE, labelled-position count) from final hidden states (as returned by
-        `forward(..., head=False)`), without materializing the logits; see models/loss.py."""
+        `forward(..., head=False)`), without materializing the logits; see models/loss.py. `count`:
+        the labelled positions when the caller knows them (no host round trip then)."""
         weight, bias = self.head_weight()
-        return head_cross_entropy(hidden, labels, weight, bias)
+        return head_cross_entropy(hidden, labels, weight, bias, count=count)
 
     def forward(self, input_ids=None, attention_mask=None, *, position_ids=None, inputs_embeds=None,
                 cache=None, segment_ids=None, output_hidden_states=False, head=True):

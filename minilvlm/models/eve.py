@@ -21,7 +21,7 @@ from torch import nn
 
 from minilvlm.models.decoder import Decoder, DecoderConfig
 from minilvlm.models.eve_embed import PatchEmbedder, window_attention
-from minilvlm.models.multimodal import embed_with_images, make_projector
+from minilvlm.models.multimodal import attention_inputs, embed_with_images, make_projector
 from minilvlm.models.vision import CLIP_MEAN, CLIP_STD, VisionConfig, VisionTransformer
 
 STAGES = ("prealign", "pretrain", "finetune")
@@ -208,9 +208,12 @@ class EVE(nn.Module):
         separators dropped), average-pooled to the teacher's grid: [L, n_images * P_teacher, D_lm]."""
         c = self.config
         g, teacher_grid = c.grid, c.teacher.image_size // c.teacher.patch_size
+        # The image positions, row by row: their number is known, so no host round trip.
+        positions = torch.nonzero_static(is_image.reshape(-1), size=n_images * c.image_tokens).squeeze(1)
         out = []
         for index in c.align_layers:
-            h = hidden[index][is_image].view(n_images, c.image_tokens, -1)[:, 1:]
+            states = hidden[index].reshape(-1, hidden[index].shape[-1]).index_select(0, positions)
+            h = states.view(n_images, c.image_tokens, -1)[:, 1:]
             h = h.reshape(n_images, g, g + 1, -1)[:, :, :g]                 # drop the row separators
             if g != teacher_grid:
                 h = F.avg_pool2d(h.permute(0, 3, 1, 2), g // teacher_grid).permute(0, 2, 3, 1)
@@ -243,11 +246,11 @@ class EVE(nn.Module):
         images = batch["images"]
         embeds, is_image = self.embed(batch["input_ids"], images)
         align = self.stage in _ALIGNED_STAGES and images.shape[0] > 0
-        out = self.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                      position_ids=batch["position_ids"], segment_ids=batch["segment_ids"],
-                      output_hidden_states=align, head=False)
+        mask, segments = attention_inputs(batch)
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
+                      segment_ids=segments, output_hidden_states=align, head=False)
         final, hidden = out if align else (out, None)
-        loss, count = self.lm.loss(final, batch["labels"])
+        loss, count = self.lm.loss(final, batch["labels"], batch.get("n_targets"))
         aux = self.config.align_weight * self.alignment_loss(hidden, is_image, images) if align else None
         return loss, count, aux
 

@@ -140,15 +140,21 @@ def apply_rope(x, cos, sin):
 
 def causal_mask(attention_mask, q_len, kv_len, device, segment_ids=None):
     """Boolean mask [B or 1, 1, q_len, kv_len] (True = may attend) for queries at the last q_len of
-    kv_len positions. attention_mask: None, [B, kv_len] with 1 for real tokens and 0 for padding, or
-    a ready boolean [B, 1, q_len, kv_len]. segment_ids [B, kv_len] restricts attention to tokens of the
-    same packed sample. Every query keeps its own position, so a padding row never attends to
-    nothing (which would make SDPA return NaN); padding outputs are meaningless and ignored anyway.
-    Returns None for plain causal attention over the queries alone, so SDPA can use is_causal (and
-    its fastest kernels) instead of a mask."""
+    kv_len positions, or None for plain causal attention over the queries alone (no mask and no
+    segments, no cache), which lets SDPA use is_causal and its fastest kernels.
+
+    attention_mask: None, [B, kv_len] with 1 for real tokens and 0 for padding, or a ready boolean
+    [B, 1, q_len, kv_len]. segment_ids [B, kv_len] restricts attention to tokens of the same packed
+    sample. Every query keeps its own position, so a padding row never attends to nothing (which
+    would make SDPA return NaN); padding outputs are meaningless and ignored anyway.
+
+    The mask never looks at the values of its inputs (that would make the host wait for the
+    device): a caller that knows its batch is right-padded and unpacked (the trainer's batches say
+    so: `packed` is False) passes no mask and gets plain causal attention, which gives every real
+    token exactly what the full mask would."""
     if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask.to(torch.bool)
-    if q_len == kv_len and _one_sample_then_padding(attention_mask, segment_ids):
+    if attention_mask is None and segment_ids is None and q_len == kv_len:
         return None
     offset = kv_len - q_len
     q_pos = torch.arange(q_len, device=device)[:, None] + offset
@@ -164,24 +170,6 @@ def causal_mask(attention_mask, q_len, kv_len, device, segment_ids=None):
         mask = mask & same
     diagonal = (k_pos == q_pos)[None, None]
     return mask | diagonal
-
-
-def _one_sample_then_padding(attention_mask, segment_ids):
-    """True when every row is one sample followed only by padding (a right-padded, unpacked batch,
-    or no mask at all). Plain causal attention then gives each real token exactly what the full mask
-    would, and lets SDPA skip the mask."""
-    real = []
-    if attention_mask is not None:
-        real.append(attention_mask.to(torch.bool))
-    if segment_ids is not None:
-        if segment_ids.numel() and int(segment_ids.max()) > 1:
-            return False  # packed rows: samples must not see each other
-        real.append(segment_ids > 0)
-    if not real:
-        return True
-    if len(real) == 2 and not torch.equal(*real):
-        return False
-    return not bool((real[0][:, 1:] & ~real[0][:, :-1]).any())  # no padding before a real token
 
 
 def attention(q, k, v, mask=None, causal=False):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from minilvlm.models.decoder import Decoder, DecoderConfig
-from minilvlm.models.multimodal import embed_with_images, make_projector
+from minilvlm.models.multimodal import attention_inputs, embed_with_images, make_projector
 from minilvlm.models.vision import VisionConfig, VisionTransformer
 
 STAGES = ("pretrain", "finetune")
@@ -89,9 +89,10 @@ class LLaVA(nn.Module):
         """(summed next-token CE, labelled-token count, auxiliary loss or None) for one collated
         micro-batch (minilvlm.data.batching). The trainer divides the CE by the global batch's token
         count and adds the auxiliary loss (EVE's alignment loss) as it is."""
-        hidden = self(batch["input_ids"], batch["images"], batch["attention_mask"],
-                      position_ids=batch["position_ids"], segment_ids=batch["segment_ids"], head=False)
-        loss, count = self.lm.loss(hidden, batch["labels"])
+        mask, segments = attention_inputs(batch)
+        hidden = self(batch["input_ids"], batch["images"], mask, position_ids=batch["position_ids"],
+                      segment_ids=segments, head=False)
+        loss, count = self.lm.loss(hidden, batch["labels"], batch.get("n_targets"))
         return loss, count, None
 
     def generation_inputs(self, input_ids, images, attention_mask):

@@ -7,6 +7,8 @@ have a target go through the head, in row chunks of bounded size, and the gradie
 (softmax minus one-hot) is turned into the hidden-state and head gradients while it is still in
 memory. The logits never exist for the whole batch, and backward only scales the saved gradients.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -15,14 +17,19 @@ IGNORE = -100
 _CHUNK_ELEMENTS = 16 * 1024 * 1024
 
 
-def shifted_targets(labels):
+def shifted_targets(labels, count=None):
     """(flat indices into the [B, T] positions that predict a token, their target ids): position t
-    predicts labels[:, t + 1]; -100 means no target."""
+    predicts labels[:, t + 1]; -100 means no target. With `count` (the number of such positions,
+    known on the host, e.g. from the batch's CPU labels) the selection has a static size, so it
+    neither waits for the device nor fails on the meta device."""
     targets = labels[:, 1:]
     keep = targets != IGNORE
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None] * labels.shape[1]
     cols = torch.arange(labels.shape[1] - 1, device=labels.device)[None, :]
-    return (rows + cols)[keep], targets[keep]
+    if count is None:
+        return (rows + cols)[keep], targets[keep]
+    picked = torch.nonzero_static(keep.reshape(-1), size=count).squeeze(1)
+    return (rows + cols).reshape(-1).index_select(0, picked), targets.reshape(-1).index_select(0, picked)
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -75,26 +82,30 @@ def _accumulate(total, part):
     return part if total is None else total.add_(part)
 
 
-def head_cross_entropy(hidden, labels, weight, bias=None, chunk_rows=None):
+def head_cross_entropy(hidden, labels, weight, bias=None, chunk_rows=None, count=None):
     """(summed next-token CE in fp32, number of labelled positions) for final hidden states
     hidden [B, T, D] (after the last norm), labels [B, T] aligned with the inputs (-100 ignored), and
     the LM head weight [V, D] (and bias [V]). Matches `cross_entropy(F.linear(hidden, weight, bias)
     [:, :-1], labels[:, 1:], reduction="sum")`, with the head's matmuls in the autocast dtype when
-    autocast is on, as the plain form would run them."""
+    autocast is on, as the plain form would run them. `count`, when the caller knows it (the
+    trainer's batches carry it as n_targets), spares the device a host round trip: see
+    shifted_targets. Label ids are range-checked where that costs nothing (labels on the CPU)."""
     if labels.shape != hidden.shape[:2]:
         raise ValueError(f"labels {list(labels.shape)} do not match the hidden states {list(hidden.shape[:2])}")
-    index, targets = shifted_targets(labels)
+    index, targets = shifted_targets(labels, count)
     count = int(index.numel())
     vocab = weight.shape[0]
-    if count and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+    if count and labels.device.type == "cpu" and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
         bad = targets[(targets < 0) | (targets >= vocab)][:5].tolist()
         raise ValueError(f"label ids {bad} lie outside the vocabulary of {vocab} (use -100 for no target)")
     flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
-    autocast = torch.is_autocast_enabled(hidden.device.type)
-    compute_dtype = torch.get_autocast_dtype(hidden.device.type) if autocast else hidden.dtype
+    device_type = hidden.device.type
+    has_autocast = device_type in ("cpu", "cuda")   # the meta device (the dry run) has none
+    autocast = has_autocast and torch.is_autocast_enabled(device_type)
+    compute_dtype = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
     rows = chunk_rows or max(1, _CHUNK_ELEMENTS // vocab)
     grad_on = torch.is_grad_enabled()
     need_grads = [grad_on and t is not None and t.requires_grad for t in (flat, weight, bias)]
-    with torch.autocast(hidden.device.type, enabled=False):
+    with torch.autocast(device_type, enabled=False) if has_autocast else contextlib.nullcontext():
         total = _HeadCrossEntropy.apply(flat, weight, bias, targets, compute_dtype, rows, need_grads)
     return total, count

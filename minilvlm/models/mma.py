@@ -38,6 +38,10 @@ _OWN_PARTS = ("modality_token.", "visual_adapter.")
 _LEGACY_PREFIXES = {"vision_adapters.": "vision.layers.{}.adapter.", "lm_adapters.": "lm.layers.{}.adapter."}
 
 
+PACKED_ERROR = ("the mma recipe puts one modality token in front of each row, but this batch packs several "
+                "samples per row; turn packing off")
+
+
 def is_adapter_key(key):
     """Whether a state-dict key is one of the tensors the mma recipe trains."""
     return ".adapter." in key or key.startswith(_OWN_PARTS)
@@ -161,10 +165,14 @@ class MMA(nn.Module):
         return mask, torch.cat((position_ids.new_zeros(position_ids.shape[0], 1), position_ids), dim=1)
 
     def forward(self, input_ids, images, attention_mask=None, *, position_ids=None, segment_ids=None, head=True):
-        """Logits [B, 1 + T, V] (position 0 is the modality token's); head=False: the final hidden states."""
-        if segment_ids is not None and segment_ids.numel() and int(segment_ids.max()) > 1:
-            raise ValueError("the mma recipe puts one modality token in front of each row, but this batch packs "
-                             "several samples per row; turn packing off")
+        """Logits [B, 1 + T, V] (position 0 is the modality token's); head=False: the final hidden
+        states. One sample per row (the modality token fronts the row): segment_ids, where given,
+        must not pack several (checked where the segments are on the CPU; the trainer's batches
+        say so with their `packed` flag)."""
+        packed = segment_ids is not None and segment_ids.device.type == "cpu" and segment_ids.numel() \
+            and int(segment_ids.max()) > 1
+        if packed:
+            raise ValueError(PACKED_ERROR)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         mask, positions = self._with_token_column(attention_mask, position_ids)
@@ -173,10 +181,12 @@ class MMA(nn.Module):
 
     def batch_loss(self, batch):
         """(summed next-token CE, labelled-token count, None), as LLaVA.batch_loss."""
+        if batch.get("packed"):
+            raise ValueError(PACKED_ERROR)
         hidden = self(batch["input_ids"], batch["images"], batch["attention_mask"],
                       position_ids=batch["position_ids"], segment_ids=batch["segment_ids"], head=False)
         labels = torch.cat((torch.full_like(batch["labels"][:, :1], -100), batch["labels"]), dim=1)
-        loss, count = self.lm.loss(hidden, labels)
+        loss, count = self.lm.loss(hidden, labels, batch.get("n_targets"))
         return loss, count, None
 
     def generation_inputs(self, input_ids, images, attention_mask):

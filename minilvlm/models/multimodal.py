@@ -23,12 +23,15 @@ def embed_with_images(lm, input_ids, images, image_token_id, image_tokens, image
     run of `image_tokens` image ids replaced by one image's embeddings, images in the order their
     runs appear row by row. image_embeddings maps images [N, ...] to [N, image_tokens, D]."""
     is_image = input_ids == image_token_id
-    n_image_tokens = int(is_image.sum())
     expected = images.shape[0] * image_tokens
-    if n_image_tokens != expected:
-        raise ValueError(f"the batch has {n_image_tokens} image tokens but {images.shape[0]} image(s) "
-                         f"x {image_tokens} tokens = {expected}; were the records encoded "
-                         f"with image_tokens={image_tokens}?")
+    if input_ids.device.type == "cpu":   # a clear error where checking costs nothing
+        n_image_tokens = int(is_image.sum())
+        if n_image_tokens != expected:
+            raise ValueError(f"the batch has {n_image_tokens} image tokens but {images.shape[0]} image(s) "
+                             f"x {image_tokens} tokens = {expected}; were the records encoded "
+                             f"with image_tokens={image_tokens}?")
+    else:   # on a GPU the check runs on the device, without the host waiting for it
+        torch._assert_async(is_image.sum() == expected, "image tokens and images do not match")
     embeds = lm.embed(input_ids.masked_fill(is_image, 0))
     if images.shape[0] == 0:
         return embeds, is_image
@@ -46,3 +49,12 @@ def init_from_scratch(modules):
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, torch.nn.Embedding):
             torch.nn.init.normal_(module.weight, std=0.02)
+
+
+def attention_inputs(batch):
+    """(attention_mask, segment_ids) for the decoder from a collated batch: none at all for a
+    right-padded, unpacked batch (the collator says so: packed is False), so that attention is
+    plain causal with no mask tensor; the batch's own otherwise."""
+    if batch.get("packed") is False:
+        return None, None
+    return batch["attention_mask"], batch["segment_ids"]

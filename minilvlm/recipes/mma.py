@@ -69,10 +69,14 @@ class MMARecipe(Recipe):
         return out
 
     def build_model(self, cfg, tokenizer, load_weights=True):
-        """The MMA model with its base loaded and frozen, the adapters freshly initialised. The
-        base is always loaded: an adapter checkpoint does not hold it."""
+        """The MMA model with its base loaded and frozen, the adapters freshly initialised. An
+        adapter checkpoint does not hold the base, so only a model that is never run on data (the
+        dry run's, on the meta device) is built without it: from the config's sizes."""
         m = cfg.model.mma
-        if m.base_checkpoint:
+        if not load_weights:
+            decoder = dataclasses.replace(cfg.model.decoder, vocab_size=tokenizer.vocab_size)
+            model = MMA(mma_config(cfg, cfg.model.vision, decoder, tokenizer.image_token_id))
+        elif m.base_checkpoint:
             _check_exists(m.base_checkpoint, "base_checkpoint")
             decoder = dataclasses.replace(cfg.model.decoder, vocab_size=tokenizer.vocab_size)
             model = MMA(mma_config(cfg, cfg.model.vision, decoder, tokenizer.image_token_id))

@@ -41,21 +41,46 @@ def _rng_state():
     return {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())}
 
 
-def _set_rng_state(rng, torch_state):
-    torch.set_rng_state(torch_state)
+def _set_rng_state(rng):
     python_state = rng["python"]
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     kind, keys, pos, has_gauss, gauss = rng["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
-def save_checkpoint(run_dir, step, recipe, model, optimizer, config_dict, extra, rank=0, world=1):
+def _generator_tensors(device):
+    """torch's generator states: the CPU's always, and the run's CUDA device's when it has one
+    (dropout on a GPU draws from it)."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def _set_generators(tensors, device):
+    """Restore the generator states a checkpoint holds; returns notes on what does not carry over
+    between a CPU and a GPU run (nothing is dropped silently)."""
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+        return []
+    if "rng.cuda" in tensors:
+        return [f"the checkpoint's CUDA generator state (a GPU run) has no use on {device}; the run goes on "
+                f"with the CPU generator's state only"]
+    if device.type == "cuda":
+        return ["the checkpoint holds no CUDA generator state (it was written on the CPU); the CUDA "
+                "generator goes on from its seed"]
+    return []
+
+
+def save_checkpoint(run_dir, step, recipe, model, optimizer, config_dict, extra, rank=0, world=1, device=None):
     """Collective under torchrun: every rank calls it."""
     folder = checkpoint_dir(run_dir, step)
+    device = device or torch.device("cpu")
     if world == 1:
         atomic_save_safetensors(recipe.checkpoint_state(model), folder / "model.safetensors")
         tensors, optim_meta = _optim_tensors(optimizer)
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(_generator_tensors(device))
         atomic_save_safetensors(tensors, folder / "optim.safetensors")
         atomic_write_json({"step": step, "config": config_dict, "optim": optim_meta, "rng": _rng_state(),
                            **extra}, folder / "state.json")
@@ -63,7 +88,7 @@ def save_checkpoint(run_dir, step, recipe, model, optimizer, config_dict, extra,
     if rank == 0:
         atomic_save_safetensors(recipe.checkpoint_state(model), folder / "model.safetensors")
     save_sharded(optimizer, folder / "optim")  # ends with a barrier
-    atomic_save_safetensors({"rng.torch": torch.get_rng_state()}, folder / f"rank_{rank}.safetensors")
+    atomic_save_safetensors(_generator_tensors(device), folder / f"rank_{rank}.safetensors")
     atomic_write_json(_rng_state(), folder / f"rank_{rank}.json")
     torch.distributed.barrier()
     if rank == 0:
@@ -83,10 +108,12 @@ def _jsonable(value):
     return value
 
 
-def load_checkpoint(folder, recipe, model, optimizer, rank=0, world=1):
-    """Restore model, optimizer and RNG states; returns the state.json dict. A checkpoint written
-    at one world size loads at another; the RNG states are restored only at the same world size."""
+def load_checkpoint(folder, recipe, model, optimizer, rank=0, world=1, device=None):
+    """Restore model, optimizer and RNG states; returns (the state.json dict, notes on RNG states
+    that do not carry over). A checkpoint written at one world size loads at another; the RNG
+    states are restored only at the same world size."""
     folder = Path(folder)
+    device = device or torch.device("cpu")
     state = read_state(folder)
     recipe.load_checkpoint_state(model, load_file(folder / "model.safetensors"), folder / "model.safetensors")
     if (folder / "optim").is_dir():
@@ -95,9 +122,10 @@ def load_checkpoint(folder, recipe, model, optimizer, rank=0, world=1):
         else:
             optimizer.load_state_dict(consolidate(folder / "optim"))
         if state.get("world_size") == world and (folder / f"rank_{rank}.json").is_file():
-            rng = json.loads((folder / f"rank_{rank}.json").read_text())
-            _set_rng_state(rng, load_file(folder / f"rank_{rank}.safetensors")["rng.torch"])
-        return state
+            _set_rng_state(json.loads((folder / f"rank_{rank}.json").read_text()))
+            return state, _set_generators(load_file(folder / f"rank_{rank}.safetensors"), device)
+        return state, [f"the checkpoint was written at {state.get('world_size')} ranks: the generators of this "
+                       f"run at {world} start from the seed"]
     if world > 1:
         raise RuntimeError(f"{folder} was written by a single-process run; resuming it under torchrun "
                            f"needs a sharded optimizer state. Resume it in one process.")
@@ -108,8 +136,8 @@ def load_checkpoint(folder, recipe, model, optimizer, rank=0, world=1):
         for key in ("exp_avg", "exp_avg_sq", "master"):
             name = f"state.{index}.{key}"
             if name in tensors:
-                entry[key] = tensors[name]
+                entry[key] = tensors[name].to(device)
         optim_state[int(index)] = entry
     optimizer.load_state_dict({"state": optim_state, "param_groups": state["optim"]["param_groups"]})
-    _set_rng_state(state["rng"], tensors["rng.torch"])
-    return state
+    _set_rng_state(state["rng"])
+    return state, _set_generators(tensors, device)

@@ -17,19 +17,20 @@ import torch.distributed as dist
 DEFAULT_TIMEOUT_S = 30
 
 
-def init_distributed(backend=None, timeout_s=None):
+def init_distributed(device=None, timeout_s=None):
     """Initialise the default process group from torchrun's environment. Returns (rank, world_size);
-    (0, 1) without torchrun. MINILVLM_DIST_TIMEOUT overrides the collective timeout (seconds)."""
+    (0, 1) without torchrun. The backend follows the device the run computes on: NCCL for CUDA
+    tensors (after making cuda:LOCAL_RANK current), gloo otherwise. MINILVLM_DIST_TIMEOUT overrides
+    the collective timeout (seconds)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return 0, 1
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    cuda = device is not None and torch.device(device).type == "cuda"
     timeout_s = timeout_s or float(os.environ.get("MINILVLM_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    if cuda:
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -42,10 +43,11 @@ def shutdown_distributed():
         dist.destroy_process_group()
 
 
-def sum_over_ranks(values, world):
-    """Element-wise sum of a list of numbers over all ranks (float64: exact for token counts)."""
+def sum_over_ranks(values, world, device="cpu"):
+    """Element-wise sum of a list of numbers over all ranks (float64: exact for token counts). The
+    tensor lives on `device`, where the process group's backend wants it (NCCL: the GPU)."""
     if world == 1:
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()

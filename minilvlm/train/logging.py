@@ -6,6 +6,7 @@ import time
 
 from PIL import Image, ImageDraw
 
+from minilvlm.device import memory_metrics, peak_tflops
 from minilvlm.io import atomic_write_with
 
 
@@ -30,6 +31,16 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def step_metrics(device, flops_per_token, tokens_per_s, world, peak_override=0.0):
+    """Peak memory (CUDA: allocated; CPU: the process's RSS) and, where the device's peak FLOP/s is
+    known, MFU: model FLOP/s over the peak of all ranks' devices."""
+    row = memory_metrics(device)
+    peak = peak_tflops(device, peak_override)
+    if peak:
+        row["mfu"] = flops_per_token * tokens_per_s / (peak * 1e12 * world)
+    return row
 
 
 def _format_time(seconds):

@@ -1,17 +1,22 @@
-"""The training loop: gradient accumulation to a global batch, optional bf16 autocast, clipping,
-a per-step lr schedule, periodic evaluation and checkpoints. Run setup is in run.py, the final
-evaluation and summary in report.py."""
-import contextlib
+"""The training loop: gradient accumulation to a global batch, autocast and loss scaling by
+train.precision, clipping, a per-step lr schedule, periodic evaluation and checkpoints. Run setup
+is in run.py, the final evaluation and summary in report.py.
+
+Nothing in a step waits for the device except at a logged step: losses and the grad norm stay on
+the device and are read back together, once (`_log_step`). Token counts come from the batches'
+CPU copies before they move."""
 import time
 
 import torch
 
 from minilvlm.config import ConfigError, to_dict
+from minilvlm.data.loader import to_device
+from minilvlm.device import DeviceError, local_rank, resolve_device
 from minilvlm.eval.report import print_eval
 from minilvlm.optim.schedule import lr_at
 from minilvlm.train import checkpoint
 from minilvlm.train.distributed import init_distributed, shutdown_distributed, sum_over_ranks
-from minilvlm.train.logging import Progress
+from minilvlm.train.logging import Progress, step_metrics
 from minilvlm.train.report import eval_row, evaluate_run, final_report
 from minilvlm.train.run import setup_run
 
@@ -21,12 +26,19 @@ def train(cfg, run_dir=None, resume=False, stream=None):
     calls this: the data is sharded per rank, ZeroAdamW shards the optimizer state, and rank 0
     alone writes logs, metrics and the model checkpoint."""
     t = cfg.train
-    rank, world = init_distributed()
+    try:
+        device = resolve_device(t.device, local_rank())
+    except DeviceError as err:
+        raise ConfigError(f"train.device: {err}") from None
+    if device.type == "meta":
+        raise ConfigError("train.device = 'meta' holds no data to train on; run `tools/train.py CONFIG --dry-run`, "
+                          "which runs one step on the meta device")
+    rank, world = init_distributed(device)
     if t.global_batch % (t.micro_batch * world):
         raise ConfigError(f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch "
                           f"({t.micro_batch}) x the {world} ranks")
     try:
-        run = setup_run(cfg, rank, world, run_dir, resume, stream)
+        run = setup_run(cfg, device, rank, world, run_dir, resume, stream)
         run_steps(run)
         run.loader.close()
         run.optimizer = None   # before the process group goes (shutdown_distributed)
@@ -45,61 +57,81 @@ def run_steps(run):
     """Optimizer steps from run.step to train.stop_at (or train.steps), with logging, evaluation and
     checkpoints on their schedules."""
     cfg, t, o = run.cfg, run.cfg.train, run.cfg.optim
-    model, optimizer = run.model, run.optimizer
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext()
+    model, optimizer, precision = run.model, run.optimizer, run.precision
     val = run.splits.get("val", [])
     val = val[:cfg.eval.limit] if cfg.eval.limit else val
     progress = Progress(t.steps, start_step=run.step, stream=run.stream)
     batches = _batches(run.loader)
     last = t.stop_at or t.steps
-    window = {"tokens": 0, "images": 0, "time": time.perf_counter()}
+    window = _Window()
     model.train()
     while run.step < last:
         micro = [next(batches) for _ in range(run.accum)]
-        total, = sum_over_ranks([sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)], run.world)
-        loss_sum, aux_sum = 0.0, None
-        for batch in micro:
-            with autocast:
+        total, = sum_over_ranks([sum(b["n_targets"] for b in micro)], run.world, run.device)
+        window.count(micro)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+        aux_sum = None
+        for batch in (to_device(b, run.device) for b in micro):
+            with precision.autocast():
                 loss, _, aux = model.batch_loss(batch)
             # ZeroAdamW averages the grads over ranks: scale by world so that the sum over ranks
             # is the global batch's token mean, the single-process objective.
             objective = loss * (run.world / max(total, 1))
             if aux is not None:  # a per-micro-batch mean: weigh it by its share of the global batch
                 objective = objective + aux / run.accum
-                aux_sum = (aux_sum or 0.0) + aux.item() / run.accum
-            objective.backward()
-            loss_sum += loss.item()
-            window["tokens"] += int(batch["attention_mask"].sum())
-            window["images"] += batch["images"].shape[0]
+                aux_sum = aux.detach().double() / run.accum + (0.0 if aux_sum is None else aux_sum)
+            precision.backward(objective)
+            loss_sum += loss.detach()
         for group, base in zip(optimizer.param_groups, run.base_lrs):
             group["lr"] = lr_at(run.step, t.steps, base, o, run.steps_per_epoch)
-        grad_norm, scale = optimizer.clip_scale(o.clip) if o.clip > 0 else (optimizer.grad_norm(), None)
-        optimizer.step(grad_scale=scale)
+        grad_norm = precision.step(optimizer, o.clip)
         optimizer.zero_grad()
         run.step += 1
         if t.log_every and (run.step % t.log_every == 0 or run.step == last):
             _log_step(run, progress, window, loss_sum, total, aux_sum, grad_norm)
-            window = {"tokens": 0, "images": 0, "time": time.perf_counter()}
         if val and t.eval_every and run.step % t.eval_every == 0 and run.step < t.steps:
             result = evaluate_run(run, val)
             run.log.write({"step": run.step, **eval_row(result)})
             print_eval(result, f"step {run.step}: held-out (val) accuracy", 2, run.stream)
-            window["time"] = time.perf_counter()
+            window.restart()
         if (t.ckpt_every and run.step % t.ckpt_every == 0) or run.step == last:
             checkpoint.save_checkpoint(run.run_dir, run.step, run.recipe, model, optimizer, to_dict(cfg),
-                                       {"data": run.loader.state_dict()}, rank=run.rank, world=run.world)
+                                       {"data": run.loader.state_dict(), **precision.state_dict()},
+                                       rank=run.rank, world=run.world, device=run.device)
+
+
+class _Window:
+    """Tokens, images and wall time since the last logged step (for throughput), counted on the
+    batches' CPU copies."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self):
+        self.tokens, self.images, self.steps, self.time = 0, 0, 0, time.perf_counter()
+
+    def count(self, micro):
+        self.tokens += sum(int(b["attention_mask"].sum()) for b in micro)
+        self.images += sum(b["images"].shape[0] for b in micro)
+        self.steps += 1
 
 
 def _log_step(run, progress, window, loss_sum, total, aux_sum, grad_norm):
     """One metrics.jsonl row and progress line: the step's token-mean loss over the global batch,
-    lr, grad norm, and throughput since the last logged step."""
-    elapsed = time.perf_counter() - window["time"]
-    loss_sum, tokens, images = sum_over_ranks([loss_sum, window["tokens"], window["images"]], run.world)
-    row = {"step": run.step, "loss": loss_sum / max(total, 1), "lr": run.optimizer.param_groups[0]["lr"],
-           "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed, "images_per_s": images / elapsed,
+    lr, grad norm, throughput and memory since the last logged step. The device values are read
+    back in one transfer."""
+    elapsed = time.perf_counter() - window.time
+    values = [loss_sum, grad_norm.to(loss_sum), aux_sum if aux_sum is not None else loss_sum.new_zeros(())]
+    loss, norm, aux = torch.stack([v.reshape(()).to(torch.float64) for v in values]).tolist()
+    loss, tokens, images, aux = sum_over_ranks([loss, window.tokens, window.images, aux], run.world, run.device)
+    row = {"step": run.step, "loss": loss / max(total, 1), "lr": run.optimizer.param_groups[0]["lr"],
+           "grad_norm": norm, "tokens_per_s": tokens / elapsed, "images_per_s": images / elapsed,
            "time": time.perf_counter() - run.started}
     if aux_sum is not None:  # the recipe's auxiliary term (EVE: alignment), mean over ranks
-        row["aux_loss"] = sum_over_ranks([aux_sum], run.world)[0] / run.world
+        row["aux_loss"] = aux / run.world
+    row.update(step_metrics(run.device, run.flops_per_token, tokens / elapsed, run.world, run.cfg.train.peak_tflops))
+    row.update(run.precision.metrics())
     row.update(run.loader.metrics())
     run.log.write(row)
     progress.update(run.step, row["loss"], row["lr"], row["tokens_per_s"], row["images_per_s"])
+    window.restart()

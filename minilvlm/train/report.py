@@ -15,8 +15,7 @@ def evaluate_run(run, records):
     """evaluate() of the run's model with the records split over the ranks; every rank gets the
     whole result."""
     cfg = run.cfg
-    kwargs = dict(batch=cfg.eval.batch, max_new_tokens=cfg.eval.max_new_tokens,
-                  autocast_dtype=torch.bfloat16 if cfg.train.bf16 else None)
+    kwargs = dict(batch=cfg.eval.batch, max_new_tokens=cfg.eval.max_new_tokens, precision=cfg.train.precision)
     images = run.recipe.image_config(cfg)
     if run.world == 1:
         return evaluate(run.model, records, run.tokenizer, cfg.data.template, images, **kwargs)

@@ -25,12 +25,14 @@ from minilvlm.recipes.run_data import load_records, load_tokenizer
 from minilvlm.recipes.run_folder import latest
 from minilvlm.train import checkpoint, vision_pretrain
 from minilvlm.train.logging import MetricsLog
+from minilvlm.train.precision import StepPrecision
 
 
 @dataclass
 class Run:
     cfg: RunConfig
     recipe: Recipe
+    device: torch.device          # where the model, its batches and the optimizer state live
     rank: int
     world: int
     run_dir: Path
@@ -43,6 +45,8 @@ class Run:
     loader: ResumableLoader
     log: MetricsLog
     base_lrs: list                # each param group's peak lr (group["lr"] follows the schedule)
+    precision: StepPrecision      # autocast and fp16 loss scaling (train.precision)
+    flops_per_token: float        # for MFU: 6 x parameters (PaLM's convention, attention left out)
     step: int = 0                 # optimizer steps done
     resumed_from: Path = None
     summary: dict = field(default_factory=dict)   # what the final report adds to summary.json
@@ -97,12 +101,14 @@ def _pretrain_tower(recipe, model, splits, cfg, world, stream):
     return result
 
 
-def _loader(cfg, recipe, model, records, tokenizer, rank, world):
+def _loader(cfg, recipe, model, records, tokenizer, rank, world, device):
     dataset = SFTDataset(records, tokenizer, chat_template(cfg.data.template), model.config.image_tokens,
                          cfg.data.max_len, image=recipe.image_config(cfg))
     sampler = ResumableBatchSampler(dataset.lengths, cfg.train.micro_batch, rank=rank, world_size=world,
                                     seed=cfg.train.seed)
-    return ResumableLoader(dataset, sampler, tokenizer.pad_id, num_workers=cfg.data.num_workers)
+    # Batches from worker processes land in pinned memory, so their copy to a GPU can overlap.
+    pin = device.type == "cuda" and cfg.data.num_workers > 0
+    return ResumableLoader(dataset, sampler, tokenizer.pad_id, num_workers=cfg.data.num_workers, pin_memory=pin)
 
 
 def _optimizer(cfg, model, world):
@@ -111,8 +117,10 @@ def _optimizer(cfg, model, world):
                                                     betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 
-def setup_run(cfg, rank, world, run_dir=None, resume=False, stream=None):
-    """Everything a run needs before its first step (or the first step after a resume)."""
+def setup_run(cfg, device, rank, world, run_dir=None, resume=False, stream=None):
+    """Everything a run needs before its first step (or the first step after a resume). The model
+    is built on the CPU (its from-scratch init draws from the CPU generator, so a run starts from
+    the same weights on every device) with its pretrained weights, then moved to `device`."""
     stream = (stream or sys.stderr) if rank == 0 else open(os.devnull, "w")
     run_dir = Path(run_dir or cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +128,7 @@ def setup_run(cfg, rank, world, run_dir=None, resume=False, stream=None):
     started = time.perf_counter()
     recipe = recipes.of(cfg)
     splits, tokenizer = _data(cfg, rank, world, run_dir)
-    model = recipe.build_model(cfg, tokenizer)
+    model = recipe.build_model(cfg, tokenizer).to(device)
     resume_from = latest(run_dir) if resume else None
     if resume and resume_from is None:
         raise FileNotFoundError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")
@@ -130,20 +138,24 @@ def setup_run(cfg, rank, world, run_dir=None, resume=False, stream=None):
         if tower is not None:
             summary["vision_pretrain"] = tower
     recipe.set_stage(model, cfg)
-    loader = _loader(cfg, recipe, model, splits["train"], tokenizer, rank, world)
+    loader = _loader(cfg, recipe, model, splits["train"], tokenizer, rank, world, device)
     optimizer = _optimizer(cfg, model, world)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    step = 0
+    step, scaler_state = 0, None
     if resume_from is not None:
-        state = checkpoint.load_checkpoint(resume_from, recipe, model, optimizer, rank=rank, world=world)
+        state, notes = checkpoint.load_checkpoint(resume_from, recipe, model, optimizer, rank, world, device)
         loader.load_state_dict(state["data"])
-        step = state["step"]
+        step, scaler_state = state["step"], state.get("loss_scaler")
         print(f"resumed from {resume_from} at step {step}", file=stream)
+        for note in notes:
+            print(f"note: {note}", file=stream)
     if rank == 0:
         atomic_write_json(to_dict(cfg), run_dir / "config.json")
     log = MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None, resume_step=step if resume_from else None)
-    run = Run(cfg, recipe, rank, world, run_dir, stream, started, splits, tokenizer, model, optimizer, loader, log,
-              base_lrs, step, resume_from, summary)
+    flops_per_token = 6.0 * sum(p.numel() for p in model.parameters())
+    run = Run(cfg, recipe, device, rank, world, run_dir, stream, started, splits, tokenizer, model, optimizer, loader,
+              log, base_lrs, StepPrecision(cfg.train.precision, device, scaler_state), flops_per_token, step,
+              resume_from, summary)
     _print_banner(run)
     return run
 

@@ -93,8 +93,11 @@ class _Images:
 
 
 def _logits(model, head, images, allowed):
-    """The head over the mean of the features the projector will read (LLaVA.tower_features)."""
-    return head(model.tower_features(images).mean(1)).masked_fill(~allowed, float("-inf"))
+    """The head over the mean of the features the projector will read (LLaVA.tower_features), on
+    the head's device."""
+    device = head.weight.device
+    features = model.tower_features(images.to(device, non_blocking=True))
+    return head(features.mean(1)).masked_fill(~allowed.to(device), float("-inf"))
 
 
 def _accuracy(model, head, labels, images, batch=256):
@@ -131,13 +134,16 @@ def pretrain_vision(model, train_records, val_records, cfg, image_config, stream
     with torch.no_grad():   # torch's own Linear init: a 0.02-normal head starves the tower of gradient (shape 79% vs 91%)
         head.weight.uniform_(-bound, bound, generator=generator)
         head.bias.uniform_(-bound, bound, generator=generator)
+    device = model.vision.patch_weight.device
+    head = head.to(device)
+    targets = labels.targets.to(device)
     params = list(model.vision.parameters()) + list(head.parameters())
     lr = cfg.optim.vision_lr if cfg.optim.vision_lr is not None else cfg.optim.lr
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     print(f"pretraining the vision tower: {steps} steps of {batch} on {len(labels)} labelled images "
           f"({len(labels.classes)} answers over {len(set(labels.tasks))} tasks; {labels.skipped} records "
           f"without an image answer skipped)", file=stream)
-    started, loss_value = time.perf_counter(), float("nan")
+    started, last_loss = time.perf_counter(), torch.tensor(float("nan"))
     was_training = model.vision.training
     model.vision.train()
     for step in range(1, steps + 1):
@@ -145,16 +151,16 @@ def pretrain_vision(model, train_records, val_records, cfg, image_config, stream
         pics, good = images.batch(picks)
         if not good:
             continue
-        loss = F.cross_entropy(_logits(model, head, pics, labels.allowed[good]), labels.targets[good])
+        loss = F.cross_entropy(_logits(model, head, pics, labels.allowed[good]), targets[good])
         for group in optimizer.param_groups:   # cosine to zero: the tower ends settled, not mid-stride
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip if cfg.optim.clip > 0 else float("inf"))
         optimizer.step()
-        loss_value = loss.item()
+        last_loss = loss.detach()   # read back only when printed: no wait on the device per step
         if step % max(steps // 5, 1) == 0 or step == steps:
-            print(f"  vision pretraining step {step}/{steps}: loss {loss_value:.4f} "
+            print(f"  vision pretraining step {step}/{steps}: loss {last_loss.item():.4f} "
                   f"({time.perf_counter() - started:.0f} s)", file=stream)
     model.vision.train(was_training)
     val = AnswerLabels(val_records, labels.classes)
@@ -162,7 +168,7 @@ def pretrain_vision(model, train_records, val_records, cfg, image_config, stream
     accuracy = _accuracy(model, head, val, val_images) if len(val) else {}
     bad = len(images.bad) + len(val_images.bad)
     summary = {"steps": steps, "labelled": len(labels), "skipped": labels.skipped, "unreadable_images": bad,
-               "loss": loss_value, "val_accuracy": accuracy, "time_s": time.perf_counter() - started}
+               "loss": float(last_loss), "val_accuracy": accuracy, "time_s": time.perf_counter() - started}
     if accuracy:
         print("  tower probe on val: " + " ".join(f"{k} {100 * v:.0f}%" for k, v in accuracy.items()), file=stream)
     if bad:

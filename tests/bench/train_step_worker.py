@@ -3,7 +3,7 @@ MINILVLM_BACKEND applies from import). Prints one JSON line. Used by test_train_
 
     python -m tests.bench.train_step_worker minilvlm|transformers|mma|mma-free-adapters fp32|bf16 STEPS [DROPOUT]
 
-minilvlm and mma run the trainer's own step (`model.batch_loss`, bf16 autocast as train.bf16 sets
+minilvlm and mma run the trainer's own step (`model.batch_loss`, bf16 autocast as train.precision = "bf16-autocast" sets
 it, FusedAdamW); transformers runs LlavaForConditionalGeneration with torch.optim.AdamW(fused=True).
 """
 import contextlib

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from minilvlm.models.decoder import Decoder, DecoderConfig
 from minilvlm.models.layers import causal_mask
-from minilvlm.models.loss import head_cross_entropy
+from minilvlm.models.loss import head_cross_entropy, shifted_targets
 
 
 def plain_loss(hidden, labels, weight, bias):
@@ -110,16 +110,16 @@ def test_decoder_loss_equals_cross_entropy_of_its_logits(tied):
 
 # ---- the causal-only attention path for right-padded batches ------------------------------------
 
-def test_right_padded_unpacked_batches_skip_the_mask():
-    real = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
-    assert causal_mask(real, 4, 4, "cpu") is None
-    assert causal_mask(real, 4, 4, "cpu", segment_ids=real) is None
+def test_plain_causal_only_without_a_mask_and_never_by_reading_the_data():
     assert causal_mask(None, 4, 4, "cpu") is None
-    # Left padding, packed rows, a mask that disagrees with the segments, or a cache: a real mask.
-    assert causal_mask(torch.tensor([[0, 1, 1, 1]]), 4, 4, "cpu") is not None
-    assert causal_mask(None, 4, 4, "cpu", segment_ids=torch.tensor([[1, 1, 2, 0]])) is not None
-    assert causal_mask(torch.tensor([[1, 1, 1, 0]]), 4, 4, "cpu", segment_ids=torch.tensor([[1, 1, 0, 0]])) is not None
+    # A mask or segments always give a mask: whether a batch is right-padded is the caller's fact
+    # (the collator's `packed`), not something the decoder reads back from the device.
+    real = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    assert causal_mask(real, 4, 4, "cpu") is not None
+    assert causal_mask(None, 4, 4, "cpu", segment_ids=real) is not None
     assert causal_mask(torch.tensor([[1, 1, 1, 1]]), 1, 4, "cpu") is not None
+    meta = torch.ones(2, 4, dtype=torch.long, device="meta")   # holds no values: nothing may be read
+    assert causal_mask(meta, 4, 4, "meta").shape == (2, 1, 4, 4)
 
 
 def test_right_padded_logits_equal_the_masked_ones():
@@ -129,10 +129,20 @@ def test_right_padded_logits_equal_the_masked_ones():
     real = torch.ones(3, 9, dtype=torch.long)
     real[0, 6:] = 0
     real[2, 3:] = 0
-    fast = lm(ids, real)
+    fast = lm(ids)
     explicit = lm(ids, _full_mask(real))
     keep = real.bool()
     torch.testing.assert_close(fast[keep], explicit[keep], rtol=1e-5, atol=1e-6)
+
+
+def test_the_static_size_target_selection_equals_the_boolean_one():
+    labels = torch.tensor([[5, -100, 7, 8, -100], [-100, 3, -100, -100, 9]])
+    index, targets = shifted_targets(labels)
+    count = int((labels[:, 1:] != -100).sum())
+    static_index, static_targets = shifted_targets(labels, count)
+    assert torch.equal(index, static_index) and torch.equal(targets, static_targets)
+    meta_index, _ = shifted_targets(labels.to("meta"), count)
+    assert meta_index.shape == (count,)
 
 
 def _full_mask(real):

@@ -17,7 +17,7 @@ def gloo_threads():
     names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
     return sum(n.startswith(("pt_gloo", "gloo")) for n in names)
 
-init_distributed(backend="gloo")
+init_distributed("cpu")
 params = [torch.nn.Parameter(torch.ones(5))]
 opt = torch.optim.AdamW(params)  # imports torch._dynamo lazily
 torch.distributed.all_reduce(params[0].data)

@@ -72,10 +72,30 @@ def test_command_line_errors(capsys, tmp_path):
 
 def test_bf16_autocast_and_accumulation_run(tmp_path):
     run = tmp_path / "bf16"
-    overrides = TINY + [f"train.run_dir={json.dumps(str(run))}", "train.bf16=true", "train.steps=2",
+    overrides = TINY + [f"train.run_dir={json.dumps(str(run))}", "train.precision=bf16-autocast", "train.steps=2",
                         "train.micro_batch=2", "train.eval_every=0", "optim.schedule=warm_restarts",
                         "optim.restart_steps=1", "train.deterministic=false"]
     summary = train(load_config(None, overrides))
     assert summary["step"] == 2
     rows = losses(run)
     assert len(rows) == 2 and all(loss == loss and loss > 0 for _, loss in rows)   # finite, not NaN
+
+
+def test_metrics_report_memory_and_a_checkpoint_from_a_gpu_resumes_on_the_cpu_with_a_note(tmp_path, capsys):
+    """A GPU run's checkpoint holds the CUDA generator's state beside the CPU's; resumed on the
+    CPU, the run goes on and says that state does not carry over (nothing dropped silently)."""
+    from safetensors.torch import load_file, save_file
+    run = tmp_path / "run"
+    train(load_config(None, TINY + [f"train.run_dir={json.dumps(str(run))}", "train.stop_at=3",
+                                    "train.device=cpu"]))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["mem/peak_rss_gb"] > 0.1 and "mfu" not in r for r in rows if "loss" in r)
+    optim_file = latest(run) / "optim.safetensors"
+    tensors = load_file(optim_file)
+    assert "rng.torch" in tensors and "rng.cuda" not in tensors   # a CPU run has no CUDA state
+    tensors["rng.cuda"] = torch.zeros(16, dtype=torch.uint8)     # as a GPU run's checkpoint holds
+    save_file(tensors, optim_file)
+    capsys.readouterr()
+    assert tool_main()(["--resume", str(run), "train.stop_at=0", "train.device=cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the checkpoint's CUDA generator state (a GPU run) has no use on cpu" in err

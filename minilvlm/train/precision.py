@@ -1,0 +1,48 @@
+"""train.precision in the step: the autocast context, and for fp16 the dynamic loss scale around
+backward and the optimizer step.
+
+fp16-autocast: the objective is multiplied by the loss scale before backward; the optimizer step
+unscales inside its fused kernel (grad_scale = clip factor / loss scale) and is skipped there when
+the grads hold an inf or NaN (found_inf, from the grad-norm reduction the step computes anyway), and
+the scale halves; after `growth_interval` good steps it doubles. The step reads found_inf back once
+(minilvlm.optim.LossScaler), as torch's GradScaler does; nothing syncs per parameter."""
+import torch
+
+from minilvlm.device import autocast
+from minilvlm.optim import LossScaler
+
+
+class StepPrecision:
+    def __init__(self, precision, device, scaler_state=None):
+        self.precision, self.device = precision, device
+        self.scaler = LossScaler(device=device) if precision == "fp16-autocast" else None
+        if self.scaler is not None and scaler_state:
+            self.scaler.load_state_dict(scaler_state)
+
+    def autocast(self):
+        return autocast(self.device, self.precision)
+
+    def backward(self, objective):
+        (objective if self.scaler is None else self.scaler.scale(objective)).backward()
+
+    def step(self, optimizer, clip):
+        """Clip, unscale and step; returns the (unscaled) global grad norm as a device tensor."""
+        if self.scaler is None:
+            norm, scale = optimizer.clip_scale(clip) if clip > 0 else (optimizer.grad_norm(), None)
+            optimizer.step(grad_scale=scale)
+            return norm
+        inverse = self.scaler.inverse()
+        scaled_norm = optimizer.grad_norm()
+        norm = scaled_norm * inverse
+        scale = inverse if clip <= 0 else torch.clamp(clip / (norm + 1e-6), max=1.0) * inverse
+        found_inf = self.scaler.found_inf(scaled_norm)
+        optimizer.step(grad_scale=scale, found_inf=found_inf)
+        self.scaler.update(found_inf)
+        return norm
+
+    def state_dict(self):
+        """What a checkpoint keeps of it (the loss scale and its counters), as state.json entries."""
+        return {} if self.scaler is None else {"loss_scaler": self.scaler.state_dict()}
+
+    def metrics(self):
+        return {} if self.scaler is None else {f"loss_scaler/{k}": v for k, v in self.scaler.metrics().items()}
