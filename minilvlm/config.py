@@ -19,6 +19,9 @@ from minilvlm.models.decoder import DecoderConfig
 from minilvlm.models.vision import VisionConfig
 
 
+SHARDINGS = ("zero1", "fsdp")
+
+
 class ConfigError(ValueError):
     """A run config (file, override or value) that cannot be used, with what to do about it."""
 
@@ -133,6 +136,9 @@ class TrainSection:
     precision: str = "fp32"            # "fp32" | "bf16-autocast" | "fp16-autocast" (dynamic loss scaling)
     bf16: bool = False                 # deprecated: true means precision = "bf16-autocast"
     peak_tflops: float = 0.0           # the device's peak for MFU in metrics.jsonl; 0: from a table of GPUs
+    sharding: str = "zero1"            # several processes: "zero1" (ZeroAdamW) | "fsdp" (FSDP2, ZeRO-3)
+    reshard_after_forward: bool = True # fsdp: free the gathered weights after forward (ZeRO-3); false: ZeRO-2
+    activation_checkpointing: bool = False   # recompute each decoder block in backward
     deterministic: bool = False        # torch.use_deterministic_algorithms, for bitwise resume
     threads: int = 0                   # torch intra-op threads; 0 keeps torch's default
     log_every: int = 10
@@ -319,6 +325,7 @@ def _check_device_and_precision(t, require):
     require(t.precision in PRECISIONS,
             f"train.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     require(t.peak_tflops >= 0, f"train.peak_tflops must be >= 0 (0: from the table of known GPUs), got {t.peak_tflops}")
+    require(t.sharding in SHARDINGS, f"train.sharding: expected one of {', '.join(SHARDINGS)}, got {t.sharding!r}")
 
 
 def to_dict(config):

@@ -41,7 +41,12 @@ def read_member(path):
     state = json.loads((folder / "state.json").read_text())
     if "config" not in state:
         raise SoupError(f"{folder / 'state.json'} has no 'config' entry (not written by the trainer or soup)")
-    return Member(folder, run_dir, state, load_file(folder / "model.safetensors"))
+    if (folder / "model.safetensors").is_file():
+        return Member(folder, run_dir, state, load_file(folder / "model.safetensors"))
+    # An FSDP run's sharded checkpoint: gathered into a model built from its config.
+    loaded = load_model(folder, device="cpu")
+    tensors = {k: v.detach().clone() for k, v in loaded.recipe.checkpoint_state(loaded.model).items()}
+    return Member(folder, run_dir, state, tensors)
 
 
 def trained_parts(config):

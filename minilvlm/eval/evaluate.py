@@ -17,27 +17,33 @@ def _prompt(record, tokenizer, template, image_tokens):
 
 
 @torch.no_grad()
-def evaluate(model, records, tokenizer, template, images, *, batch=64, max_new_tokens=8, precision="fp32"):
+def evaluate(model, records, tokenizer, template, images, *, batch=64, max_new_tokens=8, precision="fp32",
+             batches=None):
     """{'accuracy': {question_type: acc}, 'count': {...}, 'answers': [(record, text, correct)]}.
     `images` is the run's minilvlm.data.images.ImageConfig; the model runs on its own device under
     the run's precision. Records need `meta['question_type']` and `meta['answer']` (the demo set
-    has them)."""
+    has them). `batches`: run exactly that many generation batches, of max_new_tokens steps each
+    (the ranks of an FSDP model must make the same forward passes); batches past the records
+    generate from a one-token prompt and are thrown away."""
     was_training = model.training
     model.eval()
     stops = stop_tokens(template, tokenizer)
     device = model.lm.embed.weight.device
+    lockstep = batches is not None
+    batches = batches if lockstep else -(-len(records) // batch)
     answers = []
-    for start in range(0, len(records), batch):
-        chunk = records[start:start + batch]
-        prompts = [_prompt(r, tokenizer, template, model.config.image_tokens) for r in chunk]
+    for index in range(batches):
+        chunk = records[index * batch:(index + 1) * batch]
+        prompts = [_prompt(r, tokenizer, template, model.config.image_tokens) for r in chunk] or [[tokenizer.pad_id]]
         pictures = images.load_batch([p for r in chunk for p in r.images]).to(device)
         ids, mask = (t.to(device) for t in left_pad(prompts, tokenizer.pad_id))
         with autocast(device, precision):
             embeds, mask = model.generation_inputs(ids, pictures, mask)
             new = generate(model.lm, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                           stop_ids=stops, pad_id=tokenizer.pad_id)
+                           stop_ids=stops, pad_id=tokenizer.pad_id, stop_early=not lockstep)
         for record, row in zip(chunk, new.tolist()):
             text = tokenizer.decode(row)
             answers.append((record, text, is_correct(record, text)))
     model.train(was_training)
     return summarize(answers)
+

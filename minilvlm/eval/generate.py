@@ -39,12 +39,15 @@ def next_token(logits, temperature=0.0, top_p=1.0, generator=None):
 
 @torch.no_grad()
 def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, max_new_tokens=32,
-             temperature=0.0, top_p=1.0, stop_ids=(), pad_id=0, use_cache=True, generator=None, on_token=None):
+             temperature=0.0, top_p=1.0, stop_ids=(), pad_id=0, use_cache=True, generator=None, on_token=None,
+             stop_early=True):
     """New tokens [B, max_new_tokens or fewer] after left-padded prompts (input_ids, or inputs_embeds
     [B, T, D] for prompts that hold image features) with attention_mask [B, T] (1 = real token).
     A row that emits a stop id keeps it and is padded with pad_id after it; decoding ends when every
     row has stopped. Positions count real tokens only, so padding does not shift a row.
-    on_token(tokens [B]) is called with each step's tokens as soon as they are chosen (streaming)."""
+    on_token(tokens [B]) is called with each step's tokens as soon as they are chosen (streaming).
+    stop_early=False runs all max_new_tokens steps (ranks of a sharded model must run the same
+    forward passes, and checking whether every row stopped reads a value back from the device)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     embeds = model.embed(input_ids) if inputs_embeds is None else inputs_embeds
@@ -63,7 +66,7 @@ def generate(model, input_ids=None, attention_mask=None, *, inputs_embeds=None, 
         if on_token is not None:
             on_token(token)
         finished |= torch.isin(token, stop)
-        if finished.all():
+        if stop_early and finished.all():
             break
         new_embed = model.embed(token[:, None])
         new_position = positions[:, -1:] + 1

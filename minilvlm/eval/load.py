@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from minilvlm import recipes
 from minilvlm.config import RunConfig
@@ -14,7 +13,7 @@ from minilvlm.data.images import ImageConfig
 from minilvlm.data.tokenizer import Tokenizer
 from minilvlm.device import DeviceError, local_rank, resolve_device
 from minilvlm.recipes.base import Recipe
-from minilvlm.recipes.run_folder import latest, read_state
+from minilvlm.recipes.run_folder import has_model, latest, read_model_tensors, read_state
 
 
 class LoadError(ValueError):
@@ -46,7 +45,7 @@ def resolve_checkpoint(path):
     path = Path(path)
     if not path.is_dir():
         raise LoadError(f"{path}: no such folder; pass a run folder (with checkpoints/) or a checkpoint folder")
-    if (path / "state.json").is_file() and (path / "model.safetensors").is_file():
+    if (path / "state.json").is_file() and has_model(path):
         # checkpoints/step_N/ belongs to the run two levels up; a soup folder is its own run folder
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
         return path, run_dir
@@ -54,8 +53,8 @@ def resolve_checkpoint(path):
     if found is None:
         raise LoadError(f"{path}: neither a checkpoint folder (model.safetensors + state.json) nor a run "
                         f"folder with a complete checkpoint under {path / 'checkpoints'}")
-    if not (found / "model.safetensors").is_file():
-        raise LoadError(f"{found}: state.json without model.safetensors (a partial copy?)")
+    if not has_model(found):
+        raise LoadError(f"{found}: state.json without model.safetensors or dcp/ (a partial copy?)")
     return found, path
 
 
@@ -98,6 +97,6 @@ def load_model(path, threads=0, device="auto"):
     tokenizer = find_tokenizer(cfg, folder, run_dir)
     model = recipe.build_model(cfg, tokenizer)
     loaded = LoadedModel(cfg, recipe, model, tokenizer, folder, run_dir, state)
-    load_weights(loaded, load_file(folder / "model.safetensors"), folder / "model.safetensors")
+    load_weights(loaded, read_model_tensors(folder, recipe.checkpoint_state(model)), folder / "model.safetensors")
     model.to(device).eval()
     return loaded

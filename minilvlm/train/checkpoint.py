@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from minilvlm.io import atomic_save_safetensors, atomic_write_json
 from minilvlm.optim import consolidate, load_sharded, save_sharded
 from minilvlm.recipes.run_folder import checkpoint_dir, read_state
+from minilvlm.train import dcp
 
 
 def _optim_tensors(optimizer):
@@ -85,9 +86,12 @@ def save_checkpoint(run_dir, step, recipe, model, optimizer, config_dict, extra,
         atomic_write_json({"step": step, "config": config_dict, "optim": optim_meta, "rng": _rng_state(),
                            **extra}, folder / "state.json")
         return folder
-    if rank == 0:
-        atomic_save_safetensors(recipe.checkpoint_state(model), folder / "model.safetensors")
-    save_sharded(optimizer, folder / "optim")  # ends with a barrier
+    if dcp.uses_dcp(optimizer):   # FSDP: model and optimizer shards through torch.distributed.checkpoint
+        dcp.save(folder, recipe, model, optimizer)
+    else:
+        if rank == 0:
+            atomic_save_safetensors(recipe.checkpoint_state(model), folder / "model.safetensors")
+        save_sharded(optimizer, folder / "optim")  # ends with a barrier
     atomic_save_safetensors(_generator_tensors(device), folder / f"rank_{rank}.safetensors")
     atomic_write_json(_rng_state(), folder / f"rank_{rank}.json")
     torch.distributed.barrier()
@@ -96,6 +100,15 @@ def save_checkpoint(run_dir, step, recipe, model, optimizer, config_dict, extra,
                           folder / "state.json")
     torch.distributed.barrier()  # nobody goes on (or dies) believing a checkpoint is complete before it is
     return folder
+
+
+def _restore_rank_generators(folder, state, rank, world, device):
+    """A sharded checkpoint's RNG states of this rank, when it was written at this world size."""
+    if state.get("world_size") == world and (folder / f"rank_{rank}.json").is_file():
+        _set_rng_state(json.loads((folder / f"rank_{rank}.json").read_text()))
+        return _set_generators(load_file(folder / f"rank_{rank}.safetensors"), device)
+    return [f"the checkpoint was written at {state.get('world_size')} rank(s): the generators of this run at "
+            f"{world} start from the seed"]
 
 
 def _jsonable(value):
@@ -115,17 +128,16 @@ def load_checkpoint(folder, recipe, model, optimizer, rank=0, world=1, device=No
     folder = Path(folder)
     device = device or torch.device("cpu")
     state = read_state(folder)
+    if dcp.is_dcp(folder):
+        dcp.load_into(folder, recipe, model, optimizer)
+        return state, _restore_rank_generators(folder, state, rank, world, device)
     recipe.load_checkpoint_state(model, load_file(folder / "model.safetensors"), folder / "model.safetensors")
     if (folder / "optim").is_dir():
         if world > 1:
             load_sharded(optimizer, folder / "optim")
         else:
             optimizer.load_state_dict(consolidate(folder / "optim"))
-        if state.get("world_size") == world and (folder / f"rank_{rank}.json").is_file():
-            _set_rng_state(json.loads((folder / f"rank_{rank}.json").read_text()))
-            return state, _set_generators(load_file(folder / f"rank_{rank}.safetensors"), device)
-        return state, [f"the checkpoint was written at {state.get('world_size')} ranks: the generators of this "
-                       f"run at {world} start from the seed"]
+        return state, _restore_rank_generators(folder, state, rank, world, device)
     if world > 1:
         raise RuntimeError(f"{folder} was written by a single-process run; resuming it under torchrun "
                            f"needs a sharded optimizer state. Resume it in one process.")

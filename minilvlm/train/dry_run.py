@@ -126,13 +126,16 @@ def _report(cfg, model, optimizer, nproc, activations, checkpointed, vocab_sourc
     trained = [p for p in params if p.requires_grad]
     state = sum(v.nbytes for entry in optimizer.state_dict()["state"].values() for k, v in entry.items()
                 if k != "step" and isinstance(v, torch.Tensor))
+    sharding = cfg.train.sharding if nproc > 1 else "none"
+    # ZeRO-1 splits the optimizer state over the ranks; FSDP the weights and grads as well.
+    split = nproc if sharding == "fsdp" else 1
     return {"recipe": cfg.model.recipe, "stage": cfg.train.stage, "vocab": vocab_source,
             "parameters": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in trained),
             "batch": {"rows": batch["input_ids"].shape[0], "tokens": batch["input_ids"].shape[1],
                       "images": batch["images"].shape[0]},
-            "nproc": nproc, "sharding": "zero1" if nproc > 1 else "none",
-            "bytes_per_rank": {"weights": sum(p.nbytes for p in params) + sum(b.nbytes for b in model.buffers()),
-                               "grads": sum(p.nbytes for p in trained),
+            "nproc": nproc, "sharding": sharding,
+            "bytes_per_rank": {"weights": (sum(p.nbytes for p in params) + sum(b.nbytes for b in model.buffers())) // split,
+                               "grads": sum(p.nbytes for p in trained) // split,
                                "optimizer_state": state // nproc,
                                "activations": activations, "activations_checkpointed": checkpointed}}
 

@@ -13,14 +13,16 @@ from minilvlm.optim import LossScaler
 
 
 class StepPrecision:
-    def __init__(self, precision, device, scaler_state=None):
-        self.precision, self.device = precision, device
+    """autocast=False when FSDP's mixed-precision policy already computes in the half type."""
+
+    def __init__(self, precision, device, scaler_state=None, autocast=True):
+        self.precision, self.device, self.use_autocast = precision, device, autocast
         self.scaler = LossScaler(device=device) if precision == "fp16-autocast" else None
         if self.scaler is not None and scaler_state:
             self.scaler.load_state_dict(scaler_state)
 
     def autocast(self):
-        return autocast(self.device, self.precision)
+        return autocast(self.device, self.precision if self.use_autocast else "fp32")
 
     def backward(self, objective):
         (objective if self.scaler is None else self.scaler.scale(objective)).backward()

@@ -3,6 +3,7 @@ the ranks under torchrun), samples.tsv, summary.json and the metrics plot."""
 import time
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 from minilvlm.eval.evaluate import evaluate
 from minilvlm.eval.report import print_eval
@@ -13,14 +14,22 @@ from minilvlm.train.logging import plot_metrics
 
 def evaluate_run(run, records):
     """evaluate() of the run's model with the records split over the ranks; every rank gets the
-    whole result."""
+    whole result. An FSDP model runs every rank through the same generation steps (its blocks
+    gather their weights collectively), with the root's own weights gathered for the duration."""
     cfg = run.cfg
     kwargs = dict(batch=cfg.eval.batch, max_new_tokens=cfg.eval.max_new_tokens, precision=cfg.train.precision)
     images = run.recipe.image_config(cfg)
     if run.world == 1:
         return evaluate(run.model, records, run.tokenizer, cfg.data.template, images, **kwargs)
-    mine = evaluate(run.model, records[run.rank::run.world], run.tokenizer, cfg.data.template, images,
-                    **kwargs)["answers"]
+    if isinstance(run.model, FSDPModule):
+        kwargs["batches"] = -(-len(records[0::run.world]) // cfg.eval.batch)   # rank 0 has the most
+        run.model.unshard()
+    try:
+        mine = evaluate(run.model, records[run.rank::run.world], run.tokenizer, cfg.data.template, images,
+                        **kwargs)["answers"]
+    finally:
+        if isinstance(run.model, FSDPModule):
+            run.model.reshard()
     gathered = [None] * run.world
     torch.distributed.all_gather_object(gathered, mine)
     answers = [None] * len(records)

@@ -19,13 +19,13 @@ from minilvlm.data.loader import ResumableLoader
 from minilvlm.data.sampler import ResumableBatchSampler
 from minilvlm.data.templates import chat_template
 from minilvlm.io import atomic_write_json
-from minilvlm.optim import FusedAdamW, ZeroAdamW
 from minilvlm.recipes.base import Recipe
 from minilvlm.recipes.run_data import load_records, load_tokenizer
 from minilvlm.recipes.run_folder import latest
 from minilvlm.train import checkpoint, vision_pretrain
 from minilvlm.train.logging import MetricsLog
 from minilvlm.train.precision import StepPrecision
+from minilvlm.train.sharding import make_optimizer, shard_model, uses_fsdp
 
 
 @dataclass
@@ -111,12 +111,6 @@ def _loader(cfg, recipe, model, records, tokenizer, rank, world, device):
     return ResumableLoader(dataset, sampler, tokenizer.pad_id, num_workers=cfg.data.num_workers, pin_memory=pin)
 
 
-def _optimizer(cfg, model, world):
-    o = cfg.optim
-    return (ZeroAdamW if world > 1 else FusedAdamW)(model.param_groups(o.lr, o.projector_lr, o.vision_lr), lr=o.lr,
-                                                    betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-
-
 def setup_run(cfg, device, rank, world, run_dir=None, resume=False, stream=None):
     """Everything a run needs before its first step (or the first step after a resume). The model
     is built on the CPU (its from-scratch init draws from the CPU generator, so a run starts from
@@ -138,8 +132,12 @@ def setup_run(cfg, device, rank, world, run_dir=None, resume=False, stream=None)
         if tower is not None:
             summary["vision_pretrain"] = tower
     recipe.set_stage(model, cfg)
+    model.lm.activation_checkpointing = cfg.train.activation_checkpointing
+    fsdp = uses_fsdp(cfg, world)
+    if fsdp:
+        shard_model(model, cfg)
     loader = _loader(cfg, recipe, model, splits["train"], tokenizer, rank, world, device)
-    optimizer = _optimizer(cfg, model, world)
+    optimizer = make_optimizer(cfg, model, world)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     step, scaler_state = 0, None
     if resume_from is not None:
@@ -154,7 +152,8 @@ def setup_run(cfg, device, rank, world, run_dir=None, resume=False, stream=None)
     log = MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None, resume_step=step if resume_from else None)
     flops_per_token = 6.0 * sum(p.numel() for p in model.parameters())
     run = Run(cfg, recipe, device, rank, world, run_dir, stream, started, splits, tokenizer, model, optimizer, loader,
-              log, base_lrs, StepPrecision(cfg.train.precision, device, scaler_state), flops_per_token, step,
+              log, base_lrs, StepPrecision(cfg.train.precision, device, scaler_state, autocast=not fsdp),
+              flops_per_token, step,
               resume_from, summary)
     _print_banner(run)
     return run

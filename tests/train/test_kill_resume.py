@@ -81,11 +81,11 @@ def descendants(pid):
     return found
 
 
-def kill_at_random_step(run_dir, world, steps, seed):
+def kill_at_random_step(run_dir, world, steps, seed, extra=()):
     """Start a run, SIGKILL it and every rank once it has logged a random step in 3..steps/2 (the kill
     lands a step or two later on a fast machine: what counts is that the run did not finish)."""
     target = random.Random(seed).randint(3, steps // 2)
-    proc = launch(run_dir, world, [f"train.steps={steps}"])
+    proc = launch(run_dir, world, [f"train.steps={steps}", *extra])
     deadline = time.monotonic() + 240
     while logged_step(run_dir) < target:
         assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()[-3000:]
