@@ -6,7 +6,8 @@ minilvlm._emu  the CUDA kernels compiled with g++ against the SIMT emulator (tes
 Knobs (environment variables):
   MINILVLM_CUDA=0|1      force the CUDA kernels off / on (default: auto)
   MINILVLM_EMU=0|1       force the emulator module off / on (default: when CUDA headers exist)
-  TORCH_CUDA_ARCH_LIST   default "8.0;9.0"
+  TORCH_CUDA_ARCH_LIST   default "8.0;9.0;10.0;12.0+PTX" (csrc/build_support.py), less what the
+                         installed nvcc cannot build; an explicit list is used as given
   MAX_JOBS               parallel compile jobs (ninja)
   DEBUG=1                -O0 -g
 The CUDA decision reads nvcc and torch.version.cuda, never torch.cuda.is_available():
@@ -22,13 +23,14 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).resolve().parent
 _build_support = runpy.run_path(str(ROOT / "csrc" / "build_support.py"))
 find_cuda_home, read_sources = _build_support["find_cuda_home"], _build_support["read_sources"]
+# Generated headers (the CUDA arch list of csrc/registration.cpp) live with the build, not in csrc/.
+GENERATED = ROOT / "build" / "generated"
 
 CUDA_HOME = find_cuda_home()
 if CUDA_HOME:
     # torch.utils.cpp_extension resolves CUDA_HOME when it is imported, and takes
     # dirname(dirname(nvcc)), which is wrong when nvcc on PATH is a wrapper script.
     os.environ["CUDA_HOME"] = CUDA_HOME
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
@@ -54,6 +56,24 @@ def want_cuda():
     return have
 
 
+def cuda_arch_list():
+    """Set TORCH_CUDA_ARCH_LIST (the default, trimmed to this nvcc, unless given) and write the header
+    that compiles it into _C; returns the list as torch will pass it to nvcc."""
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        arch_list, note = _build_support["default_cuda_arch_list"](CUDA_HOME)
+        if note:
+            print(f"minilvlm: {note}")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    # What torch makes of the list (it also expands names such as "Hopper") is what the binary holds.
+    try:
+        from torch.utils.cpp_extension import _get_cuda_arch_flags
+        built = _build_support["arch_list_from_gencode"](_get_cuda_arch_flags())
+    except ImportError:  # a torch without that helper: record the list as given
+        built = os.environ["TORCH_CUDA_ARCH_LIST"]
+    _build_support["write_cuda_arch_header"](GENERATED, built)
+    return built
+
+
 def want_emu():
     forced = env_flag("MINILVLM_EMU")
     have = CUDA_HOME is not None and (Path(CUDA_HOME) / "include" / "cuda_bf16.h").exists()
@@ -72,11 +92,11 @@ include_dirs = [str(ROOT / "csrc")]
 extensions = []
 cpu_sources = read_sources(ROOT, "cpu")
 if want_cuda():
-    print(f"minilvlm: building CPU and CUDA kernels (CUDA_HOME={CUDA_HOME}, "
-          f"arch list {os.environ['TORCH_CUDA_ARCH_LIST']})")
+    archs = cuda_arch_list()
+    print(f"minilvlm: building CPU and CUDA kernels (CUDA_HOME={CUDA_HOME}, arch list {archs})")
     extensions.append(CUDAExtension(
         "minilvlm._C", cpu_sources + read_sources(ROOT, "cuda"),
-        include_dirs=include_dirs,
+        include_dirs=include_dirs + [str(GENERATED)],
         define_macros=[("MINILVLM_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
         extra_link_args=["-fopenmp"]))

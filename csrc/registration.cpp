@@ -9,6 +9,11 @@
 #include <string>
 
 #include "common/schemas.h"
+#ifdef MINILVLM_WITH_CUDA
+// Written by the build (setup.py, CMakeLists.txt) into its own folder: MINILVLM_CUDA_ARCH_LIST, the
+// TORCH_CUDA_ARCH_LIST that nvcc compiled the kernels for, so the binary reports its own images.
+#include "minilvlm_cuda_archs.h"
+#endif
 
 namespace minilvlm {
 std::string cpu_capability();                          // csrc/cpu/capability.cpp
@@ -19,6 +24,17 @@ bool built_with_cuda() {
   return true;
 #else
   return false;
+#endif
+}
+
+// The architectures the CUDA kernels carry, as TORCH_CUDA_ARCH_LIST spells them ("8.0;9.0;12.0+PTX":
+// SASS for each entry, PTX where marked); "" in a build without CUDA kernels.
+// minilvlm/ops/_registry.py decides from it whether a device can run them.
+std::string cuda_archs() {
+#ifdef MINILVLM_WITH_CUDA
+  return MINILVLM_CUDA_ARCH_LIST;
+#else
+  return "";
 #endif
 }
 }  // namespace minilvlm
@@ -32,6 +48,7 @@ TORCH_LIBRARY(minilvlm, m) {
   // Which SIMD path the CPU kernels take: "avx512_bf16", "avx512", "avx2" or "default".
   m.def("cpu_capability() -> str", &minilvlm::cpu_capability);
   m.def("built_with_cuda() -> bool", &minilvlm::built_with_cuda);
+  m.def("cuda_archs() -> str", &minilvlm::cuda_archs);
   // csrc/cpu/mm_adapter.cpp, csrc/cuda/mm_adapter.cu
   m.def(MINILVLM_SCHEMA_MM_ADAPTER);
   m.def(MINILVLM_SCHEMA_MM_ADAPTER_BACKWARD);

@@ -91,4 +91,16 @@ inline void check_grad_scale(const std::optional<at::Tensor>& grad_scale) {
               " of shape ", grad_scale->sizes());
 }
 
+// The skip flag: a 1-element float32 tensor on param's device (non-zero: skip the step). Unlike
+// grad_scale it is never copied across devices: a flag produced on the host for device buffers
+// would mean the caller already synchronised, which is what the flag exists to avoid.
+inline void check_found_inf(const std::optional<at::Tensor>& found_inf, const at::Tensor& param) {
+  if (!found_inf.has_value()) return;
+  TORCH_CHECK(found_inf->numel() == 1 && found_inf->scalar_type() == at::kFloat,
+              "fused_adamw_: found_inf must be a 1-element float32 tensor, got ", found_inf->scalar_type(),
+              " of shape ", found_inf->sizes());
+  TORCH_CHECK(found_inf->device() == param.device(), "fused_adamw_: found_inf is on ", found_inf->device(),
+              " but param is on ", param.device(), "; make the flag where the grads are");
+}
+
 }  // namespace minilvlm

@@ -44,8 +44,8 @@ inline MmAdapterShape check_mm_adapter(const at::Tensor& x, const at::Tensor& t,
                                        const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b,
                                        double temperature, int64_t groups) {
   const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kDouble,
-              "mm_adapter: x must be float32, bfloat16 or float64, got ", dtype);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf || dtype == at::kDouble,
+              "mm_adapter: x must be float32, bfloat16, float16 or float64, got ", dtype);
   TORCH_CHECK(x.dim() == 3, "mm_adapter: x must be [batch, tokens, dim], got shape ", x.sizes());
   TORCH_CHECK(down_w.dim() == 2 && up_w.dim() == 3 && t.dim() == 2 && router_w.dim() == 2,
               "mm_adapter: expected down_w [r,D], up_w [P,D,r/groups], t [B,E], router_w [P,E]; got ",

@@ -26,7 +26,7 @@
 namespace minilvlm {
 
 inline bool patch_embed_float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kBFloat16 || t == at::kDouble;
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
 }
 
 // Per-channel x * scale + shift == (x / 255 - mean) / std for uint8 (x - mean) / std for float.
@@ -60,7 +60,7 @@ inline PatchGeometry plan_patch_geometry(const at::Tensor& pixels, const at::Ten
   TORCH_CHECK(pixels.scalar_type() == at::kByte || pixels.scalar_type() == at::kFloat, op,
               ": pixels must be uint8 or float32, got ", pixels.scalar_type());
   TORCH_CHECK(patch_embed_float_dtype(weight.scalar_type()), op,
-              ": weight must be float32, bfloat16 or float64, got ", weight.scalar_type());
+              ": weight must be float32, bfloat16, float16 or float64, got ", weight.scalar_type());
   TORCH_CHECK(patch_size > 0, op, ": patch_size must be positive, got ", patch_size);
   TORCH_CHECK(pixels.dim() == 4, op, ": pixels must be 4-D ", (channels_last ? "[B,H,W,C]" : "[B,C,H,W]"),
               ", got shape ", pixels.sizes());

@@ -5,11 +5,13 @@
 
 // One AdamW step over flat buffers. Segment i is [seg_bounds[2i], seg_bounds[2i+1]) with its
 // own lr, weight decay and step; grad_scale (1-element float32) multiplies every grad, for
-// unscaling and clipping.
+// unscaling and clipping. found_inf (1-element float32 on param's device): when non-zero the
+// step is skipped and every buffer is left as it was (the kernels read it on the device, so the
+// caller needs no host sync to decide).
 #define MINILVLM_SCHEMA_FUSED_ADAMW                                                              \
   "fused_adamw_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "      \
   "Tensor(d!)? master, int[] seg_bounds, float[] seg_lr, float[] seg_wd, int[] seg_step, "       \
-  "float beta1, float beta2, float eps, Tensor? grad_scale) -> ()"
+  "float beta1, float beta2, float eps, Tensor? grad_scale, Tensor? found_inf=None) -> ()"
 
 // Patch embedding (ViT conv stem, EVE's embedder): pixels [B,C,H,W] (or [B,H,W,C] when
 // channels_last), uint8 (scaled by 1/255) or float32 -> per-channel (x - mean) / std ->

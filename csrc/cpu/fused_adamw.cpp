@@ -146,11 +146,14 @@ void fused_adamw_cpu(const at::Tensor& param, const at::Tensor& grad, const at::
                      const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& master,
                      at::IntArrayRef seg_bounds, at::ArrayRef<double> seg_lr, at::ArrayRef<double> seg_wd,
                      at::IntArrayRef seg_step, double beta1, double beta2, double eps,
-                     const std::optional<at::Tensor>& grad_scale) {
+                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   const AdamwPlan plan = plan_fused_adamw(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd,
                                           seg_step, beta1, beta2, eps);
   TORCH_CHECK(param.device().is_cpu(), "fused_adamw_ (CPU kernel): tensors must be on the CPU, got ", param.device());
   check_grad_scale(grad_scale);
+  check_found_inf(found_inf, param);
+  // On the CPU the flag is plain memory: reading it costs nothing, and a skipped step touches nothing.
+  if (found_inf.has_value() && found_inf->item<float>() != 0.0f) return;
   const float scale = grad_scale.has_value() ? grad_scale->item<float>() : 1.0f;
   dispatch_dtype<float, c10::BFloat16, c10::Half>(param.scalar_type(), "fused_adamw_", [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -7,7 +7,7 @@
 // tile sits in L2. Backward reads x and dy and writes dx, in tiles of tokens of one sample; the
 // parameter sums live in per-thread buffers that are added up at the end. SIMD, chosen at run time
 // (cpu/capability.h; MINILVLM_CPU_CAPABILITY caps it): the bf16 forward takes bf16 dot products (cpu/mm_adapter_bf16.h) on CPUs with
-// AVX512_BF16; otherwise fp32/bf16 tokens take AVX-512F fp32 arithmetic where the CPU has it;
+// AVX512_BF16; otherwise fp32/bf16/fp16 tokens take AVX-512F fp32 arithmetic where the CPU has it;
 // float64 and other CPUs take the portable loops.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -117,7 +117,7 @@ at::Tensor mm_adapter_cpu(const at::Tensor& x_in, const at::Tensor& t, const at:
     return out;
   }
 #endif
-  dispatch_dtype<float, c10::BFloat16, double>(x.scalar_type(), "mm_adapter", [&](auto tag) {
+  dispatch_dtype<float, c10::BFloat16, c10::Half, double>(x.scalar_type(), "mm_adapter", [&](auto tag) {
     using T = typename decltype(tag)::type;
     forward_typed<T, acc_t<T>>(s, m, x, out);
   });
@@ -185,7 +185,7 @@ MmAdapterGrads mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Ten
   at::Tensor dA = at::zeros({s.r, s.D}, acc), dbA = at::zeros({s.r}, acc);
   at::Tensor G = at::zeros({s.B, s.rg * s.D}, acc), S = at::zeros({s.B, s.D}, acc);
   if (x.numel() > 0) {
-    dispatch_dtype<float, c10::BFloat16, double>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
+    dispatch_dtype<float, c10::BFloat16, c10::Half, double>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
       using T = typename decltype(tag)::type;
       backward_typed<T, acc_t<T>>(s, m, x, dy, dx, dA, dbA, G, S);
     });

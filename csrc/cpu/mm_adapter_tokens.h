@@ -18,7 +18,7 @@
 namespace minilvlm {
 namespace mm {
 
-// Pointers and sizes shared by every token of one call; Acc is float (fp32/bf16 x) or double.
+// Pointers and sizes shared by every token of one call; Acc is float (fp32/bf16/fp16 x) or double.
 template <typename Acc>
 struct TokenArgs {
   const Acc* A;    // [r, D]
@@ -39,10 +39,11 @@ struct Sums {
 
 inline float to_acc(float v, float) { return v; }
 inline float to_acc(c10::BFloat16 v, float) { return static_cast<float>(v); }
+inline float to_acc(c10::Half v, float) { return static_cast<float>(v); }
 inline double to_acc(double v, double) { return v; }
 
 // ---------------------------------------------------------------------------------------
-// portable loops (float64, and float32/bf16 on CPUs without AVX-512)
+// portable loops (float64, and float32/bf16/fp16 on CPUs without AVX-512)
 
 template <typename T, typename Acc>
 void forward_token_portable(const T* x, T* out, const TokenArgs<Acc>& a, int64_t b, Acc* h) {
@@ -93,7 +94,7 @@ void backward_token_portable(const T* x, const T* dy, T* dx, const TokenArgs<Acc
 }
 
 // ---------------------------------------------------------------------------------------
-// AVX-512 loops (fp32 or bf16 tokens, fp32 arithmetic)
+// AVX-512 loops (fp32, bf16 or fp16 tokens, fp32 arithmetic)
 
 #ifdef MINILVLM_HAVE_AVX512_PATH
 MINILVLM_AVX512_BEGIN

@@ -34,7 +34,7 @@ namespace {
 constexpr int64_t kMinTaskElements = 1 << 17;
 
 // ---------------------------------------------------------------------------------------
-// element conversions (Acc is float for float32/bf16, double for float64)
+// element conversions (Acc is float for float32/bf16/fp16, double for float64)
 
 template <typename Acc>
 inline Acc widen(uint8_t x) { return static_cast<Acc>(x); }
@@ -42,6 +42,8 @@ template <typename Acc>
 inline Acc widen(float x) { return static_cast<Acc>(x); }
 template <typename Acc>
 inline Acc widen(double x) { return static_cast<Acc>(x); }
+template <typename Acc>
+inline Acc widen(c10::Half x) { return static_cast<Acc>(static_cast<float>(x)); }
 template <typename Acc>
 inline Acc widen(c10::BFloat16 x) {
   const uint32_t bits = static_cast<uint32_t>(x.x) << 16;
@@ -54,6 +56,10 @@ template <typename Out>
 inline Out narrow(float x) { return static_cast<Out>(x); }
 template <typename Out>
 inline Out narrow(double x) { return static_cast<Out>(x); }
+// Round to nearest even (c10::Half's own conversion; fp16 is rare on the CPU, so it is not
+// hand-vectorised like bf16 below).
+template <>
+inline c10::Half narrow<c10::Half>(float x) { return static_cast<c10::Half>(x); }
 // Round to nearest even, NaN to 0x7fc0: the bits of c10::BFloat16(float), as branch-free
 // integer code that vectorises.
 template <>
@@ -181,7 +187,7 @@ void make_rows_typed(const Pix* pixels, Out* rows, const PatchGeometry& g, const
 }
 
 void make_rows(const at::Tensor& pixels, const at::Tensor& rows, const PatchGeometry& g, const PatchNormHost& norm) {
-  dispatch_dtype<float, c10::BFloat16, double>(rows.scalar_type(), "patch_embed", [&](auto out_tag) {
+  dispatch_dtype<float, c10::BFloat16, c10::Half, double>(rows.scalar_type(), "patch_embed", [&](auto out_tag) {
     using Out = typename decltype(out_tag)::type;
     dispatch_dtype<uint8_t, float>(pixels.scalar_type(), "patch_embed", [&](auto pixel_tag) {
       using Pix = typename decltype(pixel_tag)::type;
@@ -225,7 +231,7 @@ void epilogue_out(const at::Tensor& out, const std::optional<at::Tensor>& bias, 
 
 void epilogue(const at::Tensor& out, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos,
               const std::optional<at::Tensor>& cls, const PatchGeometry& g) {
-  dispatch_dtype<float, c10::BFloat16, double>(out.scalar_type(), "patch_embed", [&](auto tag) {
+  dispatch_dtype<float, c10::BFloat16, c10::Half, double>(out.scalar_type(), "patch_embed", [&](auto tag) {
     using Out = typename decltype(tag)::type;
     epilogue_out<Out, acc_t<Out>>(out, bias, pos, cls, g);
   });
@@ -250,7 +256,7 @@ at::Tensor sum_batch(const at::Tensor& grad_in, at::ScalarType acc) {
   if (batch == 0) return at::zeros({tokens, dim}, grad.options().dtype(acc));
   at::Tensor out = at::empty({tokens, dim}, grad.options().dtype(acc));  // b == 0 assigns every element
   if (out.numel() == 0) return out;
-  dispatch_dtype<float, c10::BFloat16, double>(grad.scalar_type(), "patch_embed_backward", [&](auto tag) {
+  dispatch_dtype<float, c10::BFloat16, c10::Half, double>(grad.scalar_type(), "patch_embed_backward", [&](auto tag) {
     using In = typename decltype(tag)::type;
     sum_batch_typed<In, acc_t<In>>(grad.data_ptr<In>(), out.data_ptr<acc_t<In>>(), batch, tokens, dim);
   });

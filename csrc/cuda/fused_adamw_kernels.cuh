@@ -7,6 +7,10 @@
 // grid-stride loop over blockIdx.x covers it. When every buffer is 16-byte aligned, the body
 // moves 4 elements per thread with one vector load per buffer; the unaligned head and the
 // tail of each segment take the scalar path.
+//
+// found_inf (a device pointer, or null) skips the whole step when it holds a non-zero value:
+// every thread reads it first and returns, so an overflowed fp16 step costs one load per thread
+// and the host never has to look at the flag before launching.
 #pragma once
 
 #include <cstdint>
@@ -41,12 +45,19 @@ __device__ __forceinline__ void adamw_element(PT* param, const PT* grad, float* 
   store(param + i, w);
 }
 
+// At least kAdamwMinBlocks blocks per SM (64 registers a thread): with the found_inf exit, ptxas's own
+// budget under a bare __launch_bounds__ (40 registers) spills the bf16/fp16 master kernels on sm_90,
+// which need up to 58. Four blocks of 256 threads (32 warps an SM) keep a streaming kernel's loads in
+// flight: each thread has four 16-byte loads outstanding per iteration.
+constexpr int kAdamwMinBlocks = 4;
+
 template <typename PT, bool kMaster, bool kVector>
-__global__ void __launch_bounds__(kAdamwThreads)
+__global__ void __launch_bounds__(kAdamwThreads, kAdamwMinBlocks)
     fused_adamw_kernel(PT* __restrict__ param, const PT* __restrict__ grad, float* __restrict__ exp_avg,
                        float* __restrict__ exp_avg_sq, float* __restrict__ master,
                        const __grid_constant__ AdamwSegmentTable table, AdamwConstants c,
-                       const float* __restrict__ grad_scale) {
+                       const float* __restrict__ grad_scale, const float* __restrict__ found_inf) {
+  if (found_inf && *found_inf != 0.0f) return;  // inf/NaN grads: leave every buffer as it is
   // __grid_constant__: index the table in parameter space instead of copying it to the stack.
   const AdamwSegment& s = table.seg[blockIdx.y];
   const float scale = grad_scale ? *grad_scale : 1.0f;

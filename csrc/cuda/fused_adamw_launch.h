@@ -21,12 +21,12 @@ namespace cuda {
 
 inline bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// One launch per kAdamwMaxSegments segments (one launch for any usual optimizer). grad_scale is
-// a device pointer to one float, or null; config.max_blocks bounds gridDim.x.
+// One launch per kAdamwMaxSegments segments (one launch for any usual optimizer). grad_scale and
+// found_inf are device pointers to one float, or null; config.max_blocks bounds gridDim.x.
 template <typename PT>
 void launch_fused_adamw(PT* param, const PT* grad, float* exp_avg, float* exp_avg_sq, float* master,
                         const AdamwSegment* segments, int64_t num_segments, const AdamwConstants& c,
-                        const float* grad_scale, const LaunchConfig& config) {
+                        const float* grad_scale, const float* found_inf, const LaunchConfig& config) {
   const bool vector = aligned_to(param, 4 * sizeof(PT)) && aligned_to(grad, 4 * sizeof(PT)) &&
                       aligned_to(exp_avg, 16) && aligned_to(exp_avg_sq, 16) && (!master || aligned_to(master, 16));
   // Master weights exist only beside bf16/fp16 params (plan_fused_adamw rejects them for fp32).
@@ -49,7 +49,7 @@ void launch_fused_adamw(PT* param, const PT* grad, float* exp_avg, float* exp_av
     int64_t blocks = (longest + per_block - 1) / per_block;
     blocks = blocks < 1 ? 1 : (blocks > config.max_blocks ? config.max_blocks : blocks);
     MINILVLM_LAUNCH(kernel, dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(count)), dim3(kAdamwThreads),
-                    0, config.stream)(param, grad, exp_avg, exp_avg_sq, master, table, c, grad_scale);
+                    0, config.stream)(param, grad, exp_avg, exp_avg_sq, master, table, c, grad_scale, found_inf);
   }
 }
 
@@ -60,11 +60,13 @@ template <typename Target>
 void fused_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                  const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& master, at::IntArrayRef seg_bounds,
                  at::ArrayRef<double> seg_lr, at::ArrayRef<double> seg_wd, at::IntArrayRef seg_step, double beta1,
-                 double beta2, double eps, const std::optional<at::Tensor>& grad_scale, Target& target) {
+                 double beta2, double eps, const std::optional<at::Tensor>& grad_scale,
+                 const std::optional<at::Tensor>& found_inf, Target& target) {
   const AdamwPlan plan = plan_fused_adamw(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd,
                                           seg_step, beta1, beta2, eps);
   const LaunchConfig config = target(param, "fused_adamw_");
   check_grad_scale(grad_scale);
+  check_found_inf(found_inf, param);
   if (plan.segments.empty()) return;
   // The kernels read the multiplier on the device (to() returns the tensor itself if it is there).
   const at::Tensor scale = grad_scale.has_value() ? grad_scale->to(param.device(), /*non_blocking=*/true)
@@ -75,7 +77,8 @@ void fused_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Tens
         cuda_data<T>(param), cuda_data<T>(grad), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
         master.has_value() ? master->data_ptr<float>() : nullptr, plan.segments.data(),
         static_cast<int64_t>(plan.segments.size()), plan.constants,
-        scale.defined() ? scale.data_ptr<float>() : nullptr, config);
+        scale.defined() ? scale.data_ptr<float>() : nullptr,
+        found_inf.has_value() ? found_inf->data_ptr<float>() : nullptr, config);
   });
 }
 

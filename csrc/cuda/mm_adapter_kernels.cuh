@@ -35,9 +35,10 @@ struct MmDims {
   int r, rg, Dg, groups;
 };
 
-// A token element as float: fp32 tokens through the read-only cache, bf16 tokens as plain loads.
+// A token element as float: fp32 tokens through the read-only cache, bf16/fp16 tokens as plain loads.
 __device__ __forceinline__ float load_token(const float* p) { return __ldg(p); }
 __device__ __forceinline__ float load_token(const __nv_bfloat16* p) { return widen<float>(*p); }
+__device__ __forceinline__ float load_token(const __half* p) { return widen<float>(*p); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -32,8 +32,8 @@ inline dim3 mm_grid(int64_t B, int64_t T) {
 }
 
 inline void check_mm_kernel_dtype(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
-              " (CUDA kernel): x must be float32 or bfloat16, got ", x.scalar_type(),
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
+              " (CUDA kernel): x must be float32, bfloat16 or float16, got ", x.scalar_type(),
               "; minilvlm.ops.mm_adapter runs the reference for other dtypes");
 }
 
@@ -55,7 +55,7 @@ at::Tensor mm_adapter(const at::Tensor& x_in, const at::Tensor& t, const at::Ten
   if (x.numel() == 0) return out;
   const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
   const MmDims dims = mm_dims(s, "mm_adapter");
-  dispatch_dtype<float, c10::BFloat16>(x.scalar_type(), "mm_adapter", [&](auto tag) {
+  dispatch_dtype<float, c10::BFloat16, c10::Half>(x.scalar_type(), "mm_adapter", [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto* kernel = &mm_adapter_forward_kernel<cuda_scalar_t<T>>;
     const size_t smem = sizeof(float) * kMmTileTokens * dims.r;  // h
@@ -84,7 +84,7 @@ MmAdapterGrads mm_adapter_backward(const at::Tensor& grad_out, const at::Tensor&
   at::Tensor G = at::zeros({s.B, s.rg * s.D}, opts), S = at::zeros({s.B, s.D}, opts);
   if (x.numel() > 0) {
     const MmDims dims = mm_dims(s, "mm_adapter_backward");
-    dispatch_dtype<float, c10::BFloat16>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
+    dispatch_dtype<float, c10::BFloat16, c10::Half>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
       using T = typename decltype(tag)::type;
       auto* kernel = &mm_adapter_backward_kernel<cuda_scalar_t<T>>;
       const size_t smem = 2 * sizeof(float) * kMmTileTokens * dims.r;  // h and dh

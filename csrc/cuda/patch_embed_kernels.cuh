@@ -25,7 +25,7 @@ constexpr int kPatchThreads = 128;
 constexpr int kPatchMaxChannels = 16;  // per-channel constants travel in the kernel argument
 
 // Per-channel x * scale + shift, i.e. (x / 255 - mean) / std for uint8 pixels; Acc is float for
-// float32/bf16 rows, double for float64.
+// float32/bf16/fp16 rows, double for float64.
 template <typename Acc>
 struct PatchNorm {
   Acc scale[kPatchMaxChannels];

@@ -43,7 +43,7 @@ inline dim3 patch_grid(const PatchGeometry& g, const LaunchConfig& config) {
 // The make_rows pass: pixels -> rows [B*T, K] in the weight's dtype.
 inline void launch_patch_rows(const at::Tensor& pixels, const at::Tensor& rows, const PatchGeometry& g,
                               const PatchNormHost& norm, const LaunchConfig& config) {
-  dispatch_dtype<float, c10::BFloat16, double>(rows.scalar_type(), "patch_embed", [&](auto out_tag) {
+  dispatch_dtype<float, c10::BFloat16, c10::Half, double>(rows.scalar_type(), "patch_embed", [&](auto out_tag) {
     using Out = typename decltype(out_tag)::type;
     using Acc = acc_t<Out>;
     const PatchNorm<Acc> kernel_norm = to_kernel_norm<Acc>(norm);
@@ -61,7 +61,7 @@ inline void launch_patch_epilogue(const at::Tensor& out, const std::optional<at:
                                   const std::optional<at::Tensor>& pos, const std::optional<at::Tensor>& cls,
                                   const PatchGeometry& g, const LaunchConfig& config) {
   if (!bias.has_value() && !pos.has_value() && !cls.has_value()) return;
-  dispatch_dtype<float, c10::BFloat16, double>(out.scalar_type(), "patch_embed", [&](auto tag) {
+  dispatch_dtype<float, c10::BFloat16, c10::Half, double>(out.scalar_type(), "patch_embed", [&](auto tag) {
     using Out = typename decltype(tag)::type;
     using DeviceOut = cuda_scalar_t<Out>;
     const auto data = [](const std::optional<at::Tensor>& t) -> const DeviceOut* {

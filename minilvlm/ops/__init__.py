@@ -3,12 +3,14 @@ the contract (module docstring), imports, the dtypes the native kernels take, pr
 plain-PyTorch reference, the public function, and register_<op>(namespace), which adds the fakes and
 autograd of the native ops. This package calls every register_<op> once when minilvlm._C is loaded.
 """
-from minilvlm.ops._registry import backend, cpu_capability, native_available, use_native
+from minilvlm.ops._registry import (backend, cpu_capability, cuda_archs, has_kernel_image, native_available,
+                                    reset_kernel_image_checks, use_native)
 from minilvlm.ops.fused_adamw import fused_adamw_, fused_adamw_reference, register_fused_adamw
 from minilvlm.ops.mm_adapter import mm_adapter, mm_adapter_reference, register_mm_adapter
 from minilvlm.ops.patch_embed import patch_embed, patch_embed_reference, register_patch_embed
 
-__all__ = ["backend", "cpu_capability", "native_available", "use_native", "fused_adamw_", "fused_adamw_reference",
+__all__ = ["backend", "cpu_capability", "cuda_archs", "has_kernel_image", "native_available",
+           "reset_kernel_image_checks", "use_native", "fused_adamw_", "fused_adamw_reference",
            "mm_adapter", "mm_adapter_reference", "patch_embed", "patch_embed_reference"]
 
 if native_available():

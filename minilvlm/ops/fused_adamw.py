@@ -1,7 +1,7 @@
 """fused_adamw_: one AdamW step over flat buffers.
 
     fused_adamw_(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd, seg_step,
-                 beta1, beta2, eps, grad_scale=None) -> None     (updates its buffers in place)
+                 beta1, beta2, eps, grad_scale=None, found_inf=None) -> None   (updates its buffers in place)
 
   param, grad          flat 1-D buffers of one dtype (float32, bfloat16 or float16; the reference
                        also takes float64)
@@ -12,6 +12,9 @@
   seg_step             per-segment step count after this step (1 on the first step)
   beta1, beta2, eps    AdamW constants
   grad_scale           None or a 1-element float32 tensor multiplying every grad
+  found_inf            None or a 1-element float32 tensor on param's device; non-zero skips the step:
+                       param, master and both moments are left exactly as they were. The kernels read
+                       it on the device, so deciding to skip costs the caller no host sync.
 
 Each segment follows torch.optim.AdamW's single-tensor update, op for op. With master weights the
 update runs on the float32 master and param receives its rounded copy.
@@ -19,55 +22,72 @@ update runs on the float32 master and param receives its rounded copy.
 Native op (schema in csrc/common/schemas.h; kernels csrc/cpu/fused_adamw.cpp and
 csrc/cuda/fused_adamw.cu):
   minilvlm::fused_adamw_(param!, grad, exp_avg!, exp_avg_sq!, master!?, seg_bounds, seg_lr, seg_wd,
-                         seg_step, beta1, beta2, eps, grad_scale?) -> ()
+                         seg_step, beta1, beta2, eps, grad_scale?, found_inf?=None) -> ()
 It has no autograd: an optimizer step runs outside the graph.
 """
 import math
 
 import torch
 
-from minilvlm.ops._registry import use_native
+from minilvlm.ops._registry import check_same_device, use_native
 
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _schema_args(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd, seg_step, beta1, beta2, eps,
-                 grad_scale):
+                 grad_scale, found_inf):
     """The arguments as the native op's schema takes them: lists for int[] and float[], floats for float."""
     return (param, grad, exp_avg, exp_avg_sq, master, list(seg_bounds), [float(x) for x in seg_lr],
             [float(x) for x in seg_wd], [int(x) for x in seg_step], float(beta1), float(beta2), float(eps),
-            grad_scale)
+            grad_scale, found_inf)
+
+
+def _adamw_segment(w, g, m, v, lr, wd, step, beta1, beta2, eps):
+    """torch.optim.AdamW's single-tensor update of one segment, in place on w, m and v."""
+    w.mul_(1 - lr * wd)
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
+    denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+    w.addcdiv_(m, denom, value=-lr / bias_correction1)
 
 
 def fused_adamw_reference(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd, seg_step,
-                          beta1, beta2, eps, grad_scale=None):
-    """The specification: torch.optim.AdamW's single-tensor update, segment by segment."""
+                          beta1, beta2, eps, grad_scale=None, found_inf=None):
+    """The specification: torch.optim.AdamW's single-tensor update, segment by segment. With found_inf
+    every result is selected on the device (torch.where) between the update and the old value, so the
+    reference never reads the flag on the host either."""
     compute = torch.float64 if param.dtype == torch.float64 else torch.float32
+    keep = None if found_inf is None else found_inf.reshape(()) == 0
     for i, (lr, wd, step) in enumerate(zip(seg_lr, seg_wd, seg_step)):
         begin, end = seg_bounds[2 * i], seg_bounds[2 * i + 1]
         weights = (master if master is not None else param)[begin:end]
-        w = weights.to(compute)
         g = grad[begin:end].to(compute)
         if grad_scale is not None:
             g = g * grad_scale.to(compute)
         m, v = exp_avg[begin:end], exp_avg_sq[begin:end]
-        w.mul_(1 - lr * wd)
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        bias_correction1 = 1 - beta1 ** step
-        bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
-        denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
-        w.addcdiv_(m, denom, value=-lr / bias_correction1)
+        if keep is None:
+            w = weights.to(compute)
+            _adamw_segment(w, g, m, v, lr, wd, step, beta1, beta2, eps)
+            if master is not None:
+                master[begin:end].copy_(w)
+            param[begin:end].copy_(w)
+            continue
+        w, m_new, v_new = weights.to(compute, copy=True), m.clone(), v.clone()
+        _adamw_segment(w, g, m_new, v_new, lr, wd, step, beta1, beta2, eps)
+        m.copy_(torch.where(keep, m_new, m))
+        v.copy_(torch.where(keep, v_new, v))
         if master is not None:
-            master[begin:end].copy_(w)
-        param[begin:end].copy_(w)
+            master[begin:end].copy_(torch.where(keep, w, master[begin:end]))
+        param[begin:end].copy_(torch.where(keep, w.to(param.dtype), param[begin:end]))
 
 
 def fused_adamw_(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd, seg_step,
-                 beta1, beta2, eps, grad_scale=None):
+                 beta1, beta2, eps, grad_scale=None, found_inf=None):
     """One AdamW step in place; the native kernel where one serves this device and dtype."""
     args = _schema_args(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd, seg_step, beta1, beta2,
-                        eps, grad_scale)
+                        eps, grad_scale, found_inf)
     if param.dtype in _NATIVE_DTYPES and use_native(param.device):
         torch.ops.minilvlm.fused_adamw_(*args)
     else:
@@ -75,11 +95,17 @@ def fused_adamw_(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, s
 
 
 def register_fused_adamw(namespace="minilvlm"):
-    """The fake (meta) kernel of `namespace`::fused_adamw_, for torch.compile and opcheck.
+    """The fake (meta) kernel of `namespace`::fused_adamw_, for torch.compile, opcheck and meta-device steps.
 
     minilvlm.ops registers it for minilvlm; tests register it for minilvlm_emu (the emulated CUDA kernel).
     """
     @torch.library.register_fake(f"{namespace}::fused_adamw_")
     def _fake(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd, seg_step, beta1, beta2, eps,
-              grad_scale):
+              grad_scale, found_inf=None):
+        # grad_scale may come from another device (the kernels copy it over); found_inf may not.
+        check_same_device("fused_adamw_", "param", param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
+                          master=master, found_inf=found_inf)
+        for name, t in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("master", master)):
+            if t is not None and t.shape != param.shape:
+                raise RuntimeError(f"fused_adamw_: {name} has {t.numel()} elements but param has {param.numel()}")
         return None

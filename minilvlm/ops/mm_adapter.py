@@ -23,14 +23,17 @@ Without a router the public function passes t [B, 0], router_w [1, 0] and router
 fold the router into one effective up-projection per sample (s * sum_i w_i U_i, only D x r/groups),
 then read x once and write out once per token. Dropout on h is not part of the op:
 models/adapters.py falls back to this file's reference with dropout when it is active. The CUDA
-kernels take float32 and bfloat16 x; the CPU kernels also float64.
+kernels take float32, bfloat16 and float16 x; the CPU kernels also float64. Parameters are float32 or
+x's dtype; the kernels compute in float32 (float64 for float64 x) and round once into x's dtype.
 """
 import torch
 import torch.nn.functional as F
 
-from minilvlm.ops._registry import use_native
+from minilvlm.ops._registry import autocast_off, check_same_device, use_native
 
-_NATIVE_DTYPES = {"cpu": (torch.float32, torch.bfloat16, torch.float64), "cuda": (torch.float32, torch.bfloat16)}
+_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+# meta tensors take the native op's fake kernel, whatever kernel would serve them on a real device
+_NATIVE_DTYPES = {"cpu": _CPU_DTYPES, "meta": _CPU_DTYPES, "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 
 
 def routing_weights(t, router_w, router_b, temperature):
@@ -79,7 +82,7 @@ def mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, temperat
             router_w, router_b = x.new_zeros(1, 0), x.new_zeros(1)
         # The kernels take bf16 tokens beside fp32 weights themselves; autocast left on would recast
         # the ATen matmuls inside them and break their dtype contract.
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device):
             return torch.ops.minilvlm.mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b,
                                                  float(temperature), float(scale), int(groups))
     return mm_adapter_reference(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature=temperature,
@@ -95,10 +98,14 @@ def register_mm_adapter(namespace="minilvlm"):
 
     @torch.library.register_fake(f"{namespace}::mm_adapter")
     def _fake(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups):
+        check_same_device("mm_adapter", "x", x, t=t, router_w=router_w, router_b=router_b, down_w=down_w,
+                          down_b=down_b, up_w=up_w, up_b=up_b)
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(f"{namespace}::mm_adapter_backward")
     def _fake_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups):
+        check_same_device("mm_adapter_backward", "x", x, grad_out=grad_out, t=t, router_w=router_w, router_b=router_b,
+                          down_w=down_w, down_b=down_b, up_w=up_w, up_b=up_b)
         return tuple(torch.empty_like(v, memory_format=torch.contiguous_format)
                      for v in (x, t, router_w, router_b, down_w, down_b, up_w, up_b))
 
@@ -108,7 +115,7 @@ def register_mm_adapter(namespace="minilvlm"):
         ctx.hyper = (temperature, scale, groups)
 
     def _backward(ctx, grad_out):
-        with torch.autocast(grad_out.device.type, enabled=False):   # as in the forward
+        with autocast_off(grad_out.device):   # as in the forward
             grads = lib.mm_adapter_backward(grad_out.contiguous(), *ctx.saved_tensors, *ctx.hyper)
         return (*grads, None, None, None)
 

@@ -4,8 +4,8 @@
                 channels_last=False, cls_token=None) -> [B, N(+1), D]
 
   pixels      uint8 (scaled by 1/255) or float, [B,C,H,W], or [B,H,W,C] when channels_last
-  weight      [D, C, p, p], as nn.Conv2d stores it; its dtype (float32, bfloat16, float64) is the
-              output's
+  weight      [D, C, p, p], as nn.Conv2d stores it; its dtype (float32, bfloat16, float16, float64)
+              is the output's
   bias        [D] or None
   pos_embed   [N, D], or [N+1, D] with a class token (row 0 is the class token's position), or None
   cls_token   [D] or None; prepended as cls_token + pos_embed[0]
@@ -23,15 +23,17 @@ csrc/cuda/patch_embed.cu):
 grad_tokens is grad_out summed over the batch: the gradient of pos_embed, whose row 0 is also the
 gradient of cls_token. The backward recomputes the patches from the pixels instead of saving them.
 
-Under torch.autocast (CPU or CUDA) the public function casts weight, bias, pos_embed and cls_token to
-the autocast dtype, as autocast does for a conv stem; the pixels stay as they are.
+Under torch.autocast (CPU or CUDA, bf16 or fp16) the public function casts weight, bias, pos_embed
+and cls_token to the autocast dtype, as autocast does for a conv stem; the pixels stay as they are.
+The kernels compute in float32 (float64 for float64 weights) and round once into the weight's dtype,
+except the GEMM, which is ATen's in that dtype (fp32 accumulation).
 """
 import torch
 import torch.nn.functional as F
 
-from minilvlm.ops._registry import use_native
+from minilvlm.ops._registry import autocast_off, check_same_device, use_native
 
-_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _NATIVE_PIXEL_DTYPES = (torch.uint8, torch.float32)
 
 
@@ -43,7 +45,7 @@ def _shape_check(pixels, weight, bias, pos_embed, cls_token, patch_size, mean, s
     if not (pixels.dtype == torch.uint8 or pixels.dtype.is_floating_point):
         raise TypeError(f"patch_embed: pixels must be uint8 or a float dtype, got {pixels.dtype}")
     if weight.dtype not in _WEIGHT_DTYPES:
-        raise TypeError(f"patch_embed: weight must be float32, bfloat16 or float64, got {weight.dtype}")
+        raise TypeError(f"patch_embed: weight must be float32, bfloat16, float16 or float64, got {weight.dtype}")
     layout = "[B,H,W,C]" if channels_last else "[B,C,H,W]"
     if pixels.dim() != 4:
         raise ValueError(f"patch_embed: pixels must be 4-D {layout}, got shape {list(pixels.shape)}")
@@ -84,6 +86,22 @@ def _autocast_dtype(device):
     return None
 
 
+def _normalize(x, mean, std):
+    """(x - mean[c]) / std[c] on each channel c of x [B, C, H, W]. The constants stay Python scalars:
+    a tensor of them would be built on the host and copied to x's device, a sync on every call."""
+    if mean is None and std is None:
+        return x
+    out = torch.empty_like(x)
+    for c in range(x.shape[1]):
+        channel = x[:, c]
+        if mean is not None:
+            channel = channel - mean[c]
+        if std is not None:
+            channel = channel / std[c]
+        out[:, c] = channel
+    return out
+
+
 def patch_embed_reference(pixels, weight, bias, pos_embed, *, patch_size, mean=None, std=None,
                           channels_last=False, cls_token=None):
     """The specification, in plain PyTorch: normalize -> conv2d(stride=p) -> tokens -> + pos (+ cls)."""
@@ -93,11 +111,7 @@ def patch_embed_reference(pixels, weight, bias, pos_embed, *, patch_size, mean=N
     x = x.to(norm_dtype)
     if pixels.dtype == torch.uint8:
         x = x / 255
-    if mean is not None:
-        x = x - torch.tensor(mean, dtype=norm_dtype, device=x.device).view(1, -1, 1, 1)
-    if std is not None:
-        x = x / torch.tensor(std, dtype=norm_dtype, device=x.device).view(1, -1, 1, 1)
-    x = x.to(weight.dtype)
+    x = _normalize(x, mean, std).to(weight.dtype)
     tokens = F.conv2d(x, weight, bias, stride=patch_size)   # [B, D, H/p, W/p]
     tokens = tokens.flatten(2).transpose(1, 2)              # [B, N, D], patches in row-major order
     if cls_token is not None:
@@ -124,7 +138,7 @@ def patch_embed(pixels, weight, bias, pos_embed, *, patch_size, mean=None, std=N
     if use_native(weight.device) and pixels.dtype != torch.float64:
         if pixels.dtype not in _NATIVE_PIXEL_DTYPES:
             pixels = pixels.float()  # bf16/fp16 images: exact in float32
-        with torch.autocast(weight.device.type, enabled=False):
+        with autocast_off(weight.device):
             return torch.ops.minilvlm.patch_embed(pixels, weight, bias, pos_embed, cls_token, patch_size, mean, std,
                                                   channels_last)
     return patch_embed_reference(pixels, weight, bias, pos_embed, patch_size=patch_size, mean=mean, std=std,
@@ -140,12 +154,15 @@ def register_patch_embed(namespace="minilvlm"):
 
     @torch.library.register_fake(f"{namespace}::patch_embed")
     def _fake(pixels, weight, bias, pos_embed, cls_token, patch_size, mean, std, channels_last):
+        check_same_device("patch_embed", "weight", weight, pixels=pixels, bias=bias, pos_embed=pos_embed,
+                          cls_token=cls_token)
         h, w = (pixels.shape[1], pixels.shape[2]) if channels_last else (pixels.shape[2], pixels.shape[3])
         tokens = (h // patch_size) * (w // patch_size) + (cls_token is not None)
         return weight.new_empty(pixels.shape[0], tokens, weight.shape[0])
 
     @torch.library.register_fake(f"{namespace}::patch_embed_backward")
     def _fake_backward(grad_out, pixels, weight, patch_size, mean, std, channels_last, has_cls):
+        check_same_device("patch_embed_backward", "weight", weight, pixels=pixels, grad_out=grad_out)
         return (torch.empty_like(weight), weight.new_empty(weight.shape[0]),
                 weight.new_empty(grad_out.shape[1], weight.shape[0]))
 

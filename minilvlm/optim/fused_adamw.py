@@ -8,6 +8,14 @@ with different hyperparameters still take one launch.
 
 Grads: zero_grad() zeros the flat grad buffer in place (set_to_none is ignored, the views
 stay). A param whose grad is set to None is skipped for that step, as torch.optim.AdamW does.
+
+Skipping a step (fp16 loss scaling, minilvlm.optim.loss_scale): step(found_inf=flag) hands a
+1-element device tensor to the kernels, which leave params, masters and moments untouched when it
+is non-zero; the flag comes from one reduction the caller makes anyway (a non-finite grad_norm()).
+The step counts live on the host (they set each segment's bias correction), so after every launch
+of the step the flag is read once, one host sync per step as torch's GradScaler makes, never one per
+param or buffer, and a skipped step puts the counts back. last_step_skipped and skipped_steps say
+what happened. On meta tensors the flag cannot be read and the step counts as taken.
 """
 import torch
 
@@ -28,15 +36,24 @@ def check_adamw_hyperparams(lr, betas, eps, weight_decay):
         raise ValueError(f"invalid weight_decay {weight_decay}: must be >= 0")
 
 
-def grad_scale_tensor(grad_scale, device):
-    """grad_scale as a 1-element float32 tensor on `device`, or None."""
+def grad_scale_tensor(grad_scale, device, name="grad_scale"):
+    """grad_scale (a float or a 1-element tensor) as a 1-element float32 tensor on `device`, or None.
+    A float is filled in on the device (torch.full), not copied from the host."""
     if grad_scale is None:
         return None
     if isinstance(grad_scale, torch.Tensor):
         if grad_scale.numel() != 1:
-            raise ValueError(f"grad_scale must have one element, got shape {tuple(grad_scale.shape)}")
+            raise ValueError(f"{name} must have one element, got shape {tuple(grad_scale.shape)}")
         return grad_scale.detach().reshape(1).to(device=device, dtype=torch.float32)
-    return torch.tensor([float(grad_scale)], dtype=torch.float32, device=device)
+    return torch.full((1,), float(grad_scale), dtype=torch.float32, device=device)
+
+
+def read_skip_flag(found_inf):
+    """Whether a step with this found_inf was skipped: the step's one host sync (False on meta, where
+    there is no value to read, and without a flag)."""
+    if not isinstance(found_inf, torch.Tensor):
+        return bool(found_inf)
+    return found_inf.device.type != "meta" and bool(found_inf.item())
 
 
 class FusedAdamW(torch.optim.Optimizer):
@@ -45,6 +62,8 @@ class FusedAdamW(torch.optim.Optimizer):
         self.master_weights = bool(master_weights)
         self._flats = []
         self._built = False
+        self.last_step_skipped = False
+        self.skipped_steps = 0
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self._build()
 
@@ -136,11 +155,13 @@ class FusedAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def grad_norm(self):
-        """The global L2 norm of all grads (float32 tensor), from one reduction per flat buffer."""
+        """The global L2 norm of all grads (a float32 tensor on the params' device), from one reduction
+        per flat buffer; nothing is read on the host. Non-finite when some grad is inf or NaN."""
         norms = [torch.linalg.vector_norm(f.grad, dtype=torch.float32) for f in self._flats]
         if not norms:
             return torch.zeros(())
-        return torch.linalg.vector_norm(torch.stack([n.cpu() for n in norms]))
+        device = norms[0].device
+        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
 
     @torch.no_grad()
     def clip_scale(self, max_norm):
@@ -150,13 +171,15 @@ class FusedAdamW(torch.optim.Optimizer):
         return norm, torch.clamp(max_norm / (norm + 1e-6), max=1.0)
 
     @torch.no_grad()
-    def step(self, closure=None, grad_scale=None):
+    def step(self, closure=None, grad_scale=None, found_inf=None):
         """One AdamW step. grad_scale (float or 1-element tensor) multiplies every grad inside the
-        kernel: pass 1/loss_scale to unscale, or the clip_scale() factor to clip."""
+        kernel: pass 1/loss_scale to unscale, or the clip_scale() factor to clip. found_inf (a
+        1-element tensor, non-zero: inf/NaN grads) skips the step (see the module docstring)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        counts = self._step_counts() if found_inf is not None else None
         for k, flat in enumerate(self._flats):
             active = flat.collect_grads()
             if active is None and self._cached_runs[k] is not None:
@@ -171,10 +194,27 @@ class FusedAdamW(torch.optim.Optimizer):
                         flat.steps[i] += 1
                 runs = flat.runs(active)
                 self._cached_runs[k] = runs if active is None else None
-            self._apply(flat, runs, grad_scale_tensor(grad_scale, flat.device))
+            self._apply(flat, runs, grad_scale_tensor(grad_scale, flat.device),
+                        grad_scale_tensor(found_inf, flat.device, "found_inf"))
+        self._end_step(read_skip_flag(found_inf), counts)
         return loss
 
-    def _apply(self, flat, runs, scale, param=None, grad=None):
+    def _step_counts(self):
+        """A copy of the per-param step counts and cached segment runs (restored by a skipped step)."""
+        return ([list(flat.steps) for flat in self._flats],
+                [None if runs is None else [list(run) for run in runs] for runs in self._cached_runs])
+
+    def _end_step(self, skipped, counts):
+        """Record whether the step was skipped; if it was, put back the step counts it advanced."""
+        self.last_step_skipped = skipped
+        if skipped:
+            self.skipped_steps += 1
+            steps, runs = counts
+            for flat, saved in zip(self._flats, steps):
+                flat.steps = saved
+            self._cached_runs = runs
+
+    def _apply(self, flat, runs, scale, found_inf=None, param=None, grad=None):
         """One fused_adamw_ call per distinct (betas, eps) among the groups (usually one). param and
         grad default to the whole flat buffers (ZeroAdamW passes its slices)."""
         param = flat.param if param is None else param
@@ -187,7 +227,8 @@ class FusedAdamW(torch.optim.Optimizer):
         for (beta1, beta2, eps), segs in by_constants.items():
             bounds = [x for s in segs for x in s[:2]]
             fused_adamw_(param, grad, flat.exp_avg, flat.exp_avg_sq, flat.master, bounds,
-                         [s[2] for s in segs], [s[3] for s in segs], [s[4] for s in segs], beta1, beta2, eps, scale)
+                         [s[2] for s in segs], [s[3] for s in segs], [s[4] for s in segs], beta1, beta2, eps, scale,
+                         found_inf)
 
     # ---- checkpoints --------------------------------------------------------------------
 

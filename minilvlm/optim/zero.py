@@ -8,6 +8,11 @@ only that slice of exp_avg, exp_avg_sq and the fp32 masters. step():
   2. optionally, clip_scale(max_norm) first: a local sum of squares and one all-reduce;
   3. fused_adamw_ on the local slice;
   4. all_gather_into_tensor back into the flat param buffer.
+step(found_inf=flag) skips the step on every rank when the flag is non-zero on any: the flag is
+all-reduced (max) first, so a flag computed from this rank's grads alone is made global. A flag
+from grad_norm() is global already (the norm is), and the all-reduce of 4 bytes costs no more than
+it would to check. As in FusedAdamW the kernels read it on the device and the host reads it once
+per step, after the launches, to keep the step counts.
 
 Data parallelism without DDP: build the same model on every rank (ZeroAdamW broadcasts rank 0's
 params at construction), run forward/backward on the rank's micro-batches, and call step(). No
@@ -27,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from minilvlm.optim.flat import ALIGN_BYTES, FlatParams
-from minilvlm.optim.fused_adamw import FusedAdamW, grad_scale_tensor
+from minilvlm.optim.fused_adamw import FusedAdamW, grad_scale_tensor, read_skip_flag
 
 # torch 2.14 renamed the flat-tensor collectives; older releases have only the first names.
 _reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
@@ -131,12 +136,18 @@ class ZeroAdamW(FusedAdamW):
         return local.sqrt().float() / self.world_size
 
     @torch.no_grad()
-    def step(self, closure=None, grad_scale=None):
+    def step(self, closure=None, grad_scale=None, found_inf=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         self.reduce_grads()
+        counts = None
+        if found_inf is not None:
+            counts = self._step_counts()
+            device = self._flats[0].device if self._flats else "cpu"
+            found_inf = grad_scale_tensor(found_inf, device, "found_inf").clone()  # the caller's flag stays local
+            dist.all_reduce(found_inf, op=dist.ReduceOp.MAX, group=self.process_group)
         for k, flat in enumerate(self._flats):
             if self._cached_runs[k] is None:
                 self._cached_runs[k] = flat.runs(None)
@@ -147,7 +158,7 @@ class ZeroAdamW(FusedAdamW):
             lo, hi = flat.shard
             local = [[max(b, lo) - lo, min(e, hi) - lo, g, s] for b, e, g, s in runs if b < hi and e > lo]
             scale = grad_scale_tensor(1.0 if grad_scale is None else grad_scale, flat.device) / self.world_size
-            self._apply(flat, local, scale, param=self.shard_of(flat), grad=flat.grad_shard)
+            self._apply(flat, local, scale, found_inf, param=self.shard_of(flat), grad=flat.grad_shard)
             if self.collectives == "allreduce":
                 size = flat.shard[1] - flat.shard[0]
                 for r, global_rank in enumerate(self._ranks):
@@ -155,6 +166,7 @@ class ZeroAdamW(FusedAdamW):
             else:
                 _all_gather(flat.param, self.shard_of(flat), group=self.process_group)
         self._grads_reduced = False
+        self._end_step(read_skip_flag(found_inf), counts)
         return loss
 
     # ---- checkpoints: see minilvlm.optim.zero_checkpoint --------------------------------

@@ -6,8 +6,6 @@ unscales inside its fused kernel (grad_scale = clip factor / loss scale) and is 
 the grads hold an inf or NaN (found_inf, from the grad-norm reduction the step computes anyway), and
 the scale halves; after `growth_interval` good steps it doubles. The step reads found_inf back once
 (minilvlm.optim.LossScaler), as torch's GradScaler does; nothing syncs per parameter."""
-import torch
-
 from minilvlm.device import autocast
 from minilvlm.optim import LossScaler
 
@@ -17,7 +15,8 @@ class StepPrecision:
 
     def __init__(self, precision, device, scaler_state=None, autocast=True):
         self.precision, self.device, self.use_autocast = precision, device, autocast
-        self.scaler = LossScaler(device=device) if precision == "fp16-autocast" else None
+        self.skipped_steps = 0  # steps the optimizer skipped on inf/NaN grads (fp16)
+        self.scaler = LossScaler() if precision == "fp16-autocast" else None
         if self.scaler is not None and scaler_state:
             self.scaler.load_state_dict(scaler_state)
 
@@ -33,13 +32,8 @@ class StepPrecision:
             norm, scale = optimizer.clip_scale(clip) if clip > 0 else (optimizer.grad_norm(), None)
             optimizer.step(grad_scale=scale)
             return norm
-        inverse = self.scaler.inverse()
-        scaled_norm = optimizer.grad_norm()
-        norm = scaled_norm * inverse
-        scale = inverse if clip <= 0 else torch.clamp(clip / (norm + 1e-6), max=1.0) * inverse
-        found_inf = self.scaler.found_inf(scaled_norm)
-        optimizer.step(grad_scale=scale, found_inf=found_inf)
-        self.scaler.update(found_inf)
+        norm = self.scaler.step(optimizer, max_norm=clip if clip > 0 else None)
+        self.skipped_steps = optimizer.skipped_steps
         return norm
 
     def state_dict(self):
@@ -47,4 +41,7 @@ class StepPrecision:
         return {} if self.scaler is None else {"loss_scaler": self.scaler.state_dict()}
 
     def metrics(self):
-        return {} if self.scaler is None else {f"loss_scaler/{k}": v for k, v in self.scaler.metrics().items()}
+        """Read on the host once per logged step."""
+        if self.scaler is None:
+            return {}
+        return {"loss_scaler/scale": self.scaler.get_scale(), "loss_scaler/skipped_steps": self.skipped_steps}

@@ -17,17 +17,19 @@ pytestmark = pytest.mark.skipif(not minilvlm.ops.native_available(), reason="min
 BETAS = (0.9, 0.999)
 
 
-def make_buffers(n, dtype, master, seed=0):
+def make_buffers(n, dtype, master, seed=0, device="cpu"):
+    """Flat buffers of n elements (made on the CPU, the same values everywhere, then moved to `device`)."""
     g = torch.Generator().manual_seed(seed)
     weights = torch.randn(n, generator=g)
     param = weights.to(dtype)
-    return dict(
+    bufs = dict(
         param=param,
         grad=torch.randn(n, generator=g).to(dtype),
         exp_avg=torch.randn(n, generator=g) * 0.1,
         exp_avg_sq=torch.rand(n, generator=g) * 0.01,
         master=param.float() if master else None,
     )
+    return {k: (None if v is None else v.to(device)) for k, v in bufs.items()}
 
 
 def clone(bufs):
@@ -41,9 +43,9 @@ def segments_for(n):
     return bounds, [1e-3, 3e-2, 5e-3], [0.01, 0.0, 0.2], [1, 7, 150]
 
 
-def call(op, bufs, bounds, lrs, wds, steps, grad_scale=None, betas=BETAS, eps=1e-8):
+def call(op, bufs, bounds, lrs, wds, steps, grad_scale=None, betas=BETAS, eps=1e-8, found_inf=None):
     op(bufs["param"], bufs["grad"], bufs["exp_avg"], bufs["exp_avg_sq"], bufs["master"], bounds, lrs, wds, steps,
-       betas[0], betas[1], eps, grad_scale)
+       betas[0], betas[1], eps, grad_scale, found_inf)
 
 
 def kernels(emu_ops=None):
@@ -53,14 +55,14 @@ def kernels(emu_ops=None):
     return out
 
 
-def check_against_reference(op, n, dtype, master, grad_scale, betas=BETAS):
-    bufs = make_buffers(n, dtype, master)
+def check_against_reference(op, n, dtype, master, grad_scale, betas=BETAS, device="cpu"):
+    bufs = make_buffers(n, dtype, master, device=device)
     ref = clone(bufs)
     # The same update in fp64, from the weights the kernel updates (the master copy if there is one).
     exact = {k: (None if v is None else v.double()) for k, v in clone(bufs).items()}
     exact["param"], exact["master"] = (bufs["master"] if master else bufs["param"]).double(), None
     bounds, lrs, wds, steps = segments_for(n)
-    scale = None if grad_scale is None else torch.tensor([grad_scale])
+    scale = None if grad_scale is None else torch.tensor([grad_scale], device=device)
     for _ in range(3):
         call(op, bufs, bounds, lrs, wds, steps, scale, betas)
         call(fused_adamw_reference, ref, bounds, lrs, wds, steps, scale, betas)
@@ -74,7 +76,7 @@ def check_against_reference(op, n, dtype, master, grad_scale, betas=BETAS):
         assert adamw_mismatch(bufs["param"], ref["param"], exact["param"]) <= 1e-6
     else:
         assert max_rel_diff(bufs["param"].float(), ref["param"].float()) <= 1e-2
-    untouched = make_buffers(n, dtype, master)
+    untouched = make_buffers(n, dtype, master, device=device)
     gap = slice(0, 3)
     assert torch.equal(bufs["param"][gap], untouched["param"][gap]), "bytes outside the segments changed"
 
@@ -138,7 +140,9 @@ def opcheck(op):
     bounds, lrs, wds, steps = segments_for(257)
     args = (bufs["param"], bufs["grad"], bufs["exp_avg"], bufs["exp_avg_sq"], bufs["master"], bounds, lrs, wds,
             steps, 0.9, 0.999, 1e-8, torch.tensor([0.5]))
-    torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    for flag in (None, torch.zeros(1), torch.ones(1)):
+        torch.library.opcheck(op.default, args + (flag,),
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def test_opcheck():
@@ -148,6 +152,67 @@ def test_opcheck():
 def test_emulated_cuda_kernel_opcheck(emu):
     register_on_emulator(register_fused_adamw)
     opcheck(emu.fused_adamw_)
+
+
+# ---------------------------------------------------------------------------------------
+# found_inf: the step skipped inside the kernel
+
+def same_bits(a, b):
+    """Bit-for-bit equality (NaN included): the buffers of a skipped step were not written to."""
+    as_int = {4: torch.int32, 2: torch.int16}[a.element_size()]
+    return torch.equal(a.view(as_int), b.view(as_int))
+
+
+def op_named(which, request):
+    return {"cpu": lambda: torch.ops.minilvlm.fused_adamw_, "emu": lambda: request.getfixturevalue("emu").fused_adamw_,
+            "reference": lambda: fused_adamw_reference}[which]()
+
+
+@pytest.mark.parametrize("which", ["cpu", "emu", "reference"])
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, True), (torch.float16, True),
+                                          (torch.float16, False)])
+@pytest.mark.parametrize("flag", [1.0, float("nan"), float("inf")])
+def test_found_inf_skips_the_step_and_leaves_every_buffer(which, dtype, master, flag, request):
+    check_skip(op_named(which, request), dtype, master, flag)
+
+
+def check_skip(op, dtype, master, flag, n=1025, device="cpu"):
+    """A step with inf and NaN grads and a raised found_inf writes no bit of any buffer."""
+    bufs = make_buffers(n, dtype, master, device=device)
+    bufs["grad"][n // 10] = float("inf")
+    bufs["grad"][n - 100] = float("nan")
+    before = clone(bufs)
+    bounds, lrs, wds, steps = segments_for(n)
+    call(op, bufs, bounds, lrs, wds, steps, torch.tensor([0.25], device=device),
+         found_inf=torch.tensor([flag], device=device))
+    for key, value in bufs.items():
+        if value is not None:
+            assert same_bits(value, before[key]), key
+
+
+@pytest.mark.parametrize("which", ["cpu", "emu", "reference"])
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.float16, True)])
+def test_zero_found_inf_is_a_normal_step(which, dtype, master, request):
+    op = op_named(which, request)
+    flagged, plain = make_buffers(1025, dtype, master), make_buffers(1025, dtype, master)
+    bounds, lrs, wds, steps = segments_for(1025)
+    call(op, flagged, bounds, lrs, wds, steps, torch.tensor([0.25]), found_inf=torch.zeros(1))
+    call(op, plain, bounds, lrs, wds, steps, torch.tensor([0.25]))
+    assert not torch.equal(flagged["param"], make_buffers(1025, dtype, master)["param"])
+    for key, value in flagged.items():
+        if value is not None:
+            assert torch.equal(value, plain[key]), key
+
+
+@pytest.mark.parametrize("flag,message", [
+    (torch.zeros(1, dtype=torch.float64), "found_inf must be a 1-element float32 tensor, got Double"),
+    (torch.zeros(2), r"found_inf must be a 1-element float32 tensor, got Float of shape \[2\]"),
+])
+def test_bad_found_inf_raises_a_clear_error(flag, message, emu):
+    for op in (torch.ops.minilvlm.fused_adamw_, emu.fused_adamw_):
+        bufs = make_buffers(100, torch.float32, False)
+        with pytest.raises(RuntimeError, match=message):
+            call(op, bufs, [0, 100], [1e-3], [0.0], [1], found_inf=flag)
 
 
 @pytest.mark.parametrize("mutate,message", [

@@ -19,13 +19,15 @@ SHAPES = [(3, 5, 37, 8, 1, 2), (2, 7, 74, 8, 2, 2), (4, 1, 130, 4, 2, 2), (2, 9,
 NAMES = ["t", "router_w", "router_b", "down_w", "down_b", "up_w", "up_b"]
 
 
-def make_inputs(B, T, D, r, groups, P, dtype=torch.float32, seed=0, router=True):
-    """A mixed batch: samples alternate between the "has image" and "text only" modality tokens."""
+def make_inputs(B, T, D, r, groups, P, dtype=torch.float32, seed=0, router=True, device="cpu"):
+    """A mixed batch: samples alternate between the "has image" and "text only" modality tokens. Made on
+    the CPU (the same values everywhere), then moved to `device`."""
     g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape, s=1.0: (torch.randn(*shape, generator=g) * s).to(dtype)  # noqa: E731
+    rand = lambda *shape, s=1.0: (torch.randn(*shape, generator=g) * s).to(device=device, dtype=dtype)  # noqa: E731
     modality = torch.randn(2, D, generator=g)
     has_image = torch.arange(B) % 2
-    args = dict(x=rand(B, T, D), t=modality[has_image].to(dtype), router_w=rand(P, D, s=0.3), router_b=rand(P),
+    args = dict(x=rand(B, T, D), t=modality[has_image].to(device=device, dtype=dtype), router_w=rand(P, D, s=0.3),
+                router_b=rand(P),
                 down_w=rand(r, D, s=D ** -0.5), down_b=rand(r, s=0.1), up_w=rand(P, D, r // groups, s=0.5),
                 up_b=rand(P, D, s=0.1))
     if not router:
@@ -63,13 +65,13 @@ def kernel_grads(ops, a, tau, scale, groups, grad_out):
     return out, dict(zip(["x"] + NAMES, grads))
 
 
-def check_parity(ops, shape, tau, scale=0.7, router=True, tol=1e-5):
+def check_parity(ops, shape, tau, scale=0.7, router=True, tol=1e-5, device="cpu"):
     """fp32 kernels against the fp64 reference: within `tol`, or within twice the fp32 reference's own
     error where that is larger (the router's gradients pass a softmax Jacobian, w (dw - <w, dw>),
     whose cancellation costs fp32 a few ulps of the largest entry)."""
     B, T, D, r, groups, P = shape
-    a = make_inputs(*shape, router=router)
-    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1))
+    a = make_inputs(*shape, router=router, device=device)
+    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1)).to(device)
     ref_out, ref = reference_grads(a, tau, scale, groups, grad_out)
     _, ref32 = reference_grads(a, tau, scale, groups, grad_out, torch.float32)
     out, got = kernel_grads(ops, a, tau, scale, groups, grad_out)
@@ -123,20 +125,26 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("shape", [(2, 7, 74, 8, 2, 2), (3, 33, 130, 8, 2, 2)])
-def test_bfloat16_within_twice_the_error_of_torch_bf16(shape):
-    """The 2x rule: kernel error against the fp32 reference <= 2 x the reference's own bf16 error."""
+def check_low_precision_grads(ops, shape, dtype, device="cpu", exact_dtype=torch.float32):
+    """The 2x rule, forward and every gradient: kernel error against the exact_dtype reference <= 2 x
+    the reference's own error in `dtype` (bf16 or fp16)."""
     B, T, D, r, groups, P = shape
-    a = make_inputs(*shape, dtype=torch.bfloat16)
-    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    exact_out, exact = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.float32)
-    bf16_out, bf16 = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.bfloat16)
-    out, got = kernel_grads(torch.ops.minilvlm, a, 5.0, 1.0, groups, grad_out)
-    assert out.dtype == torch.bfloat16
-    assert rel_err(out, exact_out) <= 2 * rel_err(bf16_out, exact_out)
+    a = make_inputs(*shape, dtype=dtype, device=device)
+    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    exact_out, exact = reference_grads(a, 5.0, 1.0, groups, grad_out, exact_dtype)
+    low_out, low = reference_grads(a, 5.0, 1.0, groups, grad_out, dtype)
+    out, got = kernel_grads(ops, a, 5.0, 1.0, groups, grad_out)
+    assert out.dtype == dtype
+    assert rel_err(out, exact_out) <= 2 * rel_err(low_out, exact_out)
     for name in exact:
-        assert got[name].dtype == torch.bfloat16
-        assert rel_err(got[name], exact[name]) <= 2 * rel_err(bf16[name], exact[name]) + 1e-3, name
+        assert got[name].dtype == dtype
+        assert rel_err(got[name], exact[name]) <= 2 * rel_err(low[name], exact[name]) + 1e-3, name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 7, 74, 8, 2, 2), (3, 33, 130, 8, 2, 2)])
+def test_low_precision_within_twice_the_error_of_torch(shape, dtype):
+    check_low_precision_grads(torch.ops.minilvlm, shape, dtype)
 
 
 # bf16 forward shapes: odd D and odd groups (37, 2 x 35), T tails of the 16-token tiles and of the
@@ -145,22 +153,22 @@ BF16_SHAPES = [(3, 5, 37, 8, 1, 2), (2, 19, 70, 6, 2, 2), (2, 33, 74, 8, 2, 2), 
                (4, 1, 130, 4, 2, 2), (2, 3, 48, 12, 2, 2), (1, 17, 300, 40, 2, 2)]
 
 
-def check_bf16_forward(ops, shape, tau, scale=0.7):
-    """bf16 forward of a mixed text/image batch under the 2x rule, with bf16 and with float32 parameters.
-    Also with x scaled down 64-fold, so that the adapter term dominates out and an error inside the
-    projections is not hidden under the rounding of x + adapter."""
+def check_bf16_forward(ops, shape, tau, scale=0.7, dtype=torch.bfloat16, device="cpu"):
+    """bf16 (or fp16) forward of a mixed text/image batch under the 2x rule, with parameters in x's dtype
+    and in float32. Also with x scaled down 64-fold, so that the adapter term dominates out and an error
+    inside the projections is not hidden under the rounding of x + adapter."""
     groups = shape[4]
-    for param_dtype, x_scale in ((torch.bfloat16, 1.0), (torch.float32, 1.0), (torch.bfloat16, 2 ** -6)):
-        a = make_inputs(*shape, dtype=torch.bfloat16)
+    for param_dtype, x_scale in ((dtype, 1.0), (torch.float32, 1.0), (dtype, 2 ** -6)):
+        a = make_inputs(*shape, dtype=dtype, device=device)
         a.update({k: v.to(param_dtype) for k, v in a.items() if k != "x"})
         a["x"] = a["x"] * x_scale
         exact = mm_adapter_reference(**{k: v.float() for k, v in a.items()}, temperature=tau, scale=scale,
                                      groups=groups)
-        torch_bf16 = mm_adapter_reference(**{k: v.to(torch.bfloat16) for k, v in a.items()}, temperature=tau,
-                                          scale=scale, groups=groups)
+        torch_low = mm_adapter_reference(**{k: v.to(dtype) for k, v in a.items()}, temperature=tau,
+                                         scale=scale, groups=groups)
         out = ops.mm_adapter(*native_args(a), tau, scale, groups)
-        assert out.dtype == torch.bfloat16 and out.shape == a["x"].shape
-        assert rel_err(out, exact) <= 2 * rel_err(torch_bf16, exact), (shape, tau, param_dtype, x_scale)
+        assert out.dtype == dtype and out.shape == a["x"].shape
+        assert rel_err(out, exact) <= 2 * rel_err(torch_low, exact), (shape, tau, param_dtype, x_scale)
 
 
 def cpu_has_avx512_bf16():
@@ -174,6 +182,12 @@ def cpu_has_avx512_bf16():
 def test_bfloat16_forward_odd_shapes(shape, tau):
     """The path this CPU takes (bf16 dot products where it has AVX512_BF16)."""
     check_bf16_forward(torch.ops.minilvlm, shape, tau)
+
+
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+def test_float16_forward_odd_shapes(shape):
+    """fp16 tokens take the AVX-512F fp32-arithmetic loops (no fp16 dot products on x86)."""
+    check_bf16_forward(torch.ops.minilvlm, shape, 5.0, dtype=torch.float16)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="needs /proc/cpuinfo to know the CPU")
@@ -234,8 +248,10 @@ def test_opcheck():
 
 def test_portable_loops_match_reference():
     """MINILVLM_CPU_CAPABILITY=default: the scalar loops that CPUs without AVX-512 run."""
-    run_with_capability("default", "from tests.ops.test_mm_adapter_op import check_parity;"
-                        "[check_parity(torch.ops.minilvlm, s, 5.0) for s in [(2, 7, 74, 8, 2, 2), (2, 9, 33, 6, 3, 3)]]")
+    run_with_capability("default", "from tests.ops.test_mm_adapter_op import check_parity, check_low_precision_grads;"
+                        "[check_parity(torch.ops.minilvlm, s, 5.0) for s in [(2, 7, 74, 8, 2, 2), (2, 9, 33, 6, 3, 3)]];"
+                        "[check_low_precision_grads(torch.ops.minilvlm, (2, 7, 74, 8, 2, 2), d)"
+                        " for d in (torch.bfloat16, torch.float16)]")
 
 
 @pytest.mark.parametrize("change,message", [
@@ -244,7 +260,7 @@ def test_portable_loops_match_reference():
     (lambda a: a.update(up_w=a["up_w"][:, :, :3]), r"up_w must have shape \[2, 74, 4\]"),
     (lambda a: a.update(t=a["t"][:1]), r"t \(modality token\) must have shape \[2, 74\]"),
     (lambda a: a.update(up_b=a["up_b"].double()), "parameters must be float32 or x's dtype"),
-    (lambda a: a.update(x=a["x"].half()), "x must be float32, bfloat16 or float64"),
+    (lambda a: a.update(x=a["x"].to(torch.int32)), "x must be float32, bfloat16, float16 or float64"),
 ])
 def test_bad_inputs_raise_clear_errors(change, message):
     a = make_inputs(2, 5, 74, 8, 2, 2)
@@ -297,17 +313,11 @@ def test_emulated_cuda_kernels_without_router(emu):
     check_parity(emu, (2, 5, 74, 8, 2, 1), 1.0, router=False)
 
 
-def test_emulated_cuda_kernels_bfloat16_within_twice_torch_bf16(emu):
-    B, T, D, r, groups, P = shape = (2, 18, 74, 8, 2, 2)
-    a = make_inputs(*shape, dtype=torch.bfloat16)
-    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    exact_out, exact = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.float32)
-    bf16_out, bf16 = reference_grads(a, 5.0, 1.0, groups, grad_out, torch.bfloat16)
-    out, got = kernel_grads(emu, a, 5.0, 1.0, groups, grad_out)
-    assert out.dtype == torch.bfloat16
-    assert rel_err(out, exact_out) <= 2 * rel_err(bf16_out, exact_out)
-    for name in exact:
-        assert rel_err(got[name], exact[name]) <= 2 * rel_err(bf16[name], exact[name]) + 1e-3, name
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 18, 74, 8, 2, 2), (2, 9, 33, 6, 3, 3)])
+def test_emulated_cuda_kernels_low_precision_within_twice_torch(emu, shape, dtype):
+    check_low_precision_grads(emu, shape, dtype)
+    check_bf16_forward(emu, shape, 5.0, dtype=dtype)
 
 
 def test_emulated_cuda_kernels_same_result_under_two_schedules(emu):
@@ -335,5 +345,5 @@ def test_emulated_cuda_kernels_opcheck(emu):
 
 def test_emulated_kernel_rejects_float64(emu):
     a = make_inputs(2, 5, 74, 8, 2, 2, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="x must be float32 or bfloat16"):
+    with pytest.raises(RuntimeError, match="x must be float32, bfloat16 or float16"):
         emu.mm_adapter(*native_args(a), 5.0, 1.0, 2)

@@ -17,8 +17,9 @@ MEAN, STD = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
 
 
 def make_case(p=8, grid=(2, 3), batch=2, channels=3, dim=100, pixels=torch.uint8, channels_last=False,
-              cls=False, bias=True, pos=True, dtype=torch.float32, normalize=True, seed=0):
-    """Args for patch_embed on a grid[0] x grid[1] grid of p x p patches; params are exact in bf16."""
+              cls=False, bias=True, pos=True, dtype=torch.float32, normalize=True, seed=0, device="cpu"):
+    """Args for patch_embed on a grid[0] x grid[1] grid of p x p patches; params are exact in bf16. Made
+    on the CPU (the same values everywhere), then moved to `device`."""
     g = torch.Generator().manual_seed(seed)
     h, w = grid[0] * p, grid[1] * p
     if pixels == torch.uint8:
@@ -27,10 +28,11 @@ def make_case(p=8, grid=(2, 3), batch=2, channels=3, dim=100, pixels=torch.uint8
         image = torch.rand(batch, channels, h, w, generator=g).to(pixels)
     if channels_last:
         image = image.permute(0, 2, 3, 1).contiguous()
+    image = image.to(device)
     tokens = grid[0] * grid[1] + cls
 
     def param(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(torch.bfloat16).to(dtype)
+        return (torch.randn(*shape, generator=g) * scale).to(torch.bfloat16).to(device=device, dtype=dtype)
 
     args = dict(pixels=image, weight=param(dim, channels, p, p, scale=(channels * p * p) ** -0.5),
                 bias=param(dim) if bias else None, pos_embed=param(tokens, dim) if pos else None)
@@ -94,20 +96,21 @@ def test_cpu_forward_optional_parts(bias, pos, cls, normalize):
     assert rel_err(out, patch_embed_reference(**args, **kwargs)) <= 1e-5
 
 
-def check_bf16_rule(out, args, kwargs):
+def check_2x_rule(out, args, kwargs):
     """The flash-attention rule: the kernel's error against the fp32 reference is at most twice
-    the error of the reference computed in bf16."""
+    the error of the reference computed in the weight's low precision (bf16 or fp16)."""
     ref32 = patch_embed_reference(**as_dtype(args, kwargs, torch.float32)[0], **as_dtype(args, kwargs, torch.float32)[1])
     ref16 = patch_embed_reference(**args, **kwargs)
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == args["weight"].dtype
     ours, theirs = rel_err(out, ref32), rel_err(ref16, ref32)
     assert ours <= 2 * theirs + 1e-6, (ours, theirs)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", CASES[::3], ids=case_id)
-def test_cpu_forward_bf16_within_twice_torch_error(case):
-    args, kwargs = make_case(**case, dtype=torch.bfloat16)
-    check_bf16_rule(run_native(torch.ops.minilvlm.patch_embed, args, kwargs), args, kwargs)
+def test_cpu_forward_low_precision_within_twice_torch_error(case, dtype):
+    args, kwargs = make_case(**case, dtype=dtype)
+    check_2x_rule(run_native(torch.ops.minilvlm.patch_embed, args, kwargs), args, kwargs)
 
 
 def test_float64_pixels_and_other_float_images_go_through_the_public_function():
@@ -120,12 +123,13 @@ def test_float64_pixels_and_other_float_images_go_through_the_public_function():
     assert rel_err(patch_embed(**args, **kwargs), ref) <= 1e-5
 
 
-def test_autocast_runs_the_op_in_bf16():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_the_op_in_its_dtype(dtype):
     args, kwargs = make_case(cls=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         out = patch_embed(**args, **kwargs)
-    a16, k16 = as_dtype(args, kwargs, torch.bfloat16)
-    assert out.dtype == torch.bfloat16
+    a16, k16 = as_dtype(args, kwargs, dtype)
+    assert out.dtype == dtype
     assert torch.equal(out, patch_embed(**a16, **k16))
 
 
@@ -165,6 +169,40 @@ def test_native_gradients_match_reference_autograd_fp32(case):
         assert rel_err(ours, ref) <= 1e-5
 
 
+def low_precision_grads(op, case, dtype, device="cpu", exact_dtype=torch.float32):
+    """(ours, torch's in dtype, exact_dtype reference) gradients of weight, bias, pos_embed and cls_token
+    for the backward op `op` (the CPU kernel, the emulated CUDA kernels, or the CUDA kernels)."""
+    args, kwargs = make_case(**case, dtype=dtype, device=device)
+    tokens = case.get("grid", (2, 3))[0] * case.get("grid", (2, 3))[1] + case["cls"]
+    grad_out = torch.randn(case.get("batch", 2), tokens, case.get("dim", 100),
+                           generator=torch.Generator().manual_seed(3)).to(device=device, dtype=dtype)
+    refs = []
+    for cast in (dtype, exact_dtype):
+        a, kw = as_dtype(*make_case(**case, dtype=dtype, device=device), cast)  # fresh leaves, the same values
+        leaves = params_requiring_grad(a, kw)
+        patch_embed_reference(**a, **kw).backward(grad_out.to(cast))
+        refs.append([t.grad for t in leaves])
+    grad_weight, grad_bias, grad_tokens = op(grad_out, args["pixels"], args["weight"], kwargs["patch_size"],
+                                             list(MEAN), list(STD), kwargs["channels_last"], case["cls"])
+    ours = [grad_weight, grad_bias, grad_tokens] + ([grad_tokens[0]] if case["cls"] else [])
+    return ours, refs[0], refs[1]
+
+
+GRAD_CASES = [dict(p=8, pixels=torch.uint8, channels_last=False, cls=True),
+              dict(p=14, pixels=torch.float32, channels_last=True, cls=False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", GRAD_CASES, ids=case_id)
+@pytest.mark.parametrize("which", ["cpu", "emu"])
+def test_low_precision_gradients_within_twice_torch_error(which, case, dtype, request):
+    op = (torch.ops.minilvlm if which == "cpu" else request.getfixturevalue("emu")).patch_embed_backward
+    ours, torch_low, exact = low_precision_grads(op, case, dtype)
+    for name, g, low, ref in zip(("weight", "bias", "pos_embed", "cls_token"), ours, torch_low, exact):
+        assert g.dtype == dtype, name
+        assert rel_err(g, ref) <= 2 * rel_err(low, ref) + 1e-6, (name, rel_err(g, ref), rel_err(low, ref))
+
+
 def test_backward_op_without_pos_or_bias_gives_only_the_weight_gradient():
     args, kwargs = make_case(bias=False, pos=False, cls=True, dim=7)
     leaves = params_requiring_grad(args, kwargs)
@@ -199,7 +237,8 @@ BAD_INPUTS = [
     ("size", lambda a, k: a.update(pixels=a["pixels"][..., :-3]), r"image size 16x21 .*not a multiple of patch_size 8"),
     ("channels", lambda a, k: a.update(pixels=a["pixels"][:, :2]), r"have 2 channels but weight of shape \[100, 3, 8, 8\]"),
     ("dtype", lambda a, k: a.update(pixels=a["pixels"].to(torch.int32)), r"pixels must be uint8"),
-    ("weight dtype", lambda a, k: a.update(weight=a["weight"].half()), r"weight must be float32, bfloat16 or float64"),
+    ("weight dtype", lambda a, k: a.update(weight=a["weight"].to(torch.int32)),
+     r"weight must be float32, bfloat16, float16 or float64"),
     ("pos rows", lambda a, k: a.update(pos_embed=a["pos_embed"][:-1]), r"pos_embed must be \[6, 100\] .*got \[5, 100\]"),
     ("pos rows cls", lambda a, k: k.update(cls_token=torch.zeros(100)), r"pos_embed must be \[7, 100\]"),
     ("bias", lambda a, k: a.update(bias=torch.zeros(99)), r"bias must have shape \[100\]"),
@@ -241,8 +280,9 @@ def test_emulated_cuda_forward_matches_reference(emu, case, seed):
     try:
         args, kwargs = make_case(**case)
         assert rel_err(run_native(emu.patch_embed, args, kwargs), patch_embed_reference(**args, **kwargs)) <= 1e-5
-        a16, k16 = make_case(**case, dtype=torch.bfloat16)
-        check_bf16_rule(run_native(emu.patch_embed, a16, k16), a16, k16)
+        for dtype in (torch.bfloat16, torch.float16):
+            a16, k16 = make_case(**case, dtype=dtype)
+            check_2x_rule(run_native(emu.patch_embed, a16, k16), a16, k16)
     finally:
         emu.set_seed(0)
 
@@ -282,15 +322,16 @@ def test_every_cpu_path_matches_reference():
     the same numbers as the reference; the AVX-512 build runs in the tests above."""
     code = (
         "import torch, minilvlm\n"
-        "from tests.ops.test_patch_embed_op import make_case, run_native, rel_err, check_bf16_rule\n"
+        "from tests.ops.test_patch_embed_op import make_case, run_native, rel_err, check_2x_rule\n"
         "from minilvlm.ops import patch_embed_reference\n"
         "assert minilvlm.ops.cpu_capability() == 'default'\n"
         "for cl in (False, True):\n"
         "    args, kwargs = make_case(p=14, channels_last=cl, cls=True)\n"
         "    out = run_native(torch.ops.minilvlm.patch_embed, args, kwargs)\n"
         "    assert rel_err(out, patch_embed_reference(**args, **kwargs)) <= 1e-5\n"
-        "    a16, k16 = make_case(p=14, channels_last=cl, cls=True, dtype=torch.bfloat16)\n"
-        "    check_bf16_rule(run_native(torch.ops.minilvlm.patch_embed, a16, k16), a16, k16)\n"
+        "    for dtype in (torch.bfloat16, torch.float16):\n"
+        "        a16, k16 = make_case(p=14, channels_last=cl, cls=True, dtype=dtype)\n"
+        "        check_2x_rule(run_native(torch.ops.minilvlm.patch_embed, a16, k16), a16, k16)\n"
         "    g = torch.randn(2, 7, 100)\n"
         "    bwd = torch.ops.minilvlm.patch_embed_backward(g, args['pixels'], args['weight'], 14, None, None, cl, True)\n"
         "    assert rel_err(bwd[2], g.sum(0)) <= 1e-6 and rel_err(bwd[1], g[:, 1:].sum((0, 1))) <= 1e-6\n"

@@ -13,9 +13,9 @@ from tests.conftest import adamw_mismatch, max_rel_diff
 SHAPES = [(37,), (64, 17), (5,), (3, 7, 11), (1000,), (1,)]
 
 
-def make_params(dtype=torch.float32, seed=0):
+def make_params(dtype=torch.float32, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in SHAPES]
+    return [torch.nn.Parameter(torch.randn(s, generator=g).to(device=device, dtype=dtype)) for s in SHAPES]
 
 
 def three_groups(params):
@@ -26,11 +26,11 @@ def three_groups(params):
 
 def random_grads(params, step, dtype=None):
     g = torch.Generator().manual_seed(1000 + step)
-    return [torch.randn(p.shape, generator=g).to(dtype or p.dtype) for p in params]
+    return [torch.randn(p.shape, generator=g).to(device=p.device, dtype=dtype or p.dtype) for p in params]
 
 
-def run_parity(steps=100):
-    ours, theirs, exact = make_params(), make_params(), make_params(torch.float64)
+def run_parity(steps=100, device="cpu"):
+    ours, theirs, exact = make_params(device=device), make_params(device=device), make_params(torch.float64, device=device)
     opt = FusedAdamW(three_groups(ours), lr=1e-3)
     ref = torch.optim.AdamW(three_groups(theirs), lr=1e-3, foreach=False)
     ref64 = torch.optim.AdamW(three_groups(exact), lr=1e-3, foreach=False)
@@ -54,8 +54,10 @@ def test_fp32_parity_on_emulated_cuda_kernel(emu, monkeypatch):
     assert run_parity() <= 1e-6
 
 
-def run_master_parity():
-    ours = make_params(torch.bfloat16)
+def run_master_parity(dtype=torch.bfloat16, device="cpu"):
+    """100 steps of bf16 or fp16 params with fp32 masters against torch.optim.AdamW on fp32 copies; each
+    param must stay its master rounded to nearest. Returns the masters' worst mismatch."""
+    ours = make_params(dtype, device=device)
     masters = [torch.nn.Parameter(p.detach().float()) for p in ours]
     exact = [torch.nn.Parameter(p.detach().double()) for p in ours]
     opt = FusedAdamW(three_groups(ours), lr=1e-3, master_weights=True)
@@ -74,7 +76,7 @@ def run_master_parity():
     for i, (p, q, e) in enumerate(zip(flat.params, masters, exact)):
         master = flat.view(flat.master, i)
         worst = max(worst, adamw_mismatch(master, q, e))
-        assert torch.equal(p.detach(), master.to(torch.bfloat16)), "bf16 param is not its master rounded to nearest"
+        assert torch.equal(p.detach(), master.to(dtype)), "the param is not its master rounded to nearest"
     return worst
 
 

@@ -52,6 +52,20 @@ def test_parity_with_clipping(world, tmp_path):
         assert r["param_rel"] <= 1e-6
 
 
+@pytest.mark.parametrize("collectives", ["allreduce", "scatter"])
+def test_overflow_on_one_rank_skips_the_step_on_every_rank(collectives, tmp_path, monkeypatch):
+    """fp16 with LossScaler at 2 ranks: an inf in one rank's grads, or a found_inf raised on one rank,
+    skips the step everywhere with params, moments, masters and step counts untouched; the scale
+    halves after the overflow; the run ends equal to FusedAdamW that took only the good steps."""
+    monkeypatch.setenv("MINILVLM_ZERO_COLLECTIVES", collectives)
+    for r in run(2, "skip", tmp_path / collectives):
+        assert r["skipped"] == [False, False, True, False, True, False]
+        assert r["scales"] == [256.0, 256.0, 128.0, 128.0, 128.0, 128.0]
+        assert r["unchanged"] == [True, True]
+        assert r["steps"] == [4]
+        assert r["param_rel"] <= 1e-6
+
+
 def test_gradient_accumulation_communicates_only_at_step(tmp_path):
     for r in run(2, "accumulate", tmp_path):
         assert r["collectives_in_backward"] == 0

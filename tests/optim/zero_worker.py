@@ -141,6 +141,48 @@ def scenario_accumulate(rank, world):
     return result
 
 
+def zero_state(opt):
+    """Copies of what a step may change on this rank: full params, local moments and masters, step counts."""
+    flat = opt._flats[0]
+    return [flat.param.clone(), flat.exp_avg.clone(), flat.exp_avg_sq.clone(), flat.master.clone(), list(flat.steps)]
+
+
+def scenario_skip(rank, world):
+    """fp16 params with fp32 masters and LossScaler. Step 2: an inf in one rank's grads only; step 4:
+    finite grads but a found_inf raised on rank 0 only. Both steps are skipped on every rank with
+    nothing changed, and the run then equals FusedAdamW that only took the other steps."""
+    from minilvlm.optim import FusedAdamW, LossScaler, ZeroAdamW
+    dtype, bad_steps = torch.float16, (2, 4)
+    params = make_params(dtype)
+    opt = ZeroAdamW(groups(params), lr=1e-3, master_weights=True)
+    scaler = LossScaler(init_scale=2.0 ** 8, growth_interval=1000)
+    result = {"skipped": [], "scales": [], "unchanged": []}
+    for step in range(6):
+        opt.zero_grad()
+        loss = sum((p.float() * g.float()).sum() for p, g in zip(params, local_grads(step, rank, world, dtype)))
+        scaler.scale(loss).backward()
+        if step == 2 and rank == world - 1:
+            params[1].grad.view(-1)[3] = float("inf")
+        before = zero_state(opt)
+        if step == 4:
+            opt.step(grad_scale=1.0 / scaler.get_scale(), found_inf=torch.tensor([float(rank == 0)]))
+        else:
+            scaler.step(opt)
+        result["skipped"].append(opt.last_step_skipped)
+        result["scales"].append(scaler.get_scale())
+        if step in bad_steps:
+            after = zero_state(opt)
+            result["unchanged"].append(all(torch.equal(a, b) for a, b in zip(before[:4], after[:4]))
+                                       and before[4] == after[4])
+    ref_params = make_params(dtype)
+    ref = FusedAdamW(groups(ref_params), lr=1e-3, master_weights=True)
+    train_reference(ref, ref_params, [s for s in range(6) if s not in bad_steps], world, dtype)
+    result["param_rel"] = max(max_rel(p, q) for p, q in zip(params, ref_params))
+    result["steps"] = sorted(set(opt._flats[0].steps))
+    del opt, ref
+    return result
+
+
 def scenario_save(rank, world, out_dir):
     """Train 5 steps, save a sharded checkpoint and the params, go on to step 10."""
     from safetensors.torch import save_file
