@@ -5,12 +5,14 @@ autograd of the native ops. This package calls every register_<op> once when min
 """
 from minilvlm.ops._registry import (backend, cpu_capability, cuda_archs, has_kernel_image, native_available,
                                     reset_kernel_image_checks, use_native)
-from minilvlm.ops.fused_adamw import fused_adamw_, fused_adamw_reference, register_fused_adamw
+from minilvlm.ops.fused_adamw import (fused_adamw_, fused_adamw_multi_, fused_adamw_multi_reference,
+                                      fused_adamw_reference, register_fused_adamw)
 from minilvlm.ops.mm_adapter import mm_adapter, mm_adapter_reference, register_mm_adapter
 from minilvlm.ops.patch_embed import patch_embed, patch_embed_reference, register_patch_embed
 
 __all__ = ["backend", "cpu_capability", "cuda_archs", "has_kernel_image", "native_available",
-           "reset_kernel_image_checks", "use_native", "fused_adamw_", "fused_adamw_reference",
+           "reset_kernel_image_checks", "use_native", "fused_adamw_", "fused_adamw_reference", "fused_adamw_multi_",
+           "fused_adamw_multi_reference",
            "mm_adapter", "mm_adapter_reference", "patch_embed", "patch_embed_reference"]
 
 if native_available():

@@ -19,6 +19,18 @@
 Each segment follows torch.optim.AdamW's single-tensor update, op for op. With master weights the
 update runs on the float32 master and param receives its rounded copy.
 
+The multi-tensor entry takes lists in place of flat buffers (FSDP2's local shards, or any params
+whose storage the optimizer does not own):
+
+    fused_adamw_multi_(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps,
+                       beta1, beta2, eps, grad_scale=None, found_inf=None) -> None
+
+  params, grads        equal-length lists of contiguous tensors, each grad shaped and typed as its param
+  exp_avgs, exp_avg_sqs  float32 moments shaped as the params (float64 beside float64 params)
+  masters              [] or float32 masters, one per param, beside bf16/fp16 params
+  lrs, weight_decays, steps  one value per tensor
+It follows the same numerics contract as the flat op, tensor by tensor.
+
 Native op (schema in csrc/common/schemas.h; kernels csrc/cpu/fused_adamw.cpp and
 csrc/cuda/fused_adamw.cu):
   minilvlm::fused_adamw_(param!, grad, exp_avg!, exp_avg_sq!, master!?, seg_bounds, seg_lr, seg_wd,
@@ -92,6 +104,60 @@ def fused_adamw_(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, s
         torch.ops.minilvlm.fused_adamw_(*args)
     else:
         fused_adamw_reference(*args)
+
+
+def _multi_schema_args(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps, beta1, beta2, eps,
+                       grad_scale, found_inf):
+    return (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(masters or []),
+            [float(x) for x in lrs], [float(x) for x in weight_decays], [int(x) for x in steps],
+            float(beta1), float(beta2), float(eps), grad_scale, found_inf)
+
+
+def check_multi_lists(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps):
+    """Every list as long as params (masters: empty or as long), each tensor shaped as its param."""
+    n = len(params)
+    lengths = dict(grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, lrs=lrs, weight_decays=weight_decays,
+                   steps=steps, **({"masters": masters} if masters else {}))
+    for name, values in lengths.items():
+        if len(values) != n:
+            raise ValueError(f"fused_adamw_multi_: {name} has {len(values)} entries but params has {n}")
+    for i, p in enumerate(params):
+        for name, values in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs),
+                             ("masters", masters or None)):
+            if values is not None and values[i].shape != p.shape:
+                raise ValueError(f"fused_adamw_multi_: {name}[{i}] has shape {tuple(values[i].shape)} but "
+                                 f"params[{i}] has {tuple(p.shape)}")
+        if grads[i].dtype != p.dtype:
+            raise ValueError(f"fused_adamw_multi_: grads[{i}] is {grads[i].dtype} but params[{i}] is {p.dtype}")
+
+
+def fused_adamw_multi_reference(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps,
+                                beta1, beta2, eps, grad_scale=None, found_inf=None):
+    """The specification: the flat reference on each tensor as a one-segment buffer."""
+    for i, p in enumerate(params):
+        master = masters[i].view(-1) if masters else None
+        fused_adamw_reference(p.view(-1), grads[i].view(-1), exp_avgs[i].view(-1), exp_avg_sqs[i].view(-1), master,
+                              [0, p.numel()], [lrs[i]], [weight_decays[i]], [steps[i]], beta1, beta2, eps,
+                              grad_scale, found_inf)
+
+
+def _multi_native_available():
+    return hasattr(torch.ops.minilvlm, "fused_adamw_multi_")
+
+
+def fused_adamw_multi_(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps, beta1, beta2, eps,
+                       grad_scale=None, found_inf=None):
+    """One AdamW step in place over lists of tensors; the native kernel where one serves them."""
+    check_multi_lists(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps)
+    if not params:
+        return
+    args = _multi_schema_args(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps, beta1, beta2,
+                              eps, grad_scale, found_inf)
+    native = all(p.dtype in _NATIVE_DTYPES and p.is_contiguous() for p in params) and _multi_native_available()
+    if native and use_native(params[0].device):
+        torch.ops.minilvlm.fused_adamw_multi_(*args)
+    else:
+        fused_adamw_multi_reference(*args)
 
 
 def register_fused_adamw(namespace="minilvlm"):

@@ -79,6 +79,18 @@ def test_a_training_step_on_meta_makes_no_tensor_on_the_cpu(name):
 
 
 @pytest.mark.parametrize("name", sorted(TINY_RECIPES))
+def test_the_language_models_default_positions_make_no_tensor_on_the_cpu(name):
+    """The inference path (eval, generate) leaves position_ids to the decoder, which makes them."""
+    cfg, recipe, model = _meta_model(name)
+    batch = synthetic_batch(cfg, recipe, model, torch.device("meta"))
+    recorder = DeviceRecorder()
+    with recorder, torch.no_grad():
+        logits = model.lm(batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert logits.device.type == "meta"
+    assert not recorder.cpu_outputs, f"tensors made on the CPU in the forward: {sorted(set(recorder.cpu_outputs))}"
+
+
+@pytest.mark.parametrize("name", sorted(TINY_RECIPES))
 def test_each_recipe_runs_forward_on_fake_cuda_tensors(name):
     cfg = load_config(None, TINY_RECIPES[name])
     recipe = recipes.of(cfg)
