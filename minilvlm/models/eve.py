@@ -233,19 +233,21 @@ class EVE(nn.Module):
         return features.reshape(-1, features.shape[-1])
 
     def alignment_loss(self, hidden, is_image, images):
-        """1 - mean cosine similarity between the aligner's prediction and the teacher's features."""
+        """1 - mean cosine similarity between the aligner's prediction and the teacher's features; 0 for
+        no images (computed all the same, so that FSDP ranks gather the same teacher blocks)."""
         predicted = self.aligner(self.patch_states(hidden, is_image, images.shape[0]))
         target = self.teacher_features(images)
-        return 1.0 - F.cosine_similarity(predicted.float(), target.float(), dim=-1).mean()
+        similarity = F.cosine_similarity(predicted.float(), target.float(), dim=-1)
+        return 1.0 - similarity.mean() if images.shape[0] else similarity.sum()
 
     # ---- the trainer's interface -------------------------------------------------------------
 
     def batch_loss(self, batch):
         """(summed next-token CE, labelled-token count, align_weight * (1 - cos) or None). The
-        alignment term is None in stage finetune and for a micro-batch without images."""
+        alignment term is None in stage finetune, and 0 for a micro-batch without images."""
         images = batch["images"]
         embeds, is_image = self.embed(batch["input_ids"], images)
-        align = self.stage in _ALIGNED_STAGES and images.shape[0] > 0
+        align = self.stage in _ALIGNED_STAGES
         mask, segments = attention_inputs(batch)
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
                       segment_ids=segments, output_hidden_states=align, head=False)

@@ -90,8 +90,10 @@ class LLaVA(nn.Module):
         micro-batch (minilvlm.data.batching). The trainer divides the CE by the global batch's token
         count and adds the auxiliary loss (EVE's alignment loss) as it is."""
         mask, segments = attention_inputs(batch)
-        hidden = self(batch["input_ids"], batch["images"], mask, position_ids=batch["position_ids"],
-                      segment_ids=segments, head=False)
+        # forward, not __call__: under FSDP, batch_loss itself gathers the root's weights, and a
+        # nested call's post-forward hook would free them before the head below uses them.
+        hidden = self.forward(batch["input_ids"], batch["images"], mask, position_ids=batch["position_ids"],
+                              segment_ids=segments, head=False)
         loss, count = self.lm.loss(hidden, batch["labels"], batch.get("n_targets"))
         return loss, count, None
 

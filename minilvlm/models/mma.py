@@ -183,8 +183,10 @@ class MMA(nn.Module):
         """(summed next-token CE, labelled-token count, None), as LLaVA.batch_loss."""
         if batch.get("packed"):
             raise ValueError(PACKED_ERROR)
-        hidden = self(batch["input_ids"], batch["images"], batch["attention_mask"],
-                      position_ids=batch["position_ids"], segment_ids=batch["segment_ids"], head=False)
+        # forward, not __call__: under FSDP, batch_loss itself gathers the root's weights, and a
+        # nested call's post-forward hook would free them before the head below uses them.
+        hidden = self.forward(batch["input_ids"], batch["images"], batch["attention_mask"],
+                              position_ids=batch["position_ids"], segment_ids=batch["segment_ids"], head=False)
         labels = torch.cat((torch.full_like(batch["labels"][:, :1], -100), batch["labels"]), dim=1)
         loss, count = self.lm.loss(hidden, labels, batch.get("n_targets"))
         return loss, count, None

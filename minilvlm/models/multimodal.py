@@ -33,8 +33,8 @@ def embed_with_images(lm, input_ids, images, image_token_id, image_tokens, image
     else:   # on a GPU the check runs on the device, without the host waiting for it
         torch._assert_async(is_image.sum() == expected, "image tokens and images do not match")
     embeds = lm.embed(input_ids.masked_fill(is_image, 0))
-    if images.shape[0] == 0:
-        return embeds, is_image
+    # The encoder runs even on no images: under FSDP every rank must gather the same blocks' weights
+    # in the same order, whatever its micro-batch holds.
     tokens = image_embeddings(images).to(embeds.dtype)
     return embeds.masked_scatter(is_image.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1])), is_image
 

@@ -91,7 +91,7 @@ class VisionAttention(nn.Module):
 
     def forward(self, x):
         B, N, D = x.shape
-        q, k, v = (w(x).view(B, N, self.n_heads, -1).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
+        q, k, v = (w(x).view(B, N, self.n_heads, D // self.n_heads).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
         return self.wo(attention(q, k, v).transpose(1, 2).reshape(B, N, D))
 
 

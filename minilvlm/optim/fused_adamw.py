@@ -20,44 +20,26 @@ what happened. On meta tensors the flag cannot be read and the step counts as ta
 import torch
 
 from minilvlm.ops.fused_adamw import fused_adamw_
+from minilvlm.optim.adamw_common import (check_adamw_hyperparams, grad_scale_tensor, read_skip_flag,
+                                        saved_state_by_param)
 from minilvlm.optim.flat import FlatParams
+from minilvlm.optim.tensor_list_adamw import TensorListAdamW
 
 _MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 
 
-def check_adamw_hyperparams(lr, betas, eps, weight_decay):
-    if not lr >= 0.0:
-        raise ValueError(f"invalid learning rate {lr}: must be >= 0")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"invalid betas {betas}: need two values in [0, 1)")
-    if not eps >= 0.0:
-        raise ValueError(f"invalid eps {eps}: must be >= 0")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"invalid weight_decay {weight_decay}: must be >= 0")
-
-
-def grad_scale_tensor(grad_scale, device, name="grad_scale"):
-    """grad_scale (a float or a 1-element tensor) as a 1-element float32 tensor on `device`, or None.
-    A float is filled in on the device (torch.full), not copied from the host."""
-    if grad_scale is None:
-        return None
-    if isinstance(grad_scale, torch.Tensor):
-        if grad_scale.numel() != 1:
-            raise ValueError(f"{name} must have one element, got shape {tuple(grad_scale.shape)}")
-        return grad_scale.detach().reshape(1).to(device=device, dtype=torch.float32)
-    return torch.full((1,), float(grad_scale), dtype=torch.float32, device=device)
-
-
-def read_skip_flag(found_inf):
-    """Whether a step with this found_inf was skipped: the step's one host sync (False on meta, where
-    there is no value to read, and without a flag)."""
-    if not isinstance(found_inf, torch.Tensor):
-        return bool(found_inf)
-    return found_inf.device.type != "meta" and bool(found_inf.item())
-
-
 class FusedAdamW(torch.optim.Optimizer):
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, master_weights=False):
+    """flat=False gives a TensorListAdamW instead (minilvlm/optim/tensor_list_adamw.py): the same
+    update over the params' own tensors, for params whose storage FSDP2 owns."""
+    flat = True
+
+    def __new__(cls, params=None, *args, flat=True, **kwargs):
+        if not flat and cls is FusedAdamW:
+            return TensorListAdamW(params, *args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, master_weights=False,
+                 flat=True):
         check_adamw_hyperparams(lr, betas, eps, weight_decay)
         self.master_weights = bool(master_weights)
         self._flats = []
@@ -241,21 +223,7 @@ class FusedAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         """Load a state_dict of FusedAdamW or torch.optim.AdamW with the same param groups."""
-        groups, saved_groups = self.param_groups, state_dict["param_groups"]
-        if len(groups) != len(saved_groups):
-            raise ValueError(f"state_dict has {len(saved_groups)} param groups, the optimizer {len(groups)}")
-        by_param = {}
-        for gi, (group, saved) in enumerate(zip(groups, saved_groups)):
-            if len(group["params"]) != len(saved["params"]):
-                raise ValueError(f"param group {gi}: state_dict has {len(saved['params'])} params, "
-                                 f"the optimizer {len(group['params'])}")
-            for p, index in zip(group["params"], saved["params"]):
-                if index in state_dict["state"]:
-                    by_param[p] = state_dict["state"][index]
-        for group, saved in zip(groups, saved_groups):
-            for key, value in saved.items():
-                if key != "params":
-                    group[key] = tuple(value) if key == "betas" else value
+        by_param = saved_state_by_param(self.param_groups, state_dict)
         for flat in self._flats:
             flat.steps = [0] * len(flat.params)
             flat.exp_avg.zero_()

@@ -12,7 +12,7 @@
 
 One process always uses FusedAdamW over flat buffers."""
 import torch
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from minilvlm.device import AUTOCAST_DTYPES
 from minilvlm.optim import FusedAdamW, ZeroAdamW
@@ -33,6 +33,9 @@ def shard_model(model, cfg):
             for block in blocks:
                 fully_shard(block, **options)
     fully_shard(model, **options)
+    # The trainer calls batch_loss, not forward: it must gather the root's weights (embeddings, head,
+    # projector) the way forward does.
+    register_fsdp_forward_method(model, "batch_loss")
     return model
 
 
