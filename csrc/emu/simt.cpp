@@ -334,6 +334,7 @@ inline void yield(Fiber* f) { ctx_switch(&f->ctx, &tls.runner->sched); }
 
 void fiber_main(Fiber* f) {
   Runner* r = tls.runner;
+  ctx_started(&r->sched);
   {
     bool threw = false;
     std::string what;

@@ -4,7 +4,8 @@
 // Each allocation is followed by kRedzoneBytes that belong to no tensor, so a read or write up to
 // that far past the end of one buffer cannot land inside the next one and pass for in bounds.
 // Tensors allocated before the import (or not by torch's CPU allocator: numpy, mmap) are unknown
-// to it; memcheck then refuses the launch rather than guess their size.
+// to it; memcheck then refuses the launch rather than guess their size. In an AddressSanitizer
+// build the redzone is poisoned, so that ASan reports an access there as it would without it.
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
@@ -15,6 +16,15 @@
 #include <utility>
 
 #include "emu/runtime.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define MINILVLM_EMU_POISON_(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define MINILVLM_EMU_UNPOISON_(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define MINILVLM_EMU_POISON_(p, n) ((void)(p), (void)(n))
+#define MINILVLM_EMU_UNPOISON_(p, n) ((void)(p), (void)(n))
+#endif
 
 namespace minilvlm_emu {
 namespace detail {
@@ -45,6 +55,7 @@ class TrackingAllocator final : public c10::Allocator {
     if (n == 0) return base_->allocate(0);
     c10::DataPtr inner = base_->allocate(n + kRedzoneBytes);
     void* p = inner.get();
+    MINILVLM_EMU_POISON_(static_cast<char*>(p) + n, kRedzoneBytes);
     {
       std::unique_lock<std::shared_mutex> lock(registry_mutex());
       registry().insert_or_assign(reinterpret_cast<uintptr_t>(p), Allocation{n, std::move(inner)});
@@ -65,6 +76,7 @@ class TrackingAllocator final : public c10::Allocator {
       std::unique_lock<std::shared_mutex> lock(registry_mutex());
       auto it = registry().find(reinterpret_cast<uintptr_t>(p));
       if (it == registry().end()) return;
+      MINILVLM_EMU_UNPOISON_(static_cast<char*>(p) + it->second.size, kRedzoneBytes);
       inner = std::move(it->second.inner);
       registry().erase(it);
     }
