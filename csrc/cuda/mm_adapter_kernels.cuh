@@ -4,9 +4,10 @@
 // under test is the code that ships.
 //
 // The host has folded the router into per-sample UsT [B, rg, D] = s * sum_i w_i U_i (transposed)
-// and cs [B, D] = s * sum_i w_i c_i (common/mm_adapter_host.h). The grid is (blocks per sample,
-// B): block (i, b) takes the tiles i, i + gridDim.x, ... of kMmTileTokens tokens of sample b, and
-// for each tile
+// and cs [B, D] = s * sum_i w_i c_i (common/mm_adapter_host.h). Tiles are kMmTileTokens tokens of
+// one sample. The forward's grid is (tiles, B), one block per tile; the backward's is (blocks per
+// sample, B), bounded by the GPU's size, and block (i, b) takes the tiles i, i + gridDim.x, ... of
+// sample b. For each tile
 //   phase 1  each warp takes whole tokens and forms their r dot products (h = A x + b_A; in the
 //            backward also dh = UsT dy per group) with lane-strided loads and __shfl_xor_sync
 //            reductions; the results go to shared memory;
@@ -72,18 +73,6 @@ __device__ __forceinline__ void warp_dot_rows(const float* __restrict__ rows, in
   }
 }
 
-// h[t, :] = A x_t + b_A for the tile's tokens, one warp per token (phase 1 of the forward).
-template <typename T>
-__device__ __forceinline__ void mm_tile_h(const T* __restrict__ xs, const float* __restrict__ A,
-                                          const float* __restrict__ bA, const MmDims& dims, int nt, float* h) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int t = warp; t < nt; t += kMmWarps) {
-    warp_dot_rows(A, dims.D, xs + t * dims.D, dims.D, dims.r, h + t * dims.r, lane);
-    __syncwarp();
-    for (int k = lane; k < dims.r; k += 32) h[t * dims.r + k] += bA[k];
-  }
-}
-
 __device__ __forceinline__ int mm_tile_tokens(const MmDims& dims, int64_t t0) {
   return static_cast<int>(dims.T - t0 < kMmTileTokens ? dims.T - t0 : kMmTileTokens);
 }
@@ -94,26 +83,27 @@ __global__ void __launch_bounds__(kMmThreads)
                               const float* __restrict__ bA, const float* __restrict__ UsT,
                               const float* __restrict__ cs, MmDims dims) {
   MINILVLM_DYNAMIC_SMEM(float, h);  // [kMmTileTokens, r]
-  const int64_t b = blockIdx.y, D = dims.D;
-  const int64_t tiles = (dims.T + kMmTileTokens - 1) / kMmTileTokens;
+  const int64_t b = blockIdx.y, t0 = static_cast<int64_t>(blockIdx.x) * kMmTileTokens;
+  const int nt = mm_tile_tokens(dims, t0);
+  const int64_t D = dims.D;
+  const T* xs = x + (b * dims.T + t0) * D;
+  T* os = out + (b * dims.T + t0) * D;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int t = warp; t < nt; t += kMmWarps) {
+    warp_dot_rows(A, D, xs + t * D, D, dims.r, h + t * dims.r, lane);
+    __syncwarp();
+    for (int k = lane; k < dims.r; k += 32) h[t * dims.r + k] += bA[k];
+  }
+  __syncthreads();
   const float* u = UsT + b * dims.rg * D;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t t0 = tile * kMmTileTokens;
-    const int nt = mm_tile_tokens(dims, t0);
-    const T* xs = x + (b * dims.T + t0) * D;
-    T* os = out + (b * dims.T + t0) * D;
-    mm_tile_h(xs, A, bA, dims, nt, h);
-    __syncthreads();
-    for (int64_t d = threadIdx.x; d < D; d += kMmThreads) {
-      const int hg = static_cast<int>(d / dims.Dg) * dims.rg;
-      const float c = __ldg(cs + b * D + d);
-      for (int t = 0; t < nt; ++t) {
-        float v = c;
-        for (int j = 0; j < dims.rg; ++j) v = fmaf(__ldg(u + j * D + d), h[t * dims.r + hg + j], v);
-        store(os + t * D + d, load_token(xs + t * D + d) + v);
-      }
+  for (int64_t d = threadIdx.x; d < D; d += kMmThreads) {
+    const int hg = static_cast<int>(d / dims.Dg) * dims.rg;
+    const float c = __ldg(cs + b * D + d);
+    for (int t = 0; t < nt; ++t) {
+      float v = c;
+      for (int j = 0; j < dims.rg; ++j) v = fmaf(__ldg(u + j * D + d), h[t * dims.r + hg + j], v);
+      store(os + t * D + d, load_token(xs + t * D + d) + v);
     }
-    __syncthreads();  // the next tile overwrites h
   }
 }
 

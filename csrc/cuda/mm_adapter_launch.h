@@ -27,16 +27,21 @@ inline MmDims mm_dims(const MmAdapterShape& s, const char* op) {
   return {s.T, s.D, static_cast<int>(s.r), static_cast<int>(s.rg), static_cast<int>(s.Dg), static_cast<int>(s.groups)};
 }
 
-// Blocks per SM on a GPU (CudaTarget in mm_adapter.cu; EmuTarget's GPU profiles): the forward's
-// bound, eight blocks of 256 threads fill an SM. The backward takes a quarter of it, since each of
-// its blocks owns a workspace slot of (r + rg + 1) * D floats.
-constexpr int kMmBlocksPerSm = 8;
-constexpr int kMmBackwardShare = 4;
+// The backward's blocks per SM on a GPU (CudaTarget in mm_adapter.cu; EmuTarget's GPU profiles):
+// two, since each block owns a workspace slot of (r + rg + 1) * D floats.
+constexpr int kMmBlocksPerSm = 2;
 
-// Grid (blocks per sample, B): each block loops over the tiles of kMmTileTokens tokens of its
+inline int64_t mm_tiles(int64_t T) { return (T + kMmTileTokens - 1) / kMmTileTokens; }
+
+// The forward: one block per tile of kMmTileTokens tokens of one sample.
+inline dim3 mm_forward_grid(int64_t B, int64_t T) {
+  return dim3(static_cast<unsigned>(mm_tiles(T)), static_cast<unsigned>(B));
+}
+
+// The backward: (blocks per sample, B) within max_blocks; each block loops over the tiles of its
 // sample, so a sample with more tiles than its blocks has its blocks take several.
-inline dim3 mm_grid(int64_t B, int64_t T, int64_t max_blocks) {
-  const int64_t tiles = (T + kMmTileTokens - 1) / kMmTileTokens;
+inline dim3 mm_backward_grid(int64_t B, int64_t T, int64_t max_blocks) {
+  const int64_t tiles = mm_tiles(T);
   int64_t per_sample = max_blocks / B;
   per_sample = per_sample < 1 ? 1 : (per_sample > tiles ? tiles : per_sample);
   return dim3(static_cast<unsigned>(per_sample), static_cast<unsigned>(B));
@@ -60,8 +65,9 @@ inline void check_mm_kernel_dtype(const at::Tensor& x, const char* op) {
 
 // The ops on the kernels. target(x, op) is the backend's (cuda/cuda_target.h, emu/emu_target.h):
 // it checks that the tensors live where the kernels run, makes that device current and returns the
-// launch configuration (its stream, and the grid bound that mm_grid divides among the samples). It
-// runs after the argument checks, so a wrong shape or a tensor on another device is reported first.
+// launch configuration (its stream, and the backward's grid bound, which mm_backward_grid divides
+// among the samples). It runs after the argument checks, so a wrong shape or a tensor on another
+// device is reported first.
 template <typename Target>
 at::Tensor mm_adapter(const at::Tensor& x_in, const at::Tensor& t, const at::Tensor& router_w,
                       const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
@@ -80,7 +86,7 @@ at::Tensor mm_adapter(const at::Tensor& x_in, const at::Tensor& t, const at::Ten
     using T = typename decltype(tag)::type;
     auto* kernel = &mm_adapter_forward_kernel<cuda_scalar_t<T>>;
     const size_t smem = sizeof(float) * kMmTileTokens * dims.r;  // h
-    MINILVLM_LAUNCH(kernel, mm_grid(s.B, s.T, config.max_blocks), dim3(kMmThreads), smem, config.stream)(
+    MINILVLM_LAUNCH(kernel, mm_forward_grid(s.B, s.T), dim3(kMmThreads), smem, config.stream)(
         cuda_data<T>(x), cuda_data<T>(out), m.A.data_ptr<float>(), m.bA.data_ptr<float>(), m.UsT.data_ptr<float>(),
         m.cs.data_ptr<float>(), dims);
   });
@@ -105,7 +111,7 @@ MmAdapterGrads mm_adapter_backward(const at::Tensor& grad_out, const at::Tensor&
   at::Tensor dA_dbA = at::zeros({s.r * s.D + s.r}, opts), G_S = at::zeros({s.B, s.rg * s.D + s.D}, opts);
   if (x.numel() > 0) {
     const MmDims dims = mm_dims(s, "mm_adapter_backward");
-    const dim3 grid = mm_grid(s.B, s.T, config.max_blocks / kMmBackwardShare);
+    const dim3 grid = mm_backward_grid(s.B, s.T, config.max_blocks);
     const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y;
     at::Tensor dA_part = at::empty({blocks, s.r * s.D + s.r}, opts);
     at::Tensor GS_part = at::empty({static_cast<int64_t>(grid.x), s.B, s.rg * s.D + s.D}, opts);

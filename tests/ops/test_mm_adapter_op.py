@@ -314,8 +314,8 @@ def test_emulated_cuda_kernels_bfloat16_within_twice_torch_bf16(emu):
 def test_emulated_backward_is_bitwise_deterministic_under_two_schedules(emu, dtype):
     """The backward's two-pass reduction (no float atomics): the same grads, bit for bit, whatever order the
     threads of a block run in (two scheduling seeds) and the blocks run in (one OS thread or two), also under
-    torch.use_deterministic_algorithms. T = 50: four tiles per sample, all in one block each (the
-    emulator's backward grid is 2 blocks), so the per-block sums loop over tiles."""
+    torch.use_deterministic_algorithms. T = 50: four tiles per sample over two blocks each (the emulator's
+    backward grid is 4 blocks), so the per-block sums loop over tiles."""
     a = make_inputs(2, 50, 74, 8, 2, 2, dtype=dtype)
     grad_out = torch.randn(2, 50, 74, generator=torch.Generator().manual_seed(1)).to(dtype)
     results = []
@@ -357,19 +357,18 @@ def launched_grid(emu, kernel):
     return found[-1].split(" grid=")[1].split(" ")[0]
 
 
-def test_emulated_more_tiles_than_blocks(emu):
-    """T = 100 is 7 tiles of 16 tokens per sample; the emulator's grid gives a sample 4 forward blocks and one
-    backward block, so blocks take several tiles (and the last a partial one)."""
+def test_emulated_backward_more_tiles_than_blocks(emu):
+    """T = 100 is 7 tiles of 16 tokens per sample (the last a partial one); the forward takes one block per
+    tile, the backward's grid (4 blocks under the emulator) gives each sample 2 blocks, which take 4 and 3 tiles."""
     emu.clear_recent_launches()
     check_parity(emu, (2, 100, 74, 8, 2, 2), 5.0)
-    assert launched_grid(emu, "mm_adapter_forward_kernel") == "(4,2,1)"
-    assert launched_grid(emu, "mm_adapter_backward_kernel") == "(1,2,1)"
+    assert launched_grid(emu, "mm_adapter_forward_kernel") == "(7,2,1)"
+    assert launched_grid(emu, "mm_adapter_backward_kernel") == "(2,2,1)"
 
 
 def test_emulated_kernels_on_the_a100_grid(emu):
-    """The grids an A100 gets (108 SMs x kMmBlocksPerSm = 864 forward blocks, a quarter of that backward)
-    divided among 80 samples of 3 tiles: 10 forward blocks would be allowed per sample (one tile each is
-    enough), 2 backward blocks, so the backward's blocks loop over tiles on the GPU grid too."""
+    """The backward's grid on an A100 (108 SMs x kMmBlocksPerSm = 216 blocks) divided among 80 samples of 3
+    tiles: 2 blocks per sample, so the blocks loop over tiles on the GPU's grid too."""
     emu.set_gpu("A100")
     emu.clear_recent_launches()
     check_parity(emu, (80, 48, 24, 8, 2, 2), 5.0)
