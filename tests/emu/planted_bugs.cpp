@@ -80,6 +80,15 @@ at::Tensor inactive_lane_shuffle(const at::Tensor& x_, bool bug) {
   return sums;
 }
 
+at::Tensor missing_syncwarp(const at::Tensor& x_, bool bug) {
+  const at::Tensor x = f32(x_, "x");
+  at::Tensor out = at::empty_like(x);
+  auto* kernel = bug ? &missing_syncwarp_kernel<true> : &missing_syncwarp_kernel<false>;
+  MINILVLM_LAUNCH(kernel, blocks_for(x.numel(), kThreads), kThreads, 0, 0)(x.data_ptr<float>(), out.data_ptr<float>(),
+                                                                           static_cast<int>(x.numel()));
+  return out;
+}
+
 }  // namespace
 }  // namespace planted
 }  // namespace minilvlm
@@ -91,6 +100,7 @@ TORCH_LIBRARY_FRAGMENT(minilvlm_emu, m) {
   m.def("planted_wrong_shuffle_offset(Tensor x, int blocks, bool bug) -> Tensor");
   m.def("planted_divergent_barrier(float a, Tensor x, bool bug) -> Tensor");
   m.def("planted_inactive_lane_shuffle(Tensor x, bool bug) -> Tensor");
+  m.def("planted_missing_syncwarp(Tensor x, bool bug) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(minilvlm_emu, CPU, m) {
@@ -101,4 +111,5 @@ TORCH_LIBRARY_IMPL(minilvlm_emu, CPU, m) {
   m.impl("planted_wrong_shuffle_offset", &wrong_shuffle_offset);
   m.impl("planted_divergent_barrier", &divergent_barrier);
   m.impl("planted_inactive_lane_shuffle", &inactive_lane_shuffle);
+  m.impl("planted_missing_syncwarp", &missing_syncwarp);
 }

@@ -132,5 +132,21 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x % 32 == 0) sums[i / 32] = v;
 }
 
+// Each warp rotates its values by one lane through shared memory: out[i] is x at the next lane of
+// the same warp (lane 31 takes lane 0's). Bug: no __syncwarp between a lane's store and its read
+// of the next lane's slot. Lanes of a warp do not run in lockstep (Volta and later), so a lane can
+// read its neighbour's slot before the neighbour has written it: a race within one warp.
+template <bool kBug>
+__global__ void __launch_bounds__(kThreads)
+    missing_syncwarp_kernel(const float* __restrict__ x, float* __restrict__ out, int n) {
+  __shared__ float slots[kThreads];
+  const int i = blockIdx.x * kThreads + threadIdx.x;
+  const int lane = threadIdx.x % 32, next = threadIdx.x - lane + (lane + 1) % 32;
+  slots[threadIdx.x] = i < n ? x[i] : 0.0f;
+  if (!kBug) __syncwarp();
+  const float v = slots[next];
+  if (i < n) out[i] = v;
+}
+
 }  // namespace planted
 }  // namespace minilvlm

@@ -16,5 +16,7 @@ template __global__ void divergent_barrier_kernel<false>(float, const float*, fl
 template __global__ void divergent_barrier_kernel<true>(float, const float*, float*, int);
 template __global__ void inactive_lane_shuffle_kernel<false>(const float*, float*, int);
 template __global__ void inactive_lane_shuffle_kernel<true>(const float*, float*, int);
+template __global__ void missing_syncwarp_kernel<false>(const float*, float*, int);
+template __global__ void missing_syncwarp_kernel<true>(const float*, float*, int);
 }  // namespace planted
 }  // namespace minilvlm

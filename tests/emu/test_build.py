@@ -77,3 +77,49 @@ def test_missing_emu_fails_after_the_full_build_and_skips_only_without_it(tmp_pa
         assert "5 errors" in result.stdout and "minilvlm._C has the CUDA kernels" in result.stdout, result.stdout
     else:  # a CPU-only build without CUDA headers cannot build _emu: the emulator tests may skip
         assert result.returncode == 0 and "5 skipped" in result.stdout, result.stdout + result.stderr
+
+
+ASAN_MASKED_TAIL = """
+import importlib.util, sys, torch, minilvlm
+spec = importlib.util.spec_from_file_location("minilvlm._emu", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["minilvlm._emu"] = module
+spec.loader.exec_module(module)
+rows, v = torch.randn(5, 40), torch.randn(40)
+torch.ops.minilvlm_emu.planted_masked_tail(rows, v, False)
+print("correct twin ok", flush=True)
+torch.ops.minilvlm_emu.planted_masked_tail(rows, v, True)
+"""
+
+
+def asan_emu_module():
+    """The AddressSanitizer build of _emu: the one under test in .ci/run's ASan step, else build/cmake-asan's."""
+    if "libasan" in os.environ.get("LD_PRELOAD", "") and os.environ.get("MINILVLM_EMU_MODULE"):
+        return Path(os.environ["MINILVLM_EMU_MODULE"])
+    found = sorted((ROOT / "build" / "cmake-asan").glob("minilvlm/_emu*.so"))
+    return found[0] if found else None
+
+
+@pytest.mark.emu
+def test_asan_build_reports_the_planted_masked_tail_read(tmp_path):
+    """The ASan step is not vacuous: on the AddressSanitizer build, the masked tail read of
+    tests/emu/planted_bugs.cuh (the bug that only ASan found in the audit) ends the process with
+    ASan's report at its line, while the correct twin runs clean."""
+    module = asan_emu_module()
+    if module is None:
+        pytest.skip("no AddressSanitizer build of minilvlm._emu (build/cmake-asan); .ci/run makes one and runs this "
+                    "test in its AddressSanitizer step")
+    compiler = os.environ.get("CXX", "c++")
+    preload = [subprocess.run([compiler, f"-print-file-name={lib}"], capture_output=True, text=True,
+                              check=True).stdout.strip() for lib in ("libasan.so", "libstdc++.so")]
+    log = tmp_path / "asan"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LD_PRELOAD=" ".join(preload),
+               ASAN_OPTIONS=f"detect_leaks=0:abort_on_error=1:log_path={log}")
+    result = subprocess.run([sys.executable, "-c", ASAN_MASKED_TAIL, str(module)], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    reports = "".join(path.read_text() for path in tmp_path.glob("asan.*"))
+    assert result.returncode != 0 and "correct twin ok" in result.stdout, result.stdout + result.stderr + reports
+    assert "ERROR: AddressSanitizer" in reports and "READ of size 4" in reports, reports
+    line = 1 + next(i for i, text in enumerate((ROOT / "tests/emu/planted_bugs.cuh").read_text().splitlines())
+                    if "const float a = __ldg(rows" in text)
+    assert "masked_tail_kernel<true>" in reports and f"planted_bugs.cuh:{line}" in reports, reports

@@ -72,6 +72,28 @@ def test_wrong_stride_is_a_race_between_blocks(emu, sched_seed):
     assert not torch.allclose(broken, p - 0.1 * g)
 
 
+@pytest.mark.emu_checks
+@pytest.mark.parametrize("sched_seed", [0, 12345])
+def test_missing_syncwarp_is_a_race_within_a_warp(emu, sched_seed):
+    """Lanes of one warp need __syncwarp (or a warp primitive) between a store and another lane's load; with it
+    the rotation passes racecheck (the warp-synchronous exemption), without it racecheck names the two lanes."""
+    x = torch.randn(300, generator=gen())
+    padded = torch.cat([x, torch.zeros(20)])
+    torch.testing.assert_close(emu.planted_missing_syncwarp(x, False), padded.view(-1, 32).roll(-1, 1).flatten()[:300])
+    emu.set_seed(sched_seed)
+    msg = reported(lambda: emu.planted_missing_syncwarp(x, True))
+    hazard = re.match(r"race: kernel 'kernel' \(minilvlm::planted::missing_syncwarp_kernel<true>\) block \(0,0,0\): "
+                      r"thread \((\d+),0,0\) (reads|writes) 4 bytes of shared memory at __shared__ "
+                      r".*missing_syncwarp_kernel.*::slots, byte \d+ \(planted_bugs\.cuh:(\d+) in .*\) that thread "
+                      r"\((\d+),0,0\) (wrote|read) \(planted_bugs\.cuh:(\d+) in .*\) with no __syncthreads between "
+                      r"them and no __syncwarp or warp primitive ordering them.*"
+                      r"\((read-after-write|write-after-read) hazard\)$", msg)
+    assert hazard, msg
+    assert int(hazard.group(1)) // 32 == int(hazard.group(4)) // 32, msg  # two lanes of one warp
+    lines = {int(hazard.group(3)), int(hazard.group(6))}
+    assert lines == {line_of("slots[threadIdx.x] = i < n"), line_of("const float v = slots[next]")}, msg
+
+
 # memcheck ----------------------------------------------------------------------------------------
 @pytest.mark.emu_checks
 @pytest.mark.parametrize("sched_seed", [0, 12345])
