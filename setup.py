@@ -6,6 +6,8 @@ minilvlm._emu  the CUDA kernels compiled with g++ against the SIMT emulator (tes
 Knobs (environment variables):
   MINILVLM_CUDA=0|1      force the CUDA kernels off / on (default: auto)
   MINILVLM_EMU=0|1       force the emulator module off / on (default: when CUDA headers exist)
+  MINILVLM_EMU_SANITIZE=address   build the emulator module with AddressSanitizer instead of the
+                         access instrumentation of racecheck/memcheck (run it with libasan preloaded)
   TORCH_CUDA_ARCH_LIST   default "8.0;9.0;10.0;12.0+PTX" (csrc/build_support.py), less what the
                          installed nvcc cannot build; an explicit list is used as given
   MAX_JOBS               parallel compile jobs (ninja)
@@ -25,6 +27,7 @@ _build_support = runpy.run_path(str(ROOT / "csrc" / "build_support.py"))
 find_cuda_home, read_sources = _build_support["find_cuda_home"], _build_support["read_sources"]
 # Generated headers (the CUDA arch list of csrc/registration.cpp) live with the build, not in csrc/.
 GENERATED = ROOT / "build" / "generated"
+emu_flags = _build_support["emu_flags"]
 
 CUDA_HOME = find_cuda_home()
 if CUDA_HOME:
@@ -107,24 +110,50 @@ else:
         extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]))
 
 if want_emu():
-    extensions.append(CppExtension(
+    sanitize = os.environ.get("MINILVLM_EMU_SANITIZE") or None
+    emu = CppExtension(
         "minilvlm._emu", read_sources(ROOT, "emu"),
         include_dirs=include_dirs + [str(Path(CUDA_HOME) / "include")],
         define_macros=[("MINILVLM_EMU", "1")],
-        extra_compile_args={"cxx": (["-O0", "-g"] if debug else ["-O2"])
-                            + ["-std=c++20", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wall",
-                               "-Wno-unknown-pragmas",  # the kernels' #pragma unroll is nvcc's
-                               "-UNDEBUG"]},  # device asserts stay live in tests
-        extra_link_args=["-fopenmp"]))
+        extra_compile_args={"cxx": emu_flags("kernel", sanitize, debug)},
+        extra_link_args=emu_flags("link", sanitize))
+    # The runtime's sources take other flags (no access instrumentation): EmuBuild compiles them.
+    emu.runtime_sources = read_sources(ROOT, "emurt")
+    # setuptools relinks only when a listed file is newer than the module; ninja then recompiles
+    # what changed.
+    emu.depends = emu.runtime_sources + sorted(
+        str(p.relative_to(ROOT)) for d in ("csrc", "tests/emu") for ext in ("h", "cuh")
+        for p in (ROOT / d).rglob(f"*.{ext}"))
+    emu.runtime_flags = (emu_flags("kernel", sanitize, debug), emu_flags("runtime", sanitize, debug))
+    extensions.append(emu)
+    print("minilvlm: building the emulator module minilvlm._emu"
+          + (f" with -fsanitize={sanitize}" if sanitize else " (access checks compiled in)"))
 else:
     why = "MINILVLM_EMU=0" if env_flag("MINILVLM_EMU") is False else "no CUDA headers"
     print(f"minilvlm: skipping the emulator module minilvlm._emu ({why})")
+
+class EmuBuild(BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)):
+    """BuildExtension that compiles an extension's runtime_sources with their own flags (the emulator's
+    runtime must not carry the kernels' access instrumentation) and links them in."""
+
+    def build_extension(self, ext):
+        runtime = getattr(ext, "runtime_sources", None)
+        if runtime:
+            kernel_flags, runtime_flags = ext.runtime_flags
+            # BuildExtension has added its defines (TORCH_EXTENSION_NAME, ABI) to the kernel flags.
+            added = [f for f in ext.extra_compile_args["cxx"] if f not in kernel_flags]
+            objects = self.compiler.compile(
+                runtime, output_dir=self.build_temp, macros=ext.define_macros, include_dirs=ext.include_dirs,
+                debug=self.debug, extra_postargs={"cxx": runtime_flags + added}, depends=ext.depends)
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+        super().build_extension(ext)
+
 
 setup(
     name="minilvlm",
     version="0.1.0",
     packages=find_packages(include=["minilvlm", "minilvlm.*"]),
     ext_modules=extensions,
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    cmdclass={"build_ext": EmuBuild},
     python_requires=">=3.10",
 )

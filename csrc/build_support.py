@@ -6,6 +6,7 @@ for namespace packages, and it is no package, so `pip install -e .` never instal
 
     python csrc/build_support.py cuda-home        # print the CUDA toolkit root (empty if none): for CMake
     python csrc/build_support.py cuda-arch-list   # the default TORCH_CUDA_ARCH_LIST for that nvcc
+    python csrc/build_support.py emu-flags {kernel,runtime,link} [address]   # minilvlm._emu's flags, ;-separated
 """
 import os
 import re
@@ -30,6 +31,36 @@ def read_sources(root, kind):
         if line_kind == kind:
             paths.append(path)
     return paths
+
+
+# minilvlm._emu (docs/emulator.md, "Building"). Kernel sources ("emu" in sources.txt) get GCC's
+# thread-sanitizer instrumentation without its runtime: each load, store and atomic calls a __tsan_*
+# hook that the emulator defines (csrc/emu/access_hooks.cpp), which is how racecheck and memcheck see
+# every access; -g1 keeps the line table that names the source line of a reported access. The
+# runtime ("emurt") must not be instrumented. sanitize="address" builds everything with ASan
+# instead (the two instrumentations exclude each other), for the CI step that runs the emulator
+# tests under AddressSanitizer with libasan preloaded.
+EMU_COMMON_FLAGS = ["-std=c++20", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wall",
+                    "-Wno-unknown-pragmas",  # the kernels' #pragma unroll is nvcc's
+                    "-UNDEBUG"]              # device asserts stay live in tests
+EMU_ACCESS_HOOK_FLAGS = ["-g1", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0"]
+EMU_ASAN_FLAGS = ["-g1", "-fsanitize=address", "-fno-sanitize-address-use-after-scope", "-fno-omit-frame-pointer"]
+
+
+def emu_flags(part, sanitize=None, debug=False):
+    """Compiler flags of minilvlm._emu's kernel sources (part="kernel"), its runtime ("runtime"), or
+    its link flags ("link"); sanitize is None or "address"."""
+    if part not in ("kernel", "runtime", "link"):
+        raise ValueError(f"emu_flags: part must be kernel, runtime or link, got {part!r}")
+    if sanitize not in (None, "", "address"):
+        raise ValueError(f"emu_flags: sanitize must be None or 'address', got {sanitize!r}")
+    asan = EMU_ASAN_FLAGS if sanitize == "address" else []
+    if part == "link":
+        return ["-fopenmp"] + (["-fsanitize=address"] if asan else [])
+    flags = (["-O0", "-g"] if debug else ["-O2"]) + EMU_COMMON_FLAGS + asan
+    if part == "kernel" and not asan:
+        flags += EMU_ACCESS_HOOK_FLAGS
+    return flags
 
 
 def _real_nvcc(path):
@@ -157,5 +188,7 @@ if __name__ == "__main__":
     elif sys.argv[1:] == ["cuda-arch-list"]:
         home = find_cuda_home()
         print(default_cuda_arch_list(home)[0] if home else "")
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "emu-flags":
+        print(";".join(emu_flags(sys.argv[2], sys.argv[3] if len(sys.argv) == 4 else None)))
     else:
-        sys.exit("usage: python csrc/build_support.py cuda-home | cuda-arch-list")
+        sys.exit("usage: python csrc/build_support.py cuda-home | cuda-arch-list | emu-flags {kernel,runtime,link} [address]")

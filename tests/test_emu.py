@@ -1,31 +1,16 @@
 """Self-tests of the SIMT emulator (csrc/emu): CUDA kernels compiled with g++ and run on the CPU.
 
 Each test launches one of the kernels in csrc/emu/selftest_kernels.cuh through a
-torch.ops.minilvlm_emu.selftest_* op and compares with a plain torch reference.
+torch.ops.minilvlm_emu.selftest_* op and compares with a plain torch reference. The emu fixture
+(tests/conftest.py) runs them with racecheck and memcheck on; synccheck is always on. The
+checks' own tests, on deliberately broken kernels, are in tests/emu/.
 """
 import re
-import time
 
 import pytest
 import torch
 
-FILE_BUDGET_S = 10.0  # the whole file should take a few seconds
-_T0 = {}
-
-
-@pytest.fixture(scope="module")
-def emu():
-    try:
-        import minilvlm._emu  # noqa: F401  (importing registers torch.ops.minilvlm_emu.*)
-    except ImportError as e:
-        pytest.skip(f"minilvlm._emu not built (it needs the CUDA headers at build time): {e}")
-    _T0.setdefault("start", time.perf_counter())
-    ops = torch.ops.minilvlm_emu
-    ops.set_seed(0)
-    ops.set_num_threads(0)
-    yield ops
-    ops.set_seed(0)
-    ops.set_num_threads(0)
+import minilvlm
 
 
 @pytest.fixture
@@ -105,25 +90,30 @@ def test_saxpy(emu, n, grid, block):
     torch.testing.assert_close(got, 1.5 * x + y, rtol=1e-6, atol=1e-6)
 
 
-# (5) divergent barriers must raise, naming kernel and block --------------------------------------
+# (5) divergent barriers are synccheck errors naming the threads that did not arrive ---------------
 @pytest.mark.parametrize("mode,pattern", [
-    (0, r"threads 0-15 wait at __syncthreads \(selftest_kernels\.cuh:\d+\) but threads 16-255 exited"),
-    (1, r"different __syncthreads"),
-    (2, r"wait at __shfl_xor_sync \(selftest_kernels\.cuh:\d+\) with mask 0xffffffff .*exited"),
+    (0, r"__syncthreads at selftest_kernels\.cuh:\d+ was reached by threads 0-15, but threads 16-255 did not arrive "
+        r"\(exited\)"),
+    (1, r"__syncthreads at selftest_kernels\.cuh:\d+ was reached by threads 0, 2, 4, .*\(128 threads\), but threads "
+        r"1, 3, 5, .* did not arrive \(wait at __syncthreads at selftest_kernels\.cuh:\d+\)"),
+    (2, r"warp 0: __shfl_xor_sync at selftest_kernels\.cuh:\d+ .*lanes 16-31.*exited"),
 ])
-def test_divergent_sync_raises(emu, mode, pattern):
-    with pytest.raises(RuntimeError) as info:
+def test_divergent_sync_is_a_synccheck_error(emu, mode, pattern):
+    with pytest.raises(minilvlm._emu.EmulatorError) as info:
         emu.selftest_divergent_sync(mode, 3, 256)
     msg = str(info.value)
-    assert "minilvlm emu: deadlock in kernel 'divergent_sync_kernel'" in msg
-    assert "block (0,0,0)" in msg  # the lowest failing block is the one reported
+    assert msg.startswith("synccheck: kernel 'divergent_sync_kernel' block (0,0,0)"), msg  # the lowest block
     assert re.search(pattern, msg), msg
 
 
 def test_device_assert_raises(emu):
-    with pytest.raises(RuntimeError, match=r"kernel 'assert_kernel' block \(1,0,0\) thread \(7,0,0\): "
-                                           r"assertion .* failed"):
+    with pytest.raises(minilvlm._emu.EmulatorError, match=r"kernel 'assert_kernel' block \(1,0,0\) thread \(7,0,0\): "
+                                                          r"assertion .* failed"):
         emu.selftest_device_assert(3, 32)
+
+
+def test_emulator_error_is_a_runtime_error(emu):
+    assert issubclass(minilvlm._emu.EmulatorError, RuntimeError)
 
 
 @pytest.mark.parametrize("gx,bx,by,smem,pattern", [
@@ -138,8 +128,21 @@ def test_invalid_launch_raises(emu, gx, bx, by, smem, pattern):
     emu.selftest_bad_launch(2, 32, 2, 1024)  # a valid configuration of the same kernel
 
 
-# (6) a shared-memory race shows up as seed-dependent results ------------------------------------
+# (6) a shared-memory race: racecheck names it; without racecheck it shows as seed-dependent results
+@pytest.mark.emu_checks
+def test_racecheck_names_the_smem_race(emu):
+    with pytest.raises(minilvlm._emu.EmulatorError) as info:
+        emu.selftest_smem_race(4, 256)
+    msg = str(info.value)
+    assert msg.startswith("race: kernel 'smem_race_kernel' block (0,0,0): thread (1,0,0) writes 4 bytes of shared "
+                          "memory at __shared__ minilvlm::emu_selftest::smem_race_kernel(int*)::slot, byte 0 "
+                          "(selftest_kernels.cuh:"), msg
+    assert re.search(r"that thread \(0,0,0\) wrote \(selftest_kernels\.cuh:\d+ in "
+                     r"minilvlm::emu_selftest::smem_race_kernel\) .*\(write-after-write hazard\)$", msg), msg
+
+
 def test_smem_race_depends_on_seed(emu, seed):
+    emu.set_checks("none")  # let the racy kernel run, to see what the race does to its result
     seed(0)
     natural = emu.selftest_smem_race(4, 256)
     assert torch.equal(natural, torch.full((1024,), 255, dtype=torch.int32))  # last writer wins
@@ -153,11 +156,8 @@ def test_smem_race_depends_on_seed(emu, seed):
     assert not torch.equal(a1, natural)
     # The schedule depends on the seed and block only, not on how blocks map to OS threads.
     emu.set_num_threads(1)
-    try:
-        seed(1)
-        assert torch.equal(emu.selftest_smem_race(4, 256), a1)
-    finally:
-        emu.set_num_threads(0)
+    seed(1)
+    assert torch.equal(emu.selftest_smem_race(4, 256), a1)
 
 
 # (7) atomics across blocks ----------------------------------------------------------------------
@@ -194,17 +194,39 @@ def test_half_roundtrip(emu):
     assert torch.equal(out[3], (xb + xb).float())
 
 
-# speed ------------------------------------------------------------------------------------------
-def test_speed_64_blocks_of_256(emu):
-    x = torch.randn(64 * 256 * 4, generator=_gen(11))
-    t = time.perf_counter()
-    for _ in range(3):
-        got = emu.selftest_block_sum(x, 256, 64)
-    per_launch = (time.perf_counter() - t) / 3
-    torch.testing.assert_close(got.sum().double(), x.double().sum(), rtol=1e-5, atol=1e-3)
-    assert per_launch < 0.5, f"64 blocks x 256 threads took {per_launch:.3f} s per launch"
+# settings -------------------------------------------------------------------------------------
+def test_checks_setting_round_trips_and_rejects_unknown_names(emu):
+    if emu.checks_available():
+        for given, shown in [("race", "race"), ("memory", "memory"), ("memory, race", "race,memory"),
+                             ("all", "race,memory"), ("none", "none"), ("sync", "none")]:
+            emu.set_checks(given)
+            assert emu.get_checks() == shown
+    else:  # the AddressSanitizer build has no access instrumentation
+        with pytest.raises(RuntimeError, match="this build of minilvlm._emu has none"):
+            emu.set_checks("race")
+    with pytest.raises(ValueError, match="unknown check 'rcae'; expected a comma-separated list of race, memory"):
+        emu.set_checks("rcae")
 
 
-def test_zz_file_runtime(emu):
-    elapsed = time.perf_counter() - _T0["start"]
-    assert elapsed < FILE_BUDGET_S, f"tests/test_emu.py took {elapsed:.1f} s (budget {FILE_BUDGET_S} s)"
+def test_gpu_profiles_table(emu):
+    # SMs, threads/SM, blocks/SM, shared memory/SM, default shared memory/block, registers/SM
+    assert emu.gpu_profile("A100") == [108, 2048, 32, 167936, 49152, 65536]
+    assert emu.gpu_profile("H100") == [132, 2048, 32, 233472, 49152, 65536]
+    assert emu.resident_blocks("A100", 256, 0) == 8      # limited by threads
+    assert emu.resident_blocks("H100", 128, 0) == 16
+    assert emu.resident_blocks("A100", 32, 0) == 32      # limited by the blocks per SM
+    assert emu.resident_blocks("A100", 256, 48000) == 3  # limited by shared memory (+1 KiB per block)
+    with pytest.raises(ValueError, match="unknown GPU profile 'V100'; known: A100, H100"):
+        emu.set_gpu("V100")
+    emu.set_gpu("H100")
+    assert emu.get_gpu() == "H100"
+
+
+def test_gpu_profile_refuses_dynamic_smem_beyond_the_default_block_limit(emu):
+    emu.set_gpu("A100")
+    with pytest.raises(RuntimeError, match="exceeds the 49152 bytes a block may use on A100 without "
+                                           "cudaFuncSetAttribute"):
+        emu.selftest_bad_launch(1, 32, 1, 60000)
+    emu.clear_recent_launches()
+    emu.selftest_bad_launch(1, 32, 1, 40000)
+    assert emu.recent_launches() == ["'k' (minilvlm::emu_selftest::iota_kernel) grid=(1,1,1) block=(32,1,1) smem=40000"]

@@ -14,16 +14,13 @@
 namespace minilvlm {
 namespace {
 
-// A streaming update: eight blocks per SM keep enough loads in flight.
-constexpr int kBlocksPerSm = 8;
-
 void fused_adamw_cuda(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                       const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& master,
                       at::IntArrayRef seg_bounds, at::ArrayRef<double> seg_lr, at::ArrayRef<double> seg_wd,
                       at::IntArrayRef seg_step, double beta1, double beta2, double eps,
                       const std::optional<at::Tensor>& grad_scale,
                       const std::optional<at::Tensor>& found_inf) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kAdamwBlocksPerSm);
   cuda::fused_adamw(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd, seg_step, beta1, beta2,
                     eps, grad_scale, found_inf, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

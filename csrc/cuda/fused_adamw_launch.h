@@ -19,6 +19,10 @@
 namespace minilvlm {
 namespace cuda {
 
+// Grid-stride blocks per SM on a GPU (CudaTarget in fused_adamw.cu; EmuTarget's GPU profiles): a
+// streaming update, eight blocks per SM keep enough loads in flight.
+constexpr int kAdamwBlocksPerSm = 8;
+
 inline bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // One launch per kAdamwMaxSegments segments (one launch for any usual optimizer). grad_scale and

@@ -14,14 +14,11 @@
 namespace minilvlm {
 namespace {
 
-// The grids follow the shape (tiles x samples): no grid bound to compute.
-constexpr int kBlocksPerSm = 0;
-
 at::Tensor mm_adapter_cuda(const at::Tensor& x, const at::Tensor& t, const at::Tensor& router_w,
                            const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
                            const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
                            int64_t groups) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kMmBlocksPerSm);
   at::Tensor out =
       cuda::mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -32,7 +29,7 @@ MmAdapterGrads mm_adapter_backward_cuda(const at::Tensor& grad_out, const at::Te
                                         const at::Tensor& router_w, const at::Tensor& router_b,
                                         const at::Tensor& down_w, const at::Tensor& down_b, const at::Tensor& up_w,
                                         const at::Tensor& up_b, double temperature, double scale, int64_t groups) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kMmBlocksPerSm);
   MmAdapterGrads grads = cuda::mm_adapter_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b,
                                                    temperature, scale, groups, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -26,9 +27,34 @@ inline MmDims mm_dims(const MmAdapterShape& s, const char* op) {
   return {s.T, s.D, static_cast<int>(s.r), static_cast<int>(s.rg), static_cast<int>(s.Dg), static_cast<int>(s.groups)};
 }
 
-// One block per tile of kMmTileTokens tokens of one sample.
-inline dim3 mm_grid(int64_t B, int64_t T) {
-  return dim3(static_cast<unsigned>((T + kMmTileTokens - 1) / kMmTileTokens), static_cast<unsigned>(B));
+// The backward's blocks per SM on a GPU (CudaTarget in mm_adapter.cu; EmuTarget's GPU profiles):
+// two, since each block owns a workspace slot of (r + rg + 1) * D floats.
+constexpr int kMmBlocksPerSm = 2;
+
+inline int64_t mm_tiles(int64_t T) { return (T + kMmTileTokens - 1) / kMmTileTokens; }
+
+// The forward: one block per tile of kMmTileTokens tokens of one sample.
+inline dim3 mm_forward_grid(int64_t B, int64_t T) {
+  return dim3(static_cast<unsigned>(mm_tiles(T)), static_cast<unsigned>(B));
+}
+
+// The backward: (blocks per sample, B) within max_blocks; each block loops over the tiles of its
+// sample, so a sample with more tiles than its blocks has its blocks take several.
+inline dim3 mm_backward_grid(int64_t B, int64_t T, int64_t max_blocks) {
+  const int64_t tiles = mm_tiles(T);
+  int64_t per_sample = max_blocks / B;
+  per_sample = per_sample < 1 ? 1 : (per_sample > tiles ? tiles : per_sample);
+  return dim3(static_cast<unsigned>(per_sample), static_cast<unsigned>(B));
+}
+
+// Pass 2 of the backward: out = the sum of `slots` partial sums of n floats, in slot order.
+inline void mm_sum_slots(const at::Tensor& part, const at::Tensor& out, int64_t slots, int64_t n,
+                         const LaunchConfig& config) {
+  int64_t blocks = (n + kMmThreads - 1) / kMmThreads;
+  blocks = blocks < 1 ? 1 : (blocks > config.max_blocks ? config.max_blocks : blocks);
+  auto* kernel = &mm_sum_slots_kernel;
+  MINILVLM_LAUNCH(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kMmThreads), 0, config.stream)(
+      part.data_ptr<float>(), out.data_ptr<float>(), slots, n);
 }
 
 inline void check_mm_kernel_dtype(const at::Tensor& x, const char* op) {
@@ -39,8 +65,9 @@ inline void check_mm_kernel_dtype(const at::Tensor& x, const char* op) {
 
 // The ops on the kernels. target(x, op) is the backend's (cuda/cuda_target.h, emu/emu_target.h):
 // it checks that the tensors live where the kernels run, makes that device current and returns the
-// launch configuration (these grids follow the shape, so only its stream matters). It runs after
-// the argument checks, so a wrong shape or a tensor on another device is reported first.
+// launch configuration (its stream, and the backward's grid bound, which mm_backward_grid divides
+// among the samples). It runs after the argument checks, so a wrong shape or a tensor on another
+// device is reported first.
 template <typename Target>
 at::Tensor mm_adapter(const at::Tensor& x_in, const at::Tensor& t, const at::Tensor& router_w,
                       const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
@@ -59,7 +86,7 @@ at::Tensor mm_adapter(const at::Tensor& x_in, const at::Tensor& t, const at::Ten
     using T = typename decltype(tag)::type;
     auto* kernel = &mm_adapter_forward_kernel<cuda_scalar_t<T>>;
     const size_t smem = sizeof(float) * kMmTileTokens * dims.r;  // h
-    MINILVLM_LAUNCH(kernel, mm_grid(s.B, s.T), dim3(kMmThreads), smem, config.stream)(
+    MINILVLM_LAUNCH(kernel, mm_forward_grid(s.B, s.T), dim3(kMmThreads), smem, config.stream)(
         cuda_data<T>(x), cuda_data<T>(out), m.A.data_ptr<float>(), m.bA.data_ptr<float>(), m.UsT.data_ptr<float>(),
         m.cs.data_ptr<float>(), dims);
   });
@@ -79,21 +106,28 @@ MmAdapterGrads mm_adapter_backward(const at::Tensor& grad_out, const at::Tensor&
   const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
   const auto opts = m.A.options();
   at::Tensor dx = at::empty_like(x);
-  // The kernels add their per-tile sums into these with atomics.
-  at::Tensor dA = at::zeros({s.r, s.D}, opts), dbA = at::zeros({s.r}, opts);
-  at::Tensor G = at::zeros({s.B, s.rg * s.D}, opts), S = at::zeros({s.B, s.D}, opts);
+  // The token-loop sums, deterministic (cuda/mm_adapter_kernels.cuh): dA and db_A in one buffer,
+  // G and S per sample in another, each the slot-order sum of the blocks' partial sums.
+  at::Tensor dA_dbA = at::zeros({s.r * s.D + s.r}, opts), G_S = at::zeros({s.B, s.rg * s.D + s.D}, opts);
   if (x.numel() > 0) {
     const MmDims dims = mm_dims(s, "mm_adapter_backward");
+    const dim3 grid = mm_backward_grid(s.B, s.T, config.max_blocks);
+    const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y;
+    at::Tensor dA_part = at::empty({blocks, s.r * s.D + s.r}, opts);
+    at::Tensor GS_part = at::empty({static_cast<int64_t>(grid.x), s.B, s.rg * s.D + s.D}, opts);
     dispatch_dtype<float, c10::BFloat16, c10::Half>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
       using T = typename decltype(tag)::type;
       auto* kernel = &mm_adapter_backward_kernel<cuda_scalar_t<T>>;
       const size_t smem = 2 * sizeof(float) * kMmTileTokens * dims.r;  // h and dh
-      MINILVLM_LAUNCH(kernel, mm_grid(s.B, s.T), dim3(kMmThreads), smem, config.stream)(
+      MINILVLM_LAUNCH(kernel, grid, dim3(kMmThreads), smem, config.stream)(
           cuda_data<T>(x), cuda_data<T>(dy), cuda_data<T>(dx), m.A.data_ptr<float>(), m.bA.data_ptr<float>(),
-          m.UsT.data_ptr<float>(), dA.data_ptr<float>(), dbA.data_ptr<float>(), G.data_ptr<float>(),
-          S.data_ptr<float>(), dims);
+          m.UsT.data_ptr<float>(), dA_part.data_ptr<float>(), GS_part.data_ptr<float>(), dims);
     });
+    mm_sum_slots(dA_part, dA_dbA, blocks, dA_dbA.numel(), config);
+    mm_sum_slots(GS_part, G_S, grid.x, G_S.numel(), config);
   }
+  const at::Tensor dA = dA_dbA.narrow(0, 0, s.r * s.D).view({s.r, s.D}), dbA = dA_dbA.narrow(0, s.r * s.D, s.r);
+  const at::Tensor G = G_S.narrow(1, 0, s.rg * s.D), S = G_S.narrow(1, s.rg * s.D, s.D);
   auto [dt, drw, drb, ddw, ddb, duw, dub] =
       mm_finalize(s, m, dA, dbA, G, S, temperature, scale, t, router_w, router_b, down_w, down_b, up_w, up_b);
   return {dx, dt, drw, drb, ddw, ddb, duw, dub};

@@ -16,14 +16,11 @@
 namespace minilvlm {
 namespace {
 
-// Grid-stride blocks per SM for the pixel and epilogue kernels.
-constexpr int kBlocksPerSm = 16;
-
 at::Tensor patch_embed_cuda(const at::Tensor& pixels, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& pos, const std::optional<at::Tensor>& cls,
                             int64_t patch_size, std::optional<at::ArrayRef<double>> mean,
                             std::optional<at::ArrayRef<double>> std, bool channels_last) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kPatchBlocksPerSm);
   at::Tensor out = cuda::patch_embed(pixels, weight, bias, pos, cls, patch_size, mean, std, channels_last, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -33,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_embed_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& pixels, const at::Tensor& weight, int64_t patch_size,
     std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std, bool channels_last,
     bool has_cls) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kPatchBlocksPerSm);
   auto grads = cuda::patch_embed_backward(grad_out, pixels, weight, patch_size, mean, std, channels_last, has_cls,
                                           target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -21,6 +21,10 @@
 namespace minilvlm {
 namespace cuda {
 
+// Grid-stride blocks per SM for the pixel and epilogue kernels on a GPU (CudaTarget in
+// patch_embed.cu; EmuTarget's GPU profiles).
+constexpr int kPatchBlocksPerSm = 16;
+
 template <typename Acc>
 PatchNorm<Acc> to_kernel_norm(const PatchNormHost& host) {
   TORCH_CHECK(host.scale.size() <= static_cast<size_t>(kPatchMaxChannels), "patch_embed (CUDA kernel): at most ",

@@ -69,6 +69,11 @@ void uc_entry(unsigned hi, unsigned lo) {
 #endif
 
 void ctx_init(Ctx* ctx, char* stack_lo, size_t size, void (*entry)(void*), void* arg) {
+#if MINILVLM_EMU_ASAN_FIBERS
+  ctx->stack_bottom = stack_lo;
+  ctx->stack_size = size;
+  ctx->fake_stack = nullptr;
+#endif
 #if MINILVLM_EMU_ASM_SWITCH
   uintptr_t top = reinterpret_cast<uintptr_t>(stack_lo + size) & ~static_cast<uintptr_t>(15);
   uint64_t* ret_slot = reinterpret_cast<uint64_t*>(top - 24);  // trampoline starts 16-aligned

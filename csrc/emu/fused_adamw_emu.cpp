@@ -23,7 +23,7 @@ void fused_adamw_emu(const at::Tensor& param, const at::Tensor& grad, const at::
                      at::IntArrayRef seg_step, double beta1, double beta2, double eps,
                      const std::optional<at::Tensor>& grad_scale,
                      const std::optional<at::Tensor>& found_inf) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kAdamwBlocksPerSm);
   cuda::fused_adamw(param, grad, exp_avg, exp_avg_sq, master, seg_bounds, seg_lr, seg_wd, seg_step, beta1, beta2,
                     eps, grad_scale, found_inf, target);
 }

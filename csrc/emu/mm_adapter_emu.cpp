@@ -13,14 +13,15 @@
 namespace minilvlm {
 namespace {
 
-// The grids follow the shape (tiles x samples): no grid bound.
-constexpr int kEmuMaxBlocks = 0;
+// The backward's grid bound: small, so that test shapes give a sample more tiles than blocks (the
+// forward's grid follows the shape).
+constexpr int kEmuMaxBlocks = 4;
 
 at::Tensor mm_adapter_emu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& router_w,
                           const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
                           const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
                           int64_t groups) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kMmBlocksPerSm);
   return cuda::mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups, target);
 }
 
@@ -28,7 +29,7 @@ MmAdapterGrads mm_adapter_backward_emu(const at::Tensor& grad_out, const at::Ten
                                        const at::Tensor& router_w, const at::Tensor& router_b,
                                        const at::Tensor& down_w, const at::Tensor& down_b, const at::Tensor& up_w,
                                        const at::Tensor& up_b, double temperature, double scale, int64_t groups) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kMmBlocksPerSm);
   return cuda::mm_adapter_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature,
                                    scale, groups, target);
 }

@@ -22,7 +22,7 @@ at::Tensor patch_embed_emu(const at::Tensor& pixels, const at::Tensor& weight, c
                            const std::optional<at::Tensor>& pos, const std::optional<at::Tensor>& cls,
                            int64_t patch_size, std::optional<at::ArrayRef<double>> mean,
                            std::optional<at::ArrayRef<double>> std, bool channels_last) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kPatchBlocksPerSm);
   return cuda::patch_embed(pixels, weight, bias, pos, cls, patch_size, mean, std, channels_last, target);
 }
 
@@ -30,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_embed_backward_emu(
     const at::Tensor& grad_out, const at::Tensor& pixels, const at::Tensor& weight, int64_t patch_size,
     std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std, bool channels_last,
     bool has_cls) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kPatchBlocksPerSm);
   return cuda::patch_embed_backward(grad_out, pixels, weight, patch_size, mean, std, channels_last, has_cls, target);
 }
 

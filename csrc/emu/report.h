@@ -2,7 +2,9 @@
 // sites), kept apart from the scheduler in simt.cpp.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "emu/simt.h"
@@ -20,6 +22,26 @@ std::string kernel_name(const LaunchDesc& d);  // the launch name, plus the dema
 std::string ranges(const std::vector<int>& ids);  // "0-31, 64-95"
 const char* warp_op_name(int op);
 const char* barrier_name(int kind);
+
+// symbols.cpp: where things are in this module (minilvlm._emu), for the access checks and their
+// messages. The module holds the kernels, their static __shared__ arrays (thread_local, so in its
+// TLS segment) and any __constant__/__device__ variables (in its loaded segments).
+struct ModuleLayout {
+  uintptr_t base = 0;  // load address
+  std::string path;
+  std::vector<std::pair<uintptr_t, uintptr_t>> segments;  // loaded [lo, hi) ranges
+  size_t tls_size = 0;                                    // bytes of its TLS segment
+};
+const ModuleLayout& this_module();
+// This OS thread's copy of the module's TLS segment (allocated on first use of any of its
+// thread_local variables; the caller must have touched one).
+uintptr_t module_tls_block();
+// "mm_adapter_kernels.cuh:64 in warp_dot_rows" for a code address in this module (addr2line on
+// the module's debug line table), or "<module>+0x1234" without one.
+std::string describe_code(uintptr_t pc);
+// "buf of block_sum_kernel(float const*, float*, int), byte 12" for an offset in the TLS segment.
+std::string describe_static_shared(size_t tls_offset);
+std::string demangle(const char* mangled);
 
 }  // namespace detail
 }  // namespace minilvlm_emu

@@ -120,16 +120,11 @@ at::Tensor device_assert(int64_t blocks, int64_t threads) {
 // A launch with the given configuration of a trivial kernel (for the launch validation tests).
 void bad_launch(int64_t gx, int64_t bx, int64_t by, int64_t smem) {
   at::Tensor out = at::zeros({std::max<int64_t>(1, gx * bx * by)}, at::TensorOptions().dtype(at::kInt));
-  auto* k = &smem_race_kernel;  // launched through a function pointer, as templates are
+  auto* k = &iota_kernel;  // launched through a function pointer, as templates are
   MINILVLM_LAUNCH(k, dim3(static_cast<unsigned>(gx)), dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by)),
                   static_cast<size_t>(smem), 0)
   (out.data_ptr<int>());
 }
-
-void set_seed(int64_t seed) { minilvlm_emu::set_seed(static_cast<uint64_t>(seed)); }
-int64_t get_seed() { return static_cast<int64_t>(minilvlm_emu::get_seed()); }
-void set_num_threads(int64_t n) { minilvlm_emu::set_num_threads(static_cast<int>(n)); }
-int64_t get_num_threads() { return minilvlm_emu::get_num_threads(); }
 
 }  // namespace
 }  // namespace emu_selftest
@@ -137,10 +132,6 @@ int64_t get_num_threads() { return minilvlm_emu::get_num_threads(); }
 
 TORCH_LIBRARY_FRAGMENT(minilvlm_emu, m) {
   using namespace minilvlm::emu_selftest;
-  m.def("set_seed(int seed) -> ()", &set_seed);
-  m.def("get_seed() -> int", &get_seed);
-  m.def("set_num_threads(int n) -> ()", &set_num_threads);
-  m.def("get_num_threads() -> int", &get_num_threads);
   m.def("selftest_block_sum(Tensor x, int block, int grid) -> Tensor");
   m.def("selftest_warp_ops(Tensor x) -> (Tensor, Tensor)");
   m.def("selftest_transpose(Tensor x) -> Tensor");

@@ -209,6 +209,12 @@ __global__ void half_roundtrip_kernel(const float* __restrict__ x, float* __rest
   }
 }
 
+// out[i] = i over the whole grid: a kernel with no bug, for the launch-validation tests.
+__global__ void iota_kernel(int* out) {
+  const int i = (blockIdx.x * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  out[i] = i;
+}
+
 // A device-side assert that fails for one thread of block 1.
 __global__ void assert_kernel(int* out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;

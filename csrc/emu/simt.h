@@ -3,8 +3,11 @@
 //
 // Every CUDA thread of a block becomes a fiber; the fibers of one block run cooperatively on
 // one OS thread and switch only at synchronisation points (__syncthreads, warp primitives),
-// while different blocks may run on different OpenMP threads. The runtime lives in simt.cpp.
+// while different blocks may run on different OpenMP threads. The runtime lives in simt.cpp;
+// the access checks (racecheck, memcheck) in checks.cpp, fed by the compiler's instrumentation
+// of the kernel sources (see docs/emulator.md, "Checks").
 #pragma once
+#define MINILVLM_EMU_SIMT_H_ 1
 
 #if defined(__CUDACC__)
 #error "csrc/emu/simt.h is the CPU emulation of CUDA; nvcc builds include the real runtime via cuda/launch.h"
@@ -22,9 +25,12 @@
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
+#include <vector>
 
 // ---------------------------------------------------------------------------------------------
 // Keywords. CUDA's host_defines.h already turns __global__/__device__/__host__/__shared__ into
@@ -39,6 +45,57 @@
 #define __launch_bounds__(...)
 
 namespace minilvlm_emu {
+
+// What a failed launch throws: a race, an out-of-bounds access, a barrier or warp primitive that
+// not every thread reaches, an assert or __trap. Python sees minilvlm._emu.EmulatorError, a
+// RuntimeError; the message starts with the check that fired ("race: ", "memcheck: ",
+// "synccheck: ") or with "minilvlm emu: " for asserts, traps and invalid launches.
+struct EmulatorError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Access checks of every launch (docs/emulator.md, "Checks"): a comma-separated list of "race"
+// (shared-memory hazards within a block, global-memory conflicts between blocks) and "memory"
+// (accesses outside every buffer of the launch); "all" or "none". The default comes from
+// MINILVLM_EMU_CHECKS. Sync checks are always on. Throws std::invalid_argument on an unknown name,
+// and std::runtime_error when this build has no access instrumentation (an ASan build).
+void set_checks(const std::string& checks);
+std::string get_checks();
+bool checks_available();
+
+// Launch configurations of a real GPU (csrc/emu/gpu_profiles.cpp): "A100", "H100", or "" for the
+// emulator's own small grids. EmuTarget then bounds grid-stride kernels as CudaTarget would on that
+// GPU (SM count x the op's blocks per SM).
+struct GpuProfile {
+  const char* name;
+  int sm_count;
+  int max_threads_per_sm;
+  int max_blocks_per_sm;
+  int smem_per_sm;         // bytes
+  int smem_per_block;      // bytes a block may use without cudaFuncSetAttribute opt-in
+  int regs_per_sm;
+};
+void set_gpu(const std::string& name);  // throws std::invalid_argument for an unknown name
+const GpuProfile* current_gpu();        // null: the emulator's own grids
+// Blocks of `threads` threads and `smem` bytes of shared memory that one SM holds at once.
+int resident_blocks(const GpuProfile& gpu, int threads, size_t smem);
+
+// The last launches of this process, newest last (for tests of GPU-sized grids): the kernel's
+// name as error messages give it, "'k' (ns::k<float>)", with its grid, block and dynamic smem.
+struct LaunchRecord {
+  std::string kernel;
+  dim3 grid, block;
+  size_t smem;
+};
+std::vector<LaunchRecord> recent_launches();  // at most 64
+void clear_recent_launches();
+// Launches run and the wall time spent in them since the last reset (for measuring the checks).
+struct LaunchStats {
+  long long launches;
+  double seconds;
+};
+LaunchStats launch_stats();
+void reset_launch_stats();
 
 // Scheduling seed: 0 resumes runnable fibers in thread order; any other value shuffles that
 // order per scheduling round (deterministically from seed and block index), so shared-memory
@@ -94,6 +151,15 @@ unsigned active_mask();
 [[noreturn]] void trap(const char* what, const char* file, int line);
 [[noreturn]] void assert_fail(const char* expr, const char* file, int line, const char* func);
 
+// One kernel argument as the launch copied it: memcheck takes the buffers of a launch from the
+// pointers among (and inside) its arguments.
+struct ArgDesc {
+  const void* addr;
+  size_t size;
+  const char* type;  // mangled type name (typeid)
+  bool pointer;
+};
+
 struct LaunchDesc {
   const char* name;   // stringified kernel expression
   const void* fn;     // kernel function address (for symbol lookup in messages)
@@ -102,6 +168,9 @@ struct LaunchDesc {
   size_t smem;
   void (*body)(void*);  // runs the kernel once for the current fiber
   void* ctx;
+  size_t ctx_size;      // the copied arguments live in [ctx, ctx + ctx_size)
+  const ArgDesc* args;
+  int nargs;
 };
 // Runs the whole grid synchronously; throws std::runtime_error on any error.
 void run_grid(const LaunchDesc& desc);
@@ -117,6 +186,14 @@ inline dim3 to_dim3(const char* name, G g) {
   } else {
     return dim3(g);
   }
+}
+
+template <class Tuple, size_t... I>
+inline void describe_args(const Tuple& t, ArgDesc* out, std::index_sequence<I...>) {
+  ((out[I] = ArgDesc{&std::get<I>(t), sizeof(std::tuple_element_t<I, Tuple>),
+                     typeid(std::tuple_element_t<I, Tuple>).name(),
+                     std::is_pointer<std::tuple_element_t<I, Tuple>>::value}),
+   ...);
 }
 
 template <class... P>
@@ -137,6 +214,8 @@ struct Launcher {
       std::tuple<std::decay_t<P>...> params;
     };
     Ctx ctx{fn, std::tuple<std::decay_t<P>...>(static_cast<std::decay_t<P>>(std::forward<A>(args))...)};
+    ArgDesc arg_desc[sizeof...(P) + 1];
+    describe_args(ctx.params, arg_desc, std::index_sequence_for<P...>{});
     LaunchDesc d;
     d.name = name;
     d.fn = reinterpret_cast<const void*>(fn);
@@ -148,6 +227,9 @@ struct Launcher {
       std::apply(c.fn, c.params);
     };
     d.ctx = &ctx;
+    d.ctx_size = sizeof(ctx);
+    d.args = arg_desc;
+    d.nargs = static_cast<int>(sizeof...(P));
     run_grid(d);
   }
 };
@@ -317,199 +399,4 @@ inline int __reduce_max_sync(unsigned mask, int v, const char* file = __builtin_
                                                           1, v, nullptr, file, line));
 }
 
-// ---------------------------------------------------------------------------------------------
-// Atomics: real atomics, since blocks run in parallel on several OS threads.
-inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-  return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
-}
-inline float atomicAdd(float* p, float v) { return ::minilvlm_emu::detail::atomic_cas_loop_add(p, v); }
-inline double atomicAdd(double* p, double v) { return ::minilvlm_emu::detail::atomic_cas_loop_add(p, v); }
-inline __half atomicAdd(__half* p, __half v) {
-  return ::minilvlm_emu::detail::atomic_update(p, [v](__half o) { return __float2half(__half2float(o) + __half2float(v)); });
-}
-inline __nv_bfloat16 atomicAdd(__nv_bfloat16* p, __nv_bfloat16 v) {
-  return ::minilvlm_emu::detail::atomic_update(
-      p, [v](__nv_bfloat16 o) { return __float2bfloat16(__bfloat162float(o) + __bfloat162float(v)); });
-}
-inline int atomicSub(int* p, int v) { return __atomic_fetch_sub(p, v, __ATOMIC_RELAXED); }
-inline unsigned atomicSub(unsigned* p, unsigned v) { return __atomic_fetch_sub(p, v, __ATOMIC_RELAXED); }
-inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
-inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
-inline unsigned long long atomicExch(unsigned long long* p, unsigned long long v) {
-  return __atomic_exchange_n(p, v, __ATOMIC_RELAXED);
-}
-inline float atomicExch(float* p, float v) {
-  float old;
-  __atomic_exchange(p, &v, &old, __ATOMIC_RELAXED);
-  return old;
-}
-template <class T>
-inline T minilvlm_emu_cas_(T* p, T compare, T val) {
-  __atomic_compare_exchange_n(p, &compare, val, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-  return compare;  // the old value either way
-}
-inline int atomicCAS(int* p, int c, int v) { return minilvlm_emu_cas_(p, c, v); }
-inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { return minilvlm_emu_cas_(p, c, v); }
-inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c, unsigned long long v) {
-  return minilvlm_emu_cas_(p, c, v);
-}
-inline unsigned short atomicCAS(unsigned short* p, unsigned short c, unsigned short v) {
-  return minilvlm_emu_cas_(p, c, v);
-}
-#define MINILVLM_EMU_MINMAX_(T)                                                                   \
-  inline T atomicMax(T* p, T v) {                                                                 \
-    return ::minilvlm_emu::detail::atomic_update(p, [v](T o) { return o < v ? v : o; });          \
-  }                                                                                               \
-  inline T atomicMin(T* p, T v) {                                                                 \
-    return ::minilvlm_emu::detail::atomic_update(p, [v](T o) { return v < o ? v : o; });          \
-  }
-MINILVLM_EMU_MINMAX_(int)
-MINILVLM_EMU_MINMAX_(unsigned)
-MINILVLM_EMU_MINMAX_(long long)
-MINILVLM_EMU_MINMAX_(unsigned long long)
-#undef MINILVLM_EMU_MINMAX_
-// Not a CUDA built-in (kernels usually build it from atomicCAS); provided with fmaxf semantics.
-inline float atomicMax(float* p, float v) {
-  return ::minilvlm_emu::detail::atomic_update(p, [v](float o) { return std::fmax(o, v); });
-}
-inline float atomicMin(float* p, float v) {
-  return ::minilvlm_emu::detail::atomic_update(p, [v](float o) { return std::fmin(o, v); });
-}
-#define MINILVLM_EMU_BITOP_(name, builtin)                                                               \
-  inline int name(int* p, int v) { return builtin(p, v, __ATOMIC_RELAXED); }                             \
-  inline unsigned name(unsigned* p, unsigned v) { return builtin(p, v, __ATOMIC_RELAXED); }              \
-  inline unsigned long long name(unsigned long long* p, unsigned long long v) {                          \
-    return builtin(p, v, __ATOMIC_RELAXED);                                                              \
-  }
-MINILVLM_EMU_BITOP_(atomicAnd, __atomic_fetch_and)
-MINILVLM_EMU_BITOP_(atomicOr, __atomic_fetch_or)
-MINILVLM_EMU_BITOP_(atomicXor, __atomic_fetch_xor)
-#undef MINILVLM_EMU_BITOP_
-inline unsigned atomicInc(unsigned* p, unsigned limit) {
-  return ::minilvlm_emu::detail::atomic_update(p, [limit](unsigned o) { return o >= limit ? 0u : o + 1u; });
-}
-inline unsigned atomicDec(unsigned* p, unsigned limit) {
-  return ::minilvlm_emu::detail::atomic_update(p, [limit](unsigned o) { return (o == 0u || o > limit) ? limit : o - 1u; });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Loads, bit casts, integer intrinsics.
-template <class T>
-inline T __ldg(const T* p) { return *p; }
-template <class T>
-inline T __ldcs(const T* p) { return *p; }
-template <class T>
-inline T __ldcg(const T* p) { return *p; }
-template <class T>
-inline void __stcs(T* p, T v) { *p = v; }
-template <class T>
-inline void __stcg(T* p, T v) { *p = v; }
-
-namespace minilvlm_emu {
-namespace detail {
-template <class To, class From>
-inline To bitcast(From f) {
-  static_assert(sizeof(To) == sizeof(From), "bit cast between types of different sizes");
-  To t;
-  std::memcpy(&t, &f, sizeof(To));
-  return t;
-}
-}  // namespace detail
-}  // namespace minilvlm_emu
-
-inline int __float_as_int(float x) { return ::minilvlm_emu::detail::bitcast<int>(x); }
-inline unsigned __float_as_uint(float x) { return ::minilvlm_emu::detail::bitcast<unsigned>(x); }
-inline float __int_as_float(int x) { return ::minilvlm_emu::detail::bitcast<float>(x); }
-inline float __uint_as_float(unsigned x) { return ::minilvlm_emu::detail::bitcast<float>(x); }
-inline long long __double_as_longlong(double x) { return ::minilvlm_emu::detail::bitcast<long long>(x); }
-inline double __longlong_as_double(long long x) { return ::minilvlm_emu::detail::bitcast<double>(x); }
-
-inline int __popc(unsigned x) { return __builtin_popcount(x); }
-inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
-inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
-inline int __clzll(long long x) { return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x)); }
-inline int __ffs(int x) { return __builtin_ffs(x); }
-inline int __ffsll(long long x) { return __builtin_ffsll(x); }
-inline unsigned __brev(unsigned x) {
-  x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
-  x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2);
-  x = ((x >> 4) & 0x0f0f0f0fu) | ((x & 0x0f0f0f0fu) << 4);
-  x = ((x >> 8) & 0x00ff00ffu) | ((x & 0x00ff00ffu) << 8);
-  return (x >> 16) | (x << 16);
-}
-inline unsigned __umulhi(unsigned a, unsigned b) {
-  return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
-}
-inline int __mulhi(int a, int b) { return static_cast<int>((static_cast<long long>(a) * b) >> 32); }
-inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
-  return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Float intrinsics missing from the host side of CUDA's headers (glibc already declares
-// __expf, __logf, __powf, __sinf, __cosf, __exp10f, ...). Results follow IEEE round-to-nearest,
-// so they can differ from the GPU's fast approximations in the last bits.
-inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
-inline float __frsqrt_rn(float x) { return 1.0f / std::sqrt(x); }
-inline float __fdividef(float x, float y) { return x / y; }
-inline float fdividef(float x, float y) { return x / y; }
-inline float __fdiv_rn(float x, float y) { return x / y; }
-inline float __fadd_rn(float x, float y) { return x + y; }
-inline float __fsub_rn(float x, float y) { return x - y; }
-inline float __fmul_rn(float x, float y) { return x * y; }
-inline float __fmaf_rn(float x, float y, float z) { return std::fma(x, y, z); }
-inline float __fsqrt_rn(float x) { return std::sqrt(x); }
-inline float __frcp_rn(float x) { return 1.0f / x; }
-inline double __drcp_rn(double x) { return 1.0 / x; }
-inline double __dadd_rn(double x, double y) { return x + y; }
-inline double __dmul_rn(double x, double y) { return x * y; }
-inline double __fma_rn(double x, double y, double z) { return std::fma(x, y, z); }
-inline float __saturatef(float x) { return x >= 1.0f ? 1.0f : (x > 0.0f ? x : 0.0f); }  // NaN -> 0
-inline float __tanhf(float x) { return std::tanh(x); }
-inline int __float2int_rn(float x) { return static_cast<int>(std::nearbyint(x)); }
-inline int __float2int_rz(float x) { return static_cast<int>(x); }
-inline int __float2int_rd(float x) { return static_cast<int>(std::floor(x)); }
-inline int __float2int_ru(float x) { return static_cast<int>(std::ceil(x)); }
-inline unsigned __float2uint_rn(float x) { return static_cast<unsigned>(std::nearbyint(x)); }
-inline unsigned __float2uint_rz(float x) { return static_cast<unsigned>(x); }
-inline float __int2float_rn(int x) { return static_cast<float>(x); }
-inline float __uint2float_rn(unsigned x) { return static_cast<float>(x); }
-inline float __ll2float_rn(long long x) { return static_cast<float>(x); }
-inline long long __float2ll_rn(float x) { return static_cast<long long>(std::nearbyint(x)); }
-
-// min/max overloads as CUDA declares them for device code.
-inline int min(int a, int b) { return a < b ? a : b; }
-inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
-inline unsigned min(int a, unsigned b) { return min(static_cast<unsigned>(a), b); }
-inline unsigned min(unsigned a, int b) { return min(a, static_cast<unsigned>(b)); }
-inline long min(long a, long b) { return a < b ? a : b; }
-inline unsigned long min(unsigned long a, unsigned long b) { return a < b ? a : b; }
-inline unsigned long min(long a, unsigned long b) { return min(static_cast<unsigned long>(a), b); }
-inline unsigned long min(unsigned long a, long b) { return min(a, static_cast<unsigned long>(b)); }
-inline long long min(long long a, long long b) { return a < b ? a : b; }
-inline unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
-inline unsigned long long min(long long a, unsigned long long b) { return min(static_cast<unsigned long long>(a), b); }
-inline unsigned long long min(unsigned long long a, long long b) { return min(a, static_cast<unsigned long long>(b)); }
-inline float min(float a, float b) { return std::fmin(a, b); }
-inline double min(double a, double b) { return std::fmin(a, b); }
-inline double min(float a, double b) { return std::fmin(static_cast<double>(a), b); }
-inline double min(double a, float b) { return std::fmin(a, static_cast<double>(b)); }
-inline int max(int a, int b) { return a > b ? a : b; }
-inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
-inline unsigned max(int a, unsigned b) { return max(static_cast<unsigned>(a), b); }
-inline unsigned max(unsigned a, int b) { return max(a, static_cast<unsigned>(b)); }
-inline long max(long a, long b) { return a > b ? a : b; }
-inline unsigned long max(unsigned long a, unsigned long b) { return a > b ? a : b; }
-inline unsigned long max(long a, unsigned long b) { return max(static_cast<unsigned long>(a), b); }
-inline unsigned long max(unsigned long a, long b) { return max(a, static_cast<unsigned long>(b)); }
-inline long long max(long long a, long long b) { return a > b ? a : b; }
-inline unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
-inline unsigned long long max(long long a, unsigned long long b) { return max(static_cast<unsigned long long>(a), b); }
-inline unsigned long long max(unsigned long long a, long long b) { return max(a, static_cast<unsigned long long>(b)); }
-inline float max(float a, float b) { return std::fmax(a, b); }
-inline double max(double a, double b) { return std::fmax(a, b); }
-inline double max(float a, double b) { return std::fmax(static_cast<double>(a), b); }
-inline double max(double a, float b) { return std::fmax(a, static_cast<double>(b)); }
+#include "emu/intrinsics.h"  // atomics, loads, bit casts, math, min/max

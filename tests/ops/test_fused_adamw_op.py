@@ -276,3 +276,43 @@ def test_backend_switch_and_missing_extension():
     assert result.stdout.split() == ["reference", "1"], result.stdout + result.stderr
     result = run_python("import sys; sys.modules['minilvlm._C'] = None\nimport minilvlm", MINILVLM_BACKEND="native")
     assert result.returncode != 0 and "MINILVLM_BACKEND=native but minilvlm._C failed to import" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Sizes the emulator's small grid hides (docs/emulator.md, "GPU-sized grids"): a segment of more
+# than 70,000 elements makes each of the emulator's 4 blocks loop 17 times, and the grid an A100 or
+# H100 gets (SMs x kAdamwBlocksPerSm blocks) with a segment longer than that grid covers in one pass.
+
+def check_long_segment(op, n, dtype, master, steps=1):
+    """One segment of n - 5 elements (unaligned start) against the reference, all buffers compared."""
+    bufs = make_buffers(n, dtype, master)
+    ref = clone(bufs)
+    exact = {k: (None if v is None else v.double()) for k, v in clone(bufs).items()}
+    exact["param"], exact["master"] = (bufs["master"] if master else bufs["param"]).double(), None
+    bounds, lrs, wds, step = [3, n - 2], [1e-2], [0.1], [5]
+    for _ in range(steps):
+        call(op, bufs, bounds, lrs, wds, step, torch.tensor([0.5]))
+        call(fused_adamw_reference, ref, bounds, lrs, wds, step, torch.tensor([0.5]))
+        call(fused_adamw_reference, exact, bounds, lrs, wds, step, torch.tensor([0.5]))
+    exact["master"] = exact["param"]
+    for key in ("exp_avg", "exp_avg_sq") + (("master",) if master else ("param",)):
+        assert adamw_mismatch(bufs[key], ref[key], exact[key]) <= 1e-6, key
+    untouched = make_buffers(n, dtype, master)
+    for part in (slice(0, 3), slice(n - 2, n)):
+        assert torch.equal(bufs["param"][part], untouched["param"][part]), "bytes outside the segment changed"
+
+
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, True)])
+def test_emulated_kernel_segment_over_70000_elements(emu, dtype, master):
+    check_long_segment(emu.fused_adamw_, 70_011, dtype, master, steps=2)
+
+
+@pytest.mark.parametrize("gpu", ["A100", "H100"])
+def test_emulated_kernel_on_the_gpu_grid(emu, gpu):
+    sms = emu.gpu_profile(gpu)[0]
+    emu.set_gpu(gpu)
+    emu.clear_recent_launches()
+    n = sms * 8 * 256 * 4 + 4099  # past one pass of the GPU's grid: every block loops
+    check_long_segment(emu.fused_adamw_, n, torch.float32, False)
+    launch = emu.recent_launches()[-1]
+    assert "fused_adamw_kernel<float, false, true>" in launch and f"grid=({sms * 8},1,1) block=(256,1,1)" in launch

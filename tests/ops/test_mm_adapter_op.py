@@ -320,20 +320,28 @@ def test_emulated_cuda_kernels_low_precision_within_twice_torch(emu, shape, dtyp
     check_bf16_forward(emu, shape, 5.0, dtype=dtype)
 
 
-def test_emulated_cuda_kernels_same_result_under_two_schedules(emu):
-    """A shared-memory race would make the result depend on the order the fibers run in."""
-    a = make_inputs(2, 17, 74, 8, 2, 2)
-    grad_out = torch.randn(2, 17, 74, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_emulated_backward_is_bitwise_deterministic_under_two_schedules(emu, dtype):
+    """The backward's two-pass reduction (no float atomics): the same grads, bit for bit, whatever order the
+    threads of a block run in (two scheduling seeds) and the blocks run in (one OS thread or two), also under
+    torch.use_deterministic_algorithms. T = 50: four tiles per sample over two blocks each (the emulator's
+    backward grid is 4 blocks), so the per-block sums loop over tiles."""
+    a = make_inputs(2, 50, 74, 8, 2, 2, dtype=dtype)
+    grad_out = torch.randn(2, 50, 74, generator=torch.Generator().manual_seed(1)).to(dtype)
     results = []
-    for seed in (0, 12345):
+    for seed, threads, deterministic in ((0, 0, False), (12345, 1, True), (777, 2, False)):
         emu.set_seed(seed)
+        emu.set_num_threads(threads)
+        before = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(deterministic)
         try:
             results.append(kernel_grads(emu, a, 5.0, 1.0, 2, grad_out))
         finally:
-            emu.set_seed(0)
-    assert torch.equal(results[0][0], results[1][0])
-    for name in results[0][1]:  # sums use atomics: equal up to the order of float additions
-        assert rel_err(results[1][1][name], results[0][1][name]) <= 1e-6, name
+            torch.use_deterministic_algorithms(before)
+    for out, grads in results[1:]:
+        assert torch.equal(out, results[0][0])
+        for name, g in grads.items():
+            assert torch.equal(g, results[0][1][name]), name
 
 
 def test_emulated_cuda_kernels_opcheck(emu):
@@ -347,3 +355,32 @@ def test_emulated_kernel_rejects_float64(emu):
     a = make_inputs(2, 5, 74, 8, 2, 2, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="x must be float32, bfloat16 or float16"):
         emu.mm_adapter(*native_args(a), 5.0, 1.0, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# Sizes the emulator's small grid hides (docs/emulator.md, "GPU-sized grids").
+
+def launched_grid(emu, kernel):
+    """The grid of the last launch of `kernel` (a substring of its name) as "(x,y,z)"."""
+    found = [launch for launch in emu.recent_launches() if kernel in launch]
+    assert found, emu.recent_launches()
+    return found[-1].split(" grid=")[1].split(" ")[0]
+
+
+def test_emulated_backward_more_tiles_than_blocks(emu):
+    """T = 100 is 7 tiles of 16 tokens per sample (the last a partial one); the forward takes one block per
+    tile, the backward's grid (4 blocks under the emulator) gives each sample 2 blocks, which take 4 and 3 tiles."""
+    emu.clear_recent_launches()
+    check_parity(emu, (2, 100, 74, 8, 2, 2), 5.0)
+    assert launched_grid(emu, "mm_adapter_forward_kernel") == "(7,2,1)"
+    assert launched_grid(emu, "mm_adapter_backward_kernel") == "(2,2,1)"
+
+
+def test_emulated_kernels_on_the_a100_grid(emu):
+    """The backward's grid on an A100 (108 SMs x kMmBlocksPerSm = 216 blocks) divided among 80 samples of 3
+    tiles: 2 blocks per sample, so the blocks loop over tiles on the GPU's grid too."""
+    emu.set_gpu("A100")
+    emu.clear_recent_launches()
+    check_parity(emu, (80, 48, 24, 8, 2, 2), 5.0)
+    assert launched_grid(emu, "mm_adapter_forward_kernel") == "(3,80,1)"
+    assert launched_grid(emu, "mm_adapter_backward_kernel") == "(2,80,1)"

@@ -351,3 +351,34 @@ def test_gradients_accumulate_over_two_backward_passes():
     weight, bias, pos, cls = leaves
     assert torch.allclose(cls.grad, torch.full((8,), 4.0)) and torch.allclose(pos.grad, torch.full((7, 8), 4.0))
     assert torch.allclose(bias.grad, torch.full((8,), 24.0))
+
+
+# ---------------------------------------------------------------------------------------
+# Sizes the emulator's small grid hides (docs/emulator.md, "GPU-sized grids"): a width over 256,
+# so that the epilogue's channel loop (128 threads) wraps twice, and the grid an A100 or H100 gets
+# (SMs x kPatchBlocksPerSm blocks) with more rows than blocks, so that the row loop wraps too.
+
+@pytest.mark.parametrize("case", EMU_CASES[:2], ids=case_id)
+def test_emulated_cuda_width_over_256(emu, case):
+    args, kwargs = make_case(**case, dim=300)
+    assert rel_err(run_native(emu.patch_embed, args, kwargs), patch_embed_reference(**args, **kwargs)) <= 1e-5
+    a16, k16 = make_case(**case, dim=300, dtype=torch.bfloat16)
+    check_bf16_rule(run_native(emu.patch_embed, a16, k16), a16, k16)
+    grad_out = torch.randn(2, 6 + case["cls"], 300, generator=torch.Generator().manual_seed(2))
+    common = (grad_out, args["pixels"], args["weight"], kwargs["patch_size"], list(MEAN), list(STD),
+              kwargs["channels_last"], case["cls"])
+    for ours, cpu in zip(emu.patch_embed_backward(*common), torch.ops.minilvlm.patch_embed_backward(*common)):
+        assert rel_err(ours, cpu) <= 1e-5
+
+
+@pytest.mark.parametrize("gpu", ["A100", "H100"])
+def test_emulated_cuda_forward_on_the_gpu_grid(emu, gpu):
+    blocks = emu.gpu_profile(gpu)[0] * 16
+    batch = blocks // 65 + 1  # 65 rows per image (8 x 8 patches and the class token): more rows than blocks
+    args, kwargs = make_case(p=8, grid=(8, 8), batch=batch, dim=300, cls=True)
+    emu.set_gpu(gpu)
+    emu.clear_recent_launches()
+    assert rel_err(run_native(emu.patch_embed, args, kwargs), patch_embed_reference(**args, **kwargs)) <= 1e-5
+    launches = emu.recent_launches()
+    assert [name.split(" grid=")[1] for name in launches] == [f"({blocks},1,1) block=(128,1,1) smem=0"] * 2, launches
+    assert "patch_rows_kernel" in launches[0] and "patch_epilogue_kernel" in launches[1]
