@@ -7,8 +7,10 @@ the checks), so that a run starts from paths alone:
   A value that the config also sets and that disagrees is an error listing every difference at once
   (`model.decoder.max_seq_len` alone may differ: it is the run's context, not a weight shape);
 - **tokenizer**: `data.tokenizer` defaults to the LM folder's tokenizer when it has one;
-- **template**: `data.template = "auto"` picks from the tokenizer's chat_template, else the LM's
-  family (LLaMA/Vicuna: vicuna_v1, Qwen2: chatml, Phi: phi), else chatml (the demo's);
+- **template**: `data.template = "auto"` takes the base run's (a checkpoint of ours in
+  `model.init_from` or `model.mma.base_checkpoint`), else picks from the tokenizer's
+  chat_template, else the LM's family (LLaMA/Vicuna: vicuna_v1, Qwen2: chatml, Phi: phi), else
+  chatml (the demo's);
 - **paths**: made absolute, so the run's saved config.json reads the same from any folder.
 
 Each decision is returned as a note ("model.vision: from DIR/config.json ..."): tools/train.py
@@ -19,7 +21,7 @@ import os
 from pathlib import Path
 
 from minilvlm.config import ConfigError
-from minilvlm.weights import WeightsError, read_config, read_json
+from minilvlm.weights import DECODER_TYPES, VISION_TYPES, WeightsError, read_config
 from minilvlm.weights.llava import is_llava, read_llava
 
 _FAMILY_TEMPLATES = {"llama": "vicuna_v1", "qwen2": "chatml", "phi": "phi"}
@@ -73,6 +75,9 @@ def _sources(cfg):
             config, model_type = (info.vision, info.vision_type) if part == "vision" else (info.decoder, info.text_type)
         else:
             model_type, config = read_config(folder)
+        kinds = VISION_TYPES if part == "vision" else DECODER_TYPES
+        if model_type not in kinds:
+            raise ConfigError(f"{key} = '{folder}' holds a {model_type!r} model; expected one of {', '.join(kinds)}")
         found.append((section, config, model_type, where))
     folder = cfg.model.init_from
     if _hf_folder(folder):
@@ -181,8 +186,27 @@ def _lm_family(cfg):
         return None
 
 
+def _base_run_template(cfg):
+    """The template of the minilvlm run whose checkpoint model.init_from (or the mma recipe's
+    base_checkpoint) names, from its state.json, or None."""
+    for path in (cfg.model.init_from, cfg.model.mma.base_checkpoint):
+        if not path:
+            continue
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        try:
+            template = json.loads((folder / "state.json").read_text())["config"]["data"]["template"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if template != "auto":
+            return template, f"the base run {folder} was trained with it"
+    return None
+
+
 def pick_template(cfg):
     """(template, why) for data.template = "auto"."""
+    base = _base_run_template(cfg)
+    if base:
+        return base
     config, template = _tokenizer_config(cfg)
     eos = config.get("eos_token")
     eos = eos.get("content") if isinstance(eos, dict) else eos
