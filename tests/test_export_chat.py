@@ -99,8 +99,10 @@ def test_the_image_processor_reproduces_our_image_mode(tmp_path, mode, tower):
     rng = np.random.default_rng(0)
     source = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     source.save(tmp_path / "square.png")
-    for axis in (0, 1):   # taller (48 x 32) and wider (32 x 48) copies: the mode matters there
-        path = widen(tmp_path / "square.png", tmp_path / f"wide{axis}.png", axis)
+    odd = tmp_path / "odd.png"   # 40 x 61: in crop mode the long side resizes to 48.8 pixels, truncated to 48
+    Image.fromarray(rng.integers(0, 256, (61, 40, 3), dtype=np.uint8)).save(odd)
+    paths = [widen(tmp_path / "square.png", tmp_path / f"wide{axis}.png", axis) for axis in (0, 1)]
+    for path in paths + [odd]:   # taller (48 x 32) and wider (32 x 48) copies: the mode matters there
         ours = of(cfg).image_config(cfg).load(path).float() / 255
         ours = (ours - torch.tensor(v.pixel_mean)[:, None, None]) / torch.tensor(v.pixel_std)[:, None, None]
         theirs = processor(Image.open(path), return_tensors="pt")["pixel_values"][0]
