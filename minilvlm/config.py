@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minilvlm.data.templates import TEMPLATES
 from minilvlm.device import PRECISIONS, DeviceError, parse_device
 from minilvlm.models.decoder import DecoderConfig
 from minilvlm.models.vision import VisionConfig
@@ -70,6 +71,18 @@ class MMASection:
 
 
 @dataclass
+class LoRASection:
+    """Low-rank adapters (minilvlm/models/lora.py) on the matching Linear layers, for the llava and eve
+    recipes: W x + (alpha / rank) B A dropout(x), with A [rank, in] and B [out, rank] (B starts at 0).
+    The base weights of the parts they sit in stay frozen; the projector trains fully as before."""
+    rank: int = 0                      # 0: no LoRA
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # fnmatch patterns on module names; default: the LM's attention (wq wk wv wo) and MLP projections
+    targets: list = field(default_factory=lambda: ["lm.layers.*.attn.w*", "lm.layers.*.mlp.w*"])
+
+
+@dataclass
 class ModelSection:
     recipe: str = "llava"              # "llava" | "mma" | "eve"
     projector: str = "mlp2x_gelu"      # "linear" | "mlp2x_gelu"
@@ -81,8 +94,9 @@ class ModelSection:
     # checkpoints (a run's model.safetensors: the tower's tensors under vision., the LM's under lm.).
     vision_weights: str = ""           # the ViT (llava: the tower; eve: the frozen teacher)
     lm_weights: str = ""
-    init_from: str = ""                # a previous stage's model.safetensors (whole model; after the above)
+    init_from: str = ""                # a previous stage's model.safetensors, or a HF LLaVA folder (after the above)
     mma: MMASection = field(default_factory=MMASection)
+    lora: LoRASection = field(default_factory=LoRASection)
 
 
 @dataclass
@@ -95,7 +109,7 @@ class DataSection:
     demo_tasks: str = "shapes"         # demo question set: "shapes" | "mma" (new types for the mma demo)
     demo_mc_fraction: float = 0.5      # share of the demo's colour/shape/count/position/comparison questions asked as multiple choice
     tokenizer: str = ""                # a tokenizer.json or model folder; "" builds one from the demo texts
-    template: str = "chatml"
+    template: str = "auto"             # plain | vicuna_v1 | chatml | phi; auto: from the tokenizer or the LM
     max_len: int = 256
     image_mode: str = "pad"
     blank_images: bool = False         # the text-only baseline: every image becomes flat grey
@@ -159,6 +173,8 @@ class EvalSection:
 
 @dataclass
 class RunConfig:
+    """A run's config. `set_keys` (an attribute, not a field) holds the dotted keys a TOML file or an
+    override set explicitly: values read from a weights folder may fill only the others."""
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -255,12 +271,27 @@ def _nest(dotted, value):
     return out
 
 
+def _leaf_keys(data, prefix=""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _mark_set(config, data):
+    """Record the dotted keys that `data` sets (RunConfig.set_keys)."""
+    config.set_keys = set(getattr(config, "set_keys", ())) | set(_leaf_keys(data))
+
+
 def apply_overrides(config, overrides):
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=1e-4")
-        _fill(config, _nest(key.strip(), _parse_value(text.strip())), "", f"override '{item}'")
+        data = _nest(key.strip(), _parse_value(text.strip()))
+        _fill(config, data, "", f"override '{item}'")
+        _mark_set(config, data)
     return config
 
 
@@ -282,6 +313,7 @@ def parse_config(path=None, overrides=()):
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: invalid TOML: {err}") from None
         _fill(config, data, "", str(path))
+        _mark_set(config, data)
     apply_overrides(config, overrides)
     return check(config)
 
@@ -307,7 +339,18 @@ def check(c):
     for name in ("log_every", "eval_every", "ckpt_every", "vision_pretrain_steps"):
         require(getattr(c.train, name) >= 0, f"train.{name} must be >= 0 (0 turns it off)")
     _check_device_and_precision(c.train, require)
+    _check_lora(c.model.lora, require)
+    require(c.data.template in ("auto", *TEMPLATES),
+            f"data.template: expected auto or one of {', '.join(TEMPLATES)}, got {c.data.template!r}")
     return c
+
+
+def _check_lora(lora, require):
+    require(lora.rank >= 0, f"model.lora.rank must be >= 0 (0 turns LoRA off), got {lora.rank}")
+    require(lora.alpha > 0, f"model.lora.alpha must be positive, got {lora.alpha}")
+    require(0 <= lora.dropout < 1, f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
+    require(bool(lora.targets) and all(isinstance(t, str) and t for t in lora.targets),
+            f"model.lora.targets: expected a non-empty list of module-name patterns, got {lora.targets!r}")
 
 
 def _check_device_and_precision(t, require):

@@ -194,3 +194,24 @@ def test_minilvlm_never_imports_transformers():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_larger_vocabulary_grows_by_mean_rows_bias_included(tmp_path):
+    hf = hf_fixtures.phi(tmp_path)   # 173 rows, an lm_head with a bias
+    grown = from_pretrained(tmp_path, vocab_size=175)
+    assert grown.config.vocab_size == 175 and grown.embed.weight.shape == (175, 64)
+    for ours, theirs in ((grown.embed.weight, hf.model.embed_tokens.weight), (grown.lm_head.weight, hf.lm_head.weight),
+                         (grown.lm_head.bias, hf.lm_head.bias)):
+        assert torch.equal(ours[:173], theirs)
+        torch.testing.assert_close(ours[173:], theirs.double().mean(0).float().expand_as(ours[173:]))
+    assert from_pretrained(tmp_path, vocab_size=100).config.vocab_size == 173   # never fewer rows
+    ids = torch.tensor([[3, 9, 27]])
+    with torch.no_grad():
+        torch.testing.assert_close(grown(ids)[..., :173], hf(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bad_preprocessor_config_is_named(tmp_path):
+    hf_fixtures.clip_vision(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5], "image_std": 0.5}))
+    with pytest.raises(WeightsError, match="image_mean and image_std must be lists of three numbers"):
+        read_config(tmp_path)

@@ -48,7 +48,10 @@ def main(argv=None):
             cfg = recipes.validate(apply_overrides(cfg, overrides))
             cfg.train.run_dir = ns.resume
         else:
-            cfg = recipes.load_config(config_path, overrides)
+            notes = []
+            cfg = recipes.load_config(config_path, overrides, notes)
+            for note in notes:   # what was read from the weights folders, the template picked
+                print(f"config: {note}", file=sys.stderr)
         if ns.dry_run:
             print(format_report(dry_run(cfg, ns.nproc), config_path or "the demo config"))
             return 0

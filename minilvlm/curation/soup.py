@@ -3,7 +3,6 @@ or a greedy soup that takes members in order of held-out accuracy and keeps one 
 soup's accuracy does not drop (Wortsman et al., 2022). Members must agree on the model config,
 the trained parts, the tokenizer and every tensor's name, shape and dtype."""
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from minilvlm.config import ConfigError
 from minilvlm.eval.benchmark import eval_records, load_split
 from minilvlm.eval.load import LoadError, load_model, load_weights, resolve_checkpoint
 from minilvlm.io import atomic_save_safetensors, atomic_write_json
+from minilvlm.recipes.run_data import copy_tokenizer
 
 
 class SoupError(ValueError):
@@ -68,13 +68,15 @@ def _differences(a, b, prefix=""):
 
 
 def tokenizer_file(member):
+    """The member's tokenizer.json: beside its weights, else its run folder's copy, else (runs from
+    before the copy) the one its config names; None when there is none."""
+    for place in (member.folder, member.run_dir):
+        if (place / "tokenizer.json").is_file():
+            return place / "tokenizer.json"
     name = member.state["config"]["data"].get("tokenizer")
     if name:
         path = Path(name)
         return path if path.is_file() else path / "tokenizer.json"
-    for place in (member.folder, member.run_dir):
-        if (place / "tokenizer.json").is_file():
-            return place / "tokenizer.json"
     return None
 
 
@@ -168,10 +170,8 @@ def write_soup(out, tensors, members, info):
     out = Path(out)
     atomic_save_safetensors(tensors, out / "model.safetensors")
     source = tokenizer_file(members[0])
-    if source is not None and not members[0].state["config"]["data"].get("tokenizer"):
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            if (source.parent / name).is_file():
-                shutil.copyfile(source.parent / name, out / name)
+    if source is not None and source.is_file():
+        copy_tokenizer(source, out)
     state = {"step": max(m.state.get("step", 0) for m in members), "config": members[0].state["config"],
              "soup": info}
     atomic_write_json(state, out / "state.json")

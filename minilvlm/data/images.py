@@ -68,8 +68,11 @@ def _fit(img, size, mode, pad_color):
         square.paste(img, ((side - width) // 2, (side - height) // 2))
         img = square
     elif mode == "crop":
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        # the long side as transformers' CLIP/LLaVA image processors compute it (truncated, not
+        # rounded), so that an exported processor reproduces this mode pixel for pixel
+        short, long = min(width, height), max(width, height)
+        new_long = int(size * long / short)
+        new_w, new_h = (size, new_long) if width <= height else (new_long, size)
         img = img.resize((new_w, new_h), Image.BICUBIC)
         left, top = (new_w - size) // 2, (new_h - size) // 2
         return img.crop((left, top, left + size, top + size))

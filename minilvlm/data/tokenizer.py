@@ -1,7 +1,7 @@
 """A Hugging Face `tokenizer.json`, read by the `tokenizers` library, plus the special tokens our
 recipes need. The image placeholder (`<image>` by default) is added as a special token when the
-vocabulary lacks it; its id then lies past the decoder's embedding table, which is fine because the
-vision-language model replaces those positions with image features before any embedding lookup."""
+vocabulary lacks it; the recipes then grow the LM's embedding by a row for it
+(minilvlm/recipes/pretrained.py, `decoder_config`)."""
 import json
 from pathlib import Path
 
@@ -65,6 +65,11 @@ class Tokenizer:
     def vocab_size(self):
         """Including added tokens, so the image token's id is below it."""
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def base_vocab_size(self):
+        """The ids of the tokenizer's model alone, without the added tokens."""
+        return self._tok.get_vocab_size(with_added_tokens=False)
 
     def save(self, path):
         """Write tokenizer.json as this tokenizer encodes: the file's vocabulary plus the image token

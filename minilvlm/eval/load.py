@@ -59,14 +59,18 @@ def resolve_checkpoint(path):
 
 
 def find_tokenizer(cfg, folder, run_dir):
-    """The configured tokenizer, else tokenizer.json beside the weights, else the run's."""
-    if cfg.data.tokenizer:
-        return Tokenizer(cfg.data.tokenizer)
+    """The tokenizer beside the weights (a soup's), else the run folder's copy
+    (minilvlm/recipes/run_data.py), else, for runs from before the copy, the configured one."""
     for place in (folder, run_dir):
         if (place / "tokenizer.json").is_file():
             return Tokenizer(place)
-    raise LoadError(f"no tokenizer.json in {folder} or {run_dir}, and the config names none (data.tokenizer); "
-                    "copy the run's tokenizer.json beside the checkpoint")
+    configured = cfg.data.tokenizer
+    if configured and Path(configured).exists():
+        return Tokenizer(configured)
+    where = (f"and the tokenizer its config names (data.tokenizer = {configured!r}, relative to the folder the run "
+             f"was started in) is not at {Path(configured).resolve()}" if configured else "and its config names none")
+    raise LoadError(f"no tokenizer.json in {folder} or in the run folder {run_dir}, {where}; copy the tokenizer's "
+                    f"files (tokenizer.json, tokenizer_config.json) into {run_dir}")
 
 
 def load_weights(loaded, tensors, source):
@@ -95,7 +99,8 @@ def load_model(path, threads=0, device="auto"):
         torch.set_num_threads(threads)
     recipe = recipes.of(cfg)
     tokenizer = find_tokenizer(cfg, folder, run_dir)
-    model = recipe.build_model(cfg, tokenizer)
+    # A checkpoint that holds the whole model replaces every weight: the pretrained ones are not read.
+    model = recipe.build_model(cfg, tokenizer, load_weights=recipe.checkpoint_needs_base(cfg))
     loaded = LoadedModel(cfg, recipe, model, tokenizer, folder, run_dir, state)
     load_weights(loaded, read_model_tensors(folder, recipe.checkpoint_state(model)), folder / "model.safetensors")
     model.to(device).eval()

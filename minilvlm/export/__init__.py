@@ -1,9 +1,11 @@
 """Export to Hugging Face folders that `transformers` loads: a llava-recipe run as
 LlavaForConditionalGeneration, or its decoder alone as a causal LM (hf_folder.py), with the
-config.json dicts built from our configs (hf_configs.py)."""
+config.json dicts built from our configs (hf_configs.py), the run's chat template and generation
+settings (chat.py), and a LoRA run's peft adapter (peft_adapter.py)."""
 from minilvlm.export.hf_configs import ExportError
 from minilvlm.export.hf_folder import (
     DTYPES,
+    LORA_MODES,
     decoder_state_dict,
     export_decoder,
     export_llava,
@@ -12,5 +14,5 @@ from minilvlm.export.hf_folder import (
     parse_size,
 )
 
-__all__ = ["DTYPES", "ExportError", "decoder_state_dict", "export_decoder", "export_llava", "export_run",
+__all__ = ["DTYPES", "LORA_MODES", "ExportError", "decoder_state_dict", "export_decoder", "export_llava", "export_run",
            "llava_state_dict", "parse_size"]

@@ -6,6 +6,7 @@ one fixed setting of those switches. `decoder_model_type` and `vision_model_type
 architecture a config matches, or say which switches keep it from matching the nearest one."""
 from minilvlm.models.decoder import DecoderConfig
 from minilvlm.models.vision import VisionConfig
+from minilvlm.weights.llava import PROJECTOR_ACTS
 
 
 class ExportError(ValueError):
@@ -106,12 +107,6 @@ def vision_config(c: VisionConfig):
     return out
 
 
-# Our projector -> transformers' projector_hidden_act. LlavaMultiModalProjector is always
-# linear_1 -> act -> linear_2; a single Linear is that with the identity ("linear") activation and
-# an identity linear_2, which computes exactly the same function.
-PROJECTOR_ACTS = {"mlp2x_gelu": "gelu", "linear": "linear"}
-
-
 def llava_config(c, special_ids=None, dtype_name="float32"):
     """config.json dict of a LLaVAConfig as transformers' LlavaForConditionalGeneration."""
     if c.projector not in PROJECTOR_ACTS:
@@ -142,17 +137,22 @@ def llava_config(c, special_ids=None, dtype_name="float32"):
         image_seq_length=c.image_tokens, tie_word_embeddings=c.decoder.tie_embeddings, torch_dtype=dtype_name)
 
 
-def image_processor_config(c: VisionConfig, mean, std):
-    """preprocessor_config.json: resize the short side, centre-crop to the tower's size, scale to
-    0..1, normalize with the run's mean and std (our "crop" image mode; the same pixels as our model
-    for square images of the tower's size)."""
+def image_processor_config(c: VisionConfig, mean, std, mode="crop"):
+    """preprocessor_config.json for transformers' LlavaImageProcessor, reproducing our image mode
+    (minilvlm.data.images): `pad` pads to a square with int(mean x 255) per channel (do_pad, the
+    colour our recipes pad with), then resizes to the tower's size; `crop` resizes the short side and
+    centre-crops; `resize` squashes. Then scale to 0..1 and normalize with the run's mean and std."""
     size = c.image_size
-    siglip = vision_model_type(c) == "siglip_vision_model"
-    out = dict(image_processor_type="SiglipImageProcessor" if siglip else "CLIPImageProcessor",
-               do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-               image_mean=list(mean), image_std=list(std), do_convert_rgb=True)
-    if siglip:  # SigLIP's processor squashes to height x width and has no crop
-        out.update(size={"height": size, "width": size})
+    vision_model_type(c)
+    out = dict(image_processor_type="LlavaImageProcessor", do_resize=True, resample=3, do_rescale=True,
+               rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std),
+               do_convert_rgb=True, do_pad=mode == "pad", do_center_crop=mode == "crop",
+               crop_size={"height": size, "width": size})
+    if mode == "crop":
+        out["size"] = {"shortest_edge": size}
+    elif mode in ("pad", "resize"):
+        out["size"] = {"height": size, "width": size}
     else:
-        out.update(size={"shortest_edge": size}, do_center_crop=True, crop_size={"height": size, "width": size})
+        raise ExportError(f"data.image_mode {mode!r} has no transformers image processor setting; "
+                          f"exportable: pad, crop, resize")
     return out

@@ -23,20 +23,22 @@ from minilvlm.export.hf_configs import (
     llava_config,
     vision_model_type,
 )
+from minilvlm.export.chat import generation_config, jinja_template
+from minilvlm.export.peft_adapter import adapter, write_adapter
 from minilvlm.io import atomic_save_safetensors, atomic_write_json, atomic_write_with
 from minilvlm.models.llava import LLaVA
+from minilvlm.models.lora import base_state_dict, has_lora, merged_state_dict
 from minilvlm.recipes.run_folder import read_state
 from minilvlm.weights import ARCHITECTURES, WeightsError, by_key_map, to_hf_names
+from minilvlm.weights.llava import PROJECTOR_KEYS, part_renamer, projector_renamer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SHARD_BYTES = 5 * 10 ** 9    # "5GB", transformers' default shard size
 _SIZE_UNITS = {"KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "B": 1}
-_PROJECTOR_KEYS = {"mlp2x_gelu": {"projector.0": "linear_1", "projector.2": "linear_2"},
-                   "linear": {"projector": "linear_1"}}
 # Everything an export writes; with --force these are replaced (stale shards too), nothing else is touched.
 _EXPORT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json",
-                 "processor_config.json")
+                 "processor_config.json", "chat_template.json", "generation_config.json")
 
 
 # ---- state dicts: our names -> HF names ----------------------------------------------------------
@@ -49,30 +51,36 @@ def _hf_names(state, parts):
         raise ExportError(str(err)) from None
 
 
-def decoder_state_dict(decoder, prefix=""):
-    """The decoder's tensors under its HF causal-LM names (a tied head has none: transformers ties it)."""
-    key_map = ARCHITECTURES[decoder_model_type(decoder.config)][2]
-    return _hf_names(decoder.state_dict(), [("", by_key_map(key_map, prefix))])
-
-
-def llava_state_dict(model: LLaVA):
-    """The whole model under transformers' LLaVA checkpoint names."""
+def hf_parts(model, prefix=""):
+    """[(our name prefix, renamer of the rest)] for weights.to_hf_names: a Decoder's causal-LM names,
+    or a LLaVA's under transformers' LLaVA checkpoint names (minilvlm.weights.llava's legacy layout,
+    which every transformers loads)."""
+    if not isinstance(model, LLaVA):
+        return [("", by_key_map(ARCHITECTURES[decoder_model_type(model.config)][2], prefix))]
     c = model.config
-    vision_map = ARCHITECTURES[vision_model_type(c.vision)][2]   # the key maps the loader reads with
-    lm_map = ARCHITECTURES[decoder_model_type(c.decoder)][2]
-    projector = _PROJECTOR_KEYS.get(c.projector)
-    if projector is None:
-        raise ExportError(f"projector {c.projector!r} cannot be exported; supported: {sorted(_PROJECTOR_KEYS)}")
+    if c.projector not in PROJECTOR_KEYS:
+        raise ExportError(f"projector {c.projector!r} cannot be exported; supported: {sorted(PROJECTOR_KEYS)}")
+    return [("vision.", part_renamer("vision", vision_model_type(c.vision))),
+            ("projector.", projector_renamer(c.projector)),
+            ("lm.", part_renamer("lm", decoder_model_type(c.decoder)))]
 
-    def rename_projector(name):
-        module, _, suffix = name.rpartition(".")
-        hf = projector.get("projector." + module if module else "projector")
-        return f"multi_modal_projector.{hf}.{suffix}" if hf else None
-    out = _hf_names(model.state_dict(), [
-        ("vision.", by_key_map(vision_map, "vision_tower.")),
-        ("projector", lambda rest: rename_projector(rest.lstrip("."))),
-        ("lm.", by_key_map(lm_map, "language_model.")),
-    ])
+
+def hf_name(parts, name):
+    """Our tensor name -> its exported name under `hf_parts`, or None."""
+    return next((rename(name[len(prefix):]) for prefix, rename in parts if name.startswith(prefix)), None)
+
+
+def decoder_state_dict(decoder, prefix="", state=None):
+    """The decoder's tensors (`state`, default its state_dict) under its HF causal-LM names (a tied
+    head has none: transformers ties it)."""
+    return _hf_names(decoder.state_dict() if state is None else state, hf_parts(decoder, prefix))
+
+
+def llava_state_dict(model: LLaVA, state=None):
+    """The whole model's tensors (`state`, default its state_dict) under transformers' LLaVA
+    checkpoint names."""
+    c = model.config
+    out = _hf_names(model.state_dict() if state is None else state, hf_parts(model))
     if c.projector == "linear":  # HF's second projector layer, as the identity (see PROJECTOR_ACTS)
         weight = out["multi_modal_projector.linear_1.weight"]
         out["multi_modal_projector.linear_2.weight"] = torch.eye(c.decoder.dim, dtype=weight.dtype)
@@ -149,10 +157,22 @@ def special_token_ids(tokenizer):
     return {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
 
 
-def write_tokenizer(tokenizer, out, max_len, image_token=False):
+def _save_tokenizer_json(tokenizer, path):
+    """tokenizer.json without its post-processor: our templates place bos/eos themselves, so
+    `tokenizer(text)` in transformers gives the ids our Tokenizer.encode gives."""
+    def write(tmp):
+        tokenizer.save(tmp)
+        data = json.loads(Path(tmp).read_text())
+        data["post_processor"] = None
+        Path(tmp).write_text(json.dumps(data, ensure_ascii=False))
+    atomic_write_with(path, write)
+
+
+def write_tokenizer(tokenizer, out, max_len, image_token=False, chat_template=None):
     """tokenizer.json (ours, with the image token among its added tokens), a tokenizer_config.json for
-    transformers' fast tokenizer and special_tokens_map.json."""
-    atomic_write_with(out / "tokenizer.json", tokenizer.save)
+    transformers' fast tokenizer (with the run's chat_template, and no token_type_ids among its
+    inputs, which LLaVA's generate refuses) and special_tokens_map.json."""
+    _save_tokenizer_json(tokenizer, out / "tokenizer.json")
     special = {f"{name}_token": token for name, token in
                (("bos", tokenizer.bos_token), ("eos", tokenizer.eos_token), ("pad", tokenizer.pad_token))
                if token is not None}
@@ -160,8 +180,11 @@ def write_tokenizer(tokenizer, out, max_len, image_token=False):
         special["pad_token"] = tokenizer.eos_token   # our pad id falls back to eos; say so explicitly
     if image_token:
         special["image_token"] = tokenizer.image_token
-    atomic_write_json({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
-                       "clean_up_tokenization_spaces": False, **special}, out / "tokenizer_config.json")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
+              "clean_up_tokenization_spaces": False, "model_input_names": ["input_ids", "attention_mask"], **special}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    atomic_write_json(config, out / "tokenizer_config.json")
     atomic_write_json(special, out / "special_tokens_map.json")
     return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -176,25 +199,31 @@ def _dtype_name(tensors):
     return str(floats.pop()).removeprefix("torch.") if len(floats) == 1 else "float32"
 
 
-def export_decoder(decoder, tokenizer, out, *, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False):
-    """Write `decoder` (our Decoder) as a transformers causal-LM folder. Returns a summary dict."""
+def export_decoder(decoder, tokenizer, out, *, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False,
+                   template=None, state=None):
+    """Write `decoder` (our Decoder; its tensors `state`, default its own) as a transformers causal-LM
+    folder, chatting with our `template` when given. Returns a summary dict."""
     config = decoder_config(decoder.config, special_token_ids(tokenizer))
-    tensors = _cast(decoder_state_dict(decoder), dtype)
+    tensors = _cast(decoder_state_dict(decoder, state=state), dtype)
     config["torch_dtype"] = _dtype_name(tensors)
-    return _write(out, force, config, tensors, tokenizer, decoder.config.max_seq_len, max_shard_bytes)
+    return _write(out, force, config, tensors, tokenizer, decoder.config.max_seq_len, max_shard_bytes,
+                  template=template)
 
 
-def export_llava(model, tokenizer, out, *, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False):
-    """Write a LLaVA (ours) as a transformers LlavaForConditionalGeneration folder, with the image
-    processor and processor configs. Returns a summary dict."""
+def export_llava(model, tokenizer, out, *, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False,
+                 template=None, image_mode="crop", state=None):
+    """Write a LLaVA (ours; its tensors `state`, default its own) as a transformers
+    LlavaForConditionalGeneration folder, with the image processor reproducing `image_mode`, the
+    processor config and, given our `template`, its chat template. Returns a summary dict."""
     c = model.config
-    tensors = _cast(llava_state_dict(model), dtype)
+    tensors = _cast(llava_state_dict(model, state), dtype)
     config = llava_config(c, special_token_ids(tokenizer), _dtype_name(tensors))
     if tokenizer.image_token_id != c.image_token_id:
         raise ExportError(f"the tokenizer's {tokenizer.image_token!r} is id {tokenizer.image_token_id}, but the "
                           f"model reads image_token_id {c.image_token_id}; export with the run's own tokenizer")
     extra = {
-        "preprocessor_config.json": image_processor_config(c.vision, c.vision.pixel_mean, c.vision.pixel_std),
+        "preprocessor_config.json": image_processor_config(c.vision, c.vision.pixel_mean, c.vision.pixel_std,
+                                                           image_mode),
         # LlavaProcessor expands each <image> to image_seq_length ids: patches (+1 for a class token,
         # -1 again for the "default" strategy that drops it)
         "processor_config.json": dict(processor_class="LlavaProcessor", image_token=tokenizer.image_token,
@@ -202,15 +231,21 @@ def export_llava(model, tokenizer, out, *, dtype=None, max_shard_bytes=DEFAULT_S
                                       vision_feature_select_strategy=config["vision_feature_select_strategy"],
                                       num_additional_image_tokens=int(c.vision.class_token)),
     }
-    return _write(out, force, config, tensors, tokenizer, c.decoder.max_seq_len, max_shard_bytes, extra)
+    return _write(out, force, config, tensors, tokenizer, c.decoder.max_seq_len, max_shard_bytes, extra, template)
 
 
-def _write(out, force, config, tensors, tokenizer, max_len, max_shard_bytes, extra=None):
+def _write(out, force, config, tensors, tokenizer, max_len, max_shard_bytes, extra=None, template=None):
     out = prepare_output(out, force)
     files = write_safetensors(tensors, out, max_shard_bytes)
     atomic_write_json(config, out / "config.json")
-    files += ["config.json", *write_tokenizer(tokenizer, out, max_len, image_token=extra is not None)]
-    for name, content in (extra or {}).items():
+    chat = jinja_template(template, tokenizer) if template else None
+    files += ["config.json", *write_tokenizer(tokenizer, out, max_len, extra is not None, chat)]
+    extra = dict(extra or {})
+    if template:
+        extra["generation_config.json"] = generation_config(template, tokenizer)
+        if "processor_config.json" in extra:   # LlavaProcessor reads its own chat template
+            extra["chat_template.json"] = {"chat_template": chat}
+    for name, content in extra.items():
         atomic_write_json(content, out / name)
         files.append(name)
     arch = config["architectures"][0]
@@ -220,11 +255,62 @@ def _write(out, force, config, tensors, tokenizer, max_len, max_shard_bytes, ext
 
 # ---- a run folder --------------------------------------------------------------------------------
 
+LORA_MODES = ("merged", "adapter")
+
+
 def export_run(path, out, *, decoder_only=False, dtype=None, max_shard_bytes=DEFAULT_SHARD_BYTES, force=False,
-               device="auto"):
+               device="auto", lora="merged"):
     """Export the newest checkpoint of a run folder (or a checkpoint folder) written by tools/train.py:
-    the LLaVA model, or with decoder_only its decoder alone. Returns the summary of export_llava /
-    export_decoder, plus the checkpoint it came from."""
+    the LLaVA model, or with decoder_only its decoder alone, chatting with the run's template and
+    reading images in the run's image mode. A LoRA run exports merged (its updates added into the
+    weights), or with lora="adapter" as the base folder out/base and a peft adapter out/adapter.
+    Returns the summary of export_llava / export_decoder, plus the checkpoint it came from."""
+    if lora not in LORA_MODES:
+        raise ExportError(f"--lora: expected one of {', '.join(LORA_MODES)}, got {lora!r}")
+    folder = _export_checkpoint(path)
+    try:
+        loaded = load_model(folder, device=device)
+    except (LoadError, ConfigError, SafetensorError, OSError) as err:
+        raise ExportError(f"cannot load {folder}: {err}") from None
+    model, cfg = loaded.model, loaded.cfg
+    if lora == "adapter" and not has_lora(model):
+        raise ExportError("--lora adapter: this run has no LoRA (model.lora.rank is 0); export it without --lora")
+    options = dict(dtype=dtype, max_shard_bytes=max_shard_bytes, force=force, template=cfg.data.template)
+    part = model.lm if decoder_only else model
+    if lora == "adapter":
+        summary = _export_adapter(loaded, part, Path(out), options)
+    else:
+        summary = _export(part, loaded, out, options, merged_state_dict(part))
+    summary["checkpoint"] = str(folder)
+    return summary
+
+
+def _export(part, loaded, out, options, state):
+    if isinstance(part, LLaVA):
+        return export_llava(part, loaded.tokenizer, out, image_mode=loaded.cfg.data.image_mode, state=state, **options)
+    return export_decoder(part, loaded.tokenizer, out, state=state, **options)
+
+
+def _export_adapter(loaded, part, out, options):
+    """out/base: the model without its LoRA updates (and with the trained projector); out/adapter:
+    the peft adapter over it."""
+    summary = _export(part, loaded, out / "base", options, base_state_dict(part))
+    llava, parts = isinstance(part, LLaVA), hf_parts(part)
+    trained = loaded.recipe.checkpoint_state(loaded.model)
+    if not llava:
+        trained = {k[len("lm."):]: v for k, v in trained.items() if k.startswith("lm.")}
+    try:
+        tensors, config = adapter(part, lambda name: hf_name(parts, name), llava, trained)
+    except (ValueError, ExportError) as err:
+        raise ExportError(f"--lora adapter: {err}") from None
+    files = write_adapter(out / "adapter", tensors, config)
+    summary.update(out=str(out), files=[f"base/{f}" for f in summary["files"]] + [f"adapter/{f}" for f in files],
+                   adapter_tensors=len(tensors))
+    return summary
+
+
+def _export_checkpoint(path):
+    """The checkpoint folder of a run to export; ExportError when its recipe has no export."""
     try:
         folder, _ = resolve_checkpoint(path)
         state = read_state(folder)
@@ -239,14 +325,4 @@ def export_run(path, out, *, decoder_only=False, dtype=None, max_shard_bytes=DEF
     refusal = recipes.get(name).export_refusal()
     if refusal:
         raise ExportError(f"export supports the llava recipe; {refusal}")
-    try:
-        loaded = load_model(folder, device=device)
-    except (LoadError, ConfigError, SafetensorError, OSError) as err:
-        raise ExportError(f"cannot load {folder}: {err}") from None
-    options = dict(dtype=dtype, max_shard_bytes=max_shard_bytes, force=force)
-    if decoder_only:
-        summary = export_decoder(loaded.model.lm, loaded.tokenizer, out, **options)
-    else:
-        summary = export_llava(loaded.model, loaded.tokenizer, out, **options)
-    summary["checkpoint"] = str(folder)
-    return summary
+    return folder

@@ -142,6 +142,7 @@ class FusedAdamW(torch.optim.Optimizer):
         norms = [torch.linalg.vector_norm(f.grad, dtype=torch.float32) for f in self._flats]
         if not norms:
             return torch.zeros(())
+        # on the grads' device: no host read inside the step, and a meta-device dry run has no data to copy
         device = norms[0].device
         return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
 

@@ -9,6 +9,7 @@ from minilvlm import config
 from minilvlm.config import ConfigError
 from minilvlm.recipes import eve, llava, mma
 from minilvlm.recipes.base import Recipe
+from minilvlm.recipes.resolve import resolve
 
 _REGISTRY = {}
 
@@ -43,9 +44,11 @@ def validate(cfg):
     return cfg
 
 
-def load_config(path=None, overrides=()):
-    """The RunConfig of a TOML file (None: the demo) with dotted overrides, fully checked."""
-    return validate(config.parse_config(path, overrides))
+def load_config(path=None, overrides=(), notes=None):
+    """The RunConfig of a TOML file (None: the demo) with dotted overrides, completed from the
+    folders it names (minilvlm/recipes/resolve.py; one line per decision appended to `notes`) and
+    fully checked."""
+    return validate(resolve(config.parse_config(path, overrides), notes))
 
 
 def config_from_dict(data, source="config"):

@@ -7,7 +7,11 @@ A recipe says
 - how to build the model and load its pretrained weights (`build_model`);
 - how to read images and records (`image_size`, `image_config`, `prepare_records`);
 - what a checkpoint holds: the whole model or only the trained tensors (`checkpoint_state`,
-  `load_checkpoint_state`, `trained_parts`);
+  `load_checkpoint_state`, `trained_parts`), and whether a model loaded from one needs the
+  config's pretrained weights first (`checkpoint_needs_base`);
+- LoRA (`model.lora`, for recipes with `supports_lora`): `add_lora` at the end of `build_model`;
+  the LoRA matrices then train in place of the weights they adapt, and checkpoints hold the
+  trained tensors alone;
 - whether a from-scratch vision tower is pretrained first (`skip_tower_pretraining`);
 - whether its runs export to a Hugging Face LLaVA folder (`export_refusal`).
 
@@ -21,6 +25,7 @@ import abc
 
 from minilvlm.config import ConfigError
 from minilvlm.data.images import ImageConfig
+from minilvlm.models.lora import apply_lora, freeze_for_lora, has_lora, trainable_state_dict
 from minilvlm.models.state import mismatch
 
 
@@ -28,6 +33,7 @@ class Recipe(abc.ABC):
     name = ""
     stages = {}                       # stage name -> what it trains (for messages and docs)
     checkpoint_holds = "the whole model"
+    supports_lora = False
 
     # ---- config -------------------------------------------------------------------------------
 
@@ -36,6 +42,9 @@ class Recipe(abc.ABC):
         if cfg.train.stage not in self.stages:
             listed = "; ".join(f"{name!r} ({what})" for name, what in self.stages.items())
             raise ConfigError(f"train.stage: the {self.name} recipe's stages are {listed}; got {cfg.train.stage!r}")
+        if cfg.model.lora.rank and not self.supports_lora:
+            raise ConfigError(f"model.lora.rank: the {self.name} recipe has no LoRA (the llava and eve recipes "
+                              f"have); set it to 0")
 
     # ---- data ---------------------------------------------------------------------------------
 
@@ -44,8 +53,12 @@ class Recipe(abc.ABC):
         return cfg.model.vision.image_size
 
     def image_config(self, cfg):
-        """How this run's images are decoded (minilvlm.data.images: one loader for every use)."""
-        return ImageConfig(size=self.image_size(cfg), mode=cfg.data.image_mode, blank=cfg.data.blank_images)
+        """How this run's images are decoded (minilvlm.data.images: one loader for every use). `pad`
+        fills with the tower's mean colour, as LLaVA does and as the exported LlavaImageProcessor
+        does (int(mean x 255) per channel): the padding is zero once normalised."""
+        pad = tuple(int(x * 255) for x in cfg.model.vision.pixel_mean)
+        return ImageConfig(size=self.image_size(cfg), mode=cfg.data.image_mode, blank=cfg.data.blank_images,
+                           pad_color=pad)
 
     def prepare_records(self, cfg, records):
         """Records as this recipe reads them (the mma recipe puts a prefix before text-only prompts)."""
@@ -59,8 +72,28 @@ class Recipe(abc.ABC):
         load_weights (off when a checkpoint's weights will replace them anyway)."""
 
     def set_stage(self, model, cfg):
-        """Mark what trains in cfg.train.stage; returns the trained parts' names."""
+        """Mark what trains in cfg.train.stage; returns the trained parts' names. With LoRA, the
+        LoRA matrices train in place of the weights of the parts they sit in."""
+        parts = self.stage_model(model, cfg)
+        freeze_for_lora(model)
+        return parts
+
+    def stage_model(self, model, cfg):
+        """requires_grad per part for cfg.train.stage (the model's own set_stage); the part names."""
         return model.set_stage(cfg.train.stage)
+
+    def add_lora(self, model, cfg):
+        """Put LoRA on the model when cfg.model.lora.rank > 0, and mark its stage: a LoRA model's
+        checkpoints hold the tensors that train, so the built model knows them from the start."""
+        lora = cfg.model.lora
+        if not lora.rank:
+            return model
+        try:
+            apply_lora(model, lora.targets, lora.rank, lora.alpha, lora.dropout)
+        except ValueError as err:
+            raise ConfigError(f"model.lora.targets: {err}") from None
+        self.set_stage(model, cfg)
+        return model
 
     def skip_tower_pretraining(self, cfg):
         """Why this run does not pretrain a from-scratch vision tower before the recipe trains, or
@@ -74,15 +107,20 @@ class Recipe(abc.ABC):
         return [self.stages[cfg.train.stage]]
 
     def checkpoint_state(self, model):
-        """The tensors a checkpoint of this recipe holds."""
-        return model.state_dict()
+        """The tensors a checkpoint of this recipe holds (with LoRA: those that train)."""
+        return trainable_state_dict(model) if has_lora(model) else model.state_dict()
 
     def load_checkpoint_state(self, model, tensors, source):
         """Load what `checkpoint_state` saved; ValueError naming every key that does not fit."""
-        problems = mismatch(model.state_dict(), tensors)
+        problems = mismatch(self.checkpoint_state(model), tensors)
         if problems:
             raise ValueError(f"{source} does not fit the {self.name} model of this config: {problems}")
-        model.load_state_dict(tensors)
+        model.load_state_dict(tensors, strict=not has_lora(model))
+
+    def checkpoint_needs_base(self, cfg):
+        """Whether a model loaded from a checkpoint needs the config's pretrained weights first
+        (its checkpoints do not hold the frozen base: LoRA)."""
+        return bool(cfg.model.lora.rank)
 
     # ---- export -------------------------------------------------------------------------------
 

@@ -8,22 +8,24 @@ from minilvlm.config import ConfigError
 from minilvlm.models.eve import EVE, STAGES, EVEConfig
 from minilvlm.models.multimodal import init_from_scratch
 from minilvlm.recipes.base import Recipe
-from minilvlm.recipes.pretrained import load_pretrained, load_previous_stage
+from minilvlm.recipes.pretrained import decoder_config, load_pretrained, load_previous_stage
 
 ALIGNED_STAGES = STAGES[:2]
 
 
-def eve_config(cfg, image_size, vocab_size=0, image_token_id=-1):
-    """The EVEConfig of a run config; a ConfigError for a geometry that does not fit."""
+def eve_config(cfg, image_size, tokenizer=None):
+    """The EVEConfig of a run config (the vocabulary sized for `tokenizer`, when given); a
+    ConfigError for a geometry that does not fit."""
     e = cfg.model.eve
     aligned = cfg.train.stage in ALIGNED_STAGES
+    decoder = decoder_config(cfg, tokenizer) if tokenizer is not None else dataclasses.replace(cfg.model.decoder)
     try:
-        return EVEConfig(decoder=dataclasses.replace(cfg.model.decoder, vocab_size=vocab_size),
+        return EVEConfig(decoder=decoder,
                          teacher=cfg.model.vision if aligned else None, image_size=image_size,
                          patch_size=e.patch_size, pool=e.pool, dim=e.dim, heads=e.heads,
                          projector=cfg.model.projector, align_layers=tuple(e.align_layers),
                          align_weight=e.align_weight, teacher_layer=cfg.model.feature_layer,
-                         image_token_id=image_token_id)
+                         image_token_id=tokenizer.image_token_id if tokenizer is not None else -1)
     except ValueError as err:
         raise ConfigError(f"model.eve: {err}") from None
 
@@ -33,6 +35,7 @@ class EVERecipe(Recipe):
     stages = {"prealign": "1: the embedder and the aligner, LM frozen",
               "pretrain": "2: everything (LM, embedder, aligner)",
               "finetune": "3: the LM and the embedder, no aligner"}
+    supports_lora = True
 
     def validate(self, cfg):
         super().validate(cfg)
@@ -45,6 +48,9 @@ class EVERecipe(Recipe):
                               f"a llava run's checkpoint (e.g. runs/demo/checkpoints/step_001000/model.safetensors), "
                               f"or set model.eve.random_teacher = true to align to a random frozen ViT")
         eve_config(cfg, self.image_size(cfg))
+        if cfg.model.lora.rank and not (cfg.model.lm_weights or cfg.model.init_from):
+            raise ConfigError("model.lora: LoRA checkpoints hold only what trains, so the frozen LM must come from "
+                              "files; set model.lm_weights or model.init_from")
 
     def image_size(self, cfg):
         return cfg.model.eve.image_size or cfg.model.vision.image_size
@@ -52,19 +58,18 @@ class EVERecipe(Recipe):
     def build_model(self, cfg, tokenizer, load_weights=True):
         """The EVE model, initialised for training from scratch, then the configured pretrained
         weights (teacher, LM, a previous stage) loaded when load_weights."""
-        model = EVE(eve_config(cfg, self.image_size(cfg), tokenizer.vocab_size, tokenizer.image_token_id))
+        model = EVE(eve_config(cfg, self.image_size(cfg), tokenizer))
         init_from_scratch(module for name, module in model.named_modules() if not name.startswith("teacher"))
         m = cfg.model
-        if not load_weights:
-            return model
-        if model.teacher is not None and m.vision_weights:
-            load_pretrained(model.teacher, m.vision_weights, "model.vision_weights", "vision")
-            model.teacher.requires_grad_(False)
-        if m.lm_weights:
-            load_pretrained(model.lm, m.lm_weights, "model.lm_weights", "decoder")
-        if m.init_from:   # a previous stage; its aligner is dropped when this stage has none
-            load_previous_stage(model, m.init_from, dropped=("aligner.",))
-        return model
+        if load_weights:
+            if model.teacher is not None and m.vision_weights:
+                load_pretrained(model.teacher, m.vision_weights, "model.vision_weights", "vision")
+                model.teacher.requires_grad_(False)
+            if m.lm_weights:
+                load_pretrained(model.lm, m.lm_weights, "model.lm_weights", "decoder")
+            if m.init_from:   # a previous stage; its aligner is dropped when this stage has none
+                load_previous_stage(model, m.init_from, dropped=("aligner.",))
+        return self.add_lora(model, cfg)
 
     def export_refusal(self):
         return ("eve runs read images through an encoder-free patch embedder, not a vision tower, so they are not "

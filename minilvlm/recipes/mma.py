@@ -12,7 +12,8 @@ from safetensors import safe_open
 from minilvlm.config import ConfigError
 from minilvlm.models.mma import MMA, MMAConfig
 from minilvlm.recipes.base import Recipe
-from minilvlm.weights import from_pretrained
+from minilvlm.recipes.pretrained import decoder_config
+from minilvlm.weights import WeightsError, from_pretrained
 
 
 def vision_layers(cfg, n_layers):
@@ -74,12 +75,10 @@ class MMARecipe(Recipe):
         dry run's, on the meta device) is built without it: from the config's sizes."""
         m = cfg.model.mma
         if not load_weights:
-            decoder = dataclasses.replace(cfg.model.decoder, vocab_size=tokenizer.vocab_size)
-            model = MMA(mma_config(cfg, cfg.model.vision, decoder, tokenizer.image_token_id))
+            model = MMA(mma_config(cfg, cfg.model.vision, decoder_config(cfg, tokenizer), tokenizer.image_token_id))
         elif m.base_checkpoint:
             _check_exists(m.base_checkpoint, "base_checkpoint")
-            decoder = dataclasses.replace(cfg.model.decoder, vocab_size=tokenizer.vocab_size)
-            model = MMA(mma_config(cfg, cfg.model.vision, decoder, tokenizer.image_token_id))
+            model = MMA(mma_config(cfg, cfg.model.vision, decoder_config(cfg, tokenizer), tokenizer.image_token_id))
             load_base(model, m.base_checkpoint)
         else:
             model = _from_hf_folders(cfg, tokenizer)
@@ -90,7 +89,7 @@ class MMARecipe(Recipe):
                     torch.nn.init.zeros_(layer.bias)
         return model
 
-    def set_stage(self, model, cfg):
+    def stage_model(self, model, cfg):
         return model.set_stage()
 
     def trained_parts(self, cfg):
@@ -101,6 +100,9 @@ class MMARecipe(Recipe):
 
     def load_checkpoint_state(self, model, tensors, source):
         model.load_trainable_state_dict(tensors, str(source))
+
+    def checkpoint_needs_base(self, cfg):
+        return True
 
     def export_refusal(self):
         return ("mma runs are LaVIN adapters (MM-Adapters in the tower and the decoder, a routed modality token) "
@@ -122,13 +124,14 @@ def _from_hf_folders(cfg, tokenizer):
     m = cfg.model.mma
     _check_exists(m.vision_weights, "vision_weights")
     _check_exists(m.lm_weights, "lm_weights")
-    vision, lm = from_pretrained(m.vision_weights), from_pretrained(m.lm_weights)
+    try:   # the vocabulary rule of every recipe: minilvlm.recipes.pretrained.decoder_config
+        vision = from_pretrained(m.vision_weights)
+        lm = from_pretrained(m.lm_weights, vocab_size=decoder_config(cfg, tokenizer).vocab_size)
+    except WeightsError as err:
+        raise ConfigError(f"model.mma: {err}") from None
     _check_sizes(cfg.model.vision, vision.config, "model.vision", m.vision_weights,
                  ("image_size", "patch_size", "dim", "n_layers"))
     _check_sizes(cfg.model.decoder, lm.config, "model.decoder", m.lm_weights, ("dim", "n_layers", "n_heads", "mlp_dim"))
-    if lm.config.vocab_size < tokenizer.vocab_size - 1:
-        raise ConfigError(f"model.mma.lm_weights: the LM has {lm.config.vocab_size} embeddings but the tokenizer "
-                          f"{tokenizer.vocab_size} ids; use the LM's own tokenizer (data.tokenizer)")
     return MMA(mma_config(cfg, vision.config, lm.config, tokenizer.image_token_id), vision=vision, lm=lm)
 
 

@@ -1,8 +1,12 @@
 """A run's data, as its config describes it: the records of each split (the generated demo set or
 LLaVA files), prepared by the recipe, and the tokenizer (a configured one, or a word-level one built
-from the training texts and kept in the run folder)."""
+from the training texts). Either way the tokenizer's files are kept in the run folder and read from
+there, so the run folder is self-contained (minilvlm/eval/load.py reads them back)."""
 import json
 from pathlib import Path
+
+from minilvlm.config import ConfigError
+from minilvlm.io import atomic_write_with
 
 from minilvlm.data import demo
 from minilvlm.data.records import read_records
@@ -44,11 +48,41 @@ def _read_splits(cfg, run_dir):
     return splits
 
 
+# A tokenizer's files, as transformers saves them; the run keeps those its source has.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def copy_tokenizer(source, run_dir):
+    """Copy the tokenizer of `source` (a folder holding tokenizer.json, or a tokenizer .json file) and
+    the files beside it into run_dir as TOKENIZER_FILES; a file is rewritten only when its bytes
+    differ (so ranks after the first find the copy done), and one the source lacks is removed."""
+    source = Path(source)
+    main = source / "tokenizer.json" if source.is_dir() else source
+    if not main.is_file():
+        raise ConfigError(f"data.tokenizer = {str(source)!r}: {main} not found; minilvlm reads the fast-tokenizer "
+                          f"file tokenizer.json (save it with `tokenizer.save_pretrained` in transformers)")
+    files = {name: main.parent / name for name in TOKENIZER_FILES[1:]}
+    files["tokenizer.json"] = main
+    for name, file in files.items():
+        target = Path(run_dir) / name
+        if not file.is_file():
+            target.unlink(missing_ok=True)
+            continue
+        data = file.read_bytes()
+        if not target.is_file() or target.read_bytes() != data:
+            atomic_write_with(target, lambda path, data=data: Path(path).write_bytes(data))
+
+
 def load_tokenizer(cfg, run_dir, train_records):
-    """The configured tokenizer, or a word-level one built from the training texts and saved as
-    run_dir/tokenizer.json (the same texts always give the same file)."""
-    if cfg.data.tokenizer:
-        return Tokenizer(cfg.data.tokenizer)
-    if not (Path(run_dir) / "tokenizer.json").is_file():
+    """The run's tokenizer, read from its copy in run_dir: the configured one (copied there while
+    its source exists), or a word-level one built from the training texts (the same texts always
+    give the same file)."""
+    source = cfg.data.tokenizer
+    if source and Path(source).exists():
+        copy_tokenizer(source, run_dir)
+    elif source and not (Path(run_dir) / "tokenizer.json").is_file():
+        raise ConfigError(f"data.tokenizer = {source!r}: no such file or folder, and the run folder {run_dir} holds "
+                          f"no copy of it; give a tokenizer.json or a model folder holding one")
+    elif not (Path(run_dir) / "tokenizer.json").is_file():
         build_word_tokenizer((t.text for r in train_records for t in r.turns), run_dir)
     return Tokenizer(run_dir)

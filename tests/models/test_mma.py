@@ -327,7 +327,8 @@ def test_base_from_hugging_face_folders(tmp_path):
                                        "position_ids": torch.arange(5).expand(2, 5), "segment_ids": None,
                                        "images": images})
     assert torch.isfinite(loss) and count == 2 * 5 - 2   # every token but the two image ids
-    with pytest.raises(ValueError, match=r"model.decoder.dim = 32 but .*llama has 64. Set \[model.decoder\]"):
+    with pytest.raises(ValueError, match=r"model.decoder.dim: the config sets 32 but model.mma.lm_weights = .*llama "
+                                         r"has 64\n"):
         build_mma_model(load_config(None, common + sizes + ["model.decoder.dim=32"]), _Tokenizer())
     with pytest.raises(ConfigError, match="model.mma.lm_weights = .*nowhere.*no such file"):
         build_mma_model(load_config(None, common + sizes + [f"model.mma.lm_weights={str(tmp_path / 'nowhere')!r}"]),

@@ -120,7 +120,7 @@ def test_a_gpu_asked_for_where_there_is_none_stops_before_any_work(tmp_path, cap
         pytest.skip("this machine has a CUDA device")
     run = tmp_path / "run"
     assert tool_main()([f"train.run_dir={json.dumps(str(run))}", "train.device=cuda"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("config: ")]
     assert len(err) == 1 and err[0].startswith("error: train.device: 'cuda' was asked for, but torch sees no CUDA")
     assert not run.exists()   # nothing generated, nothing written
     assert tool_main()(["train.device=cpu", "--dry-run"]) == 0

@@ -1,22 +1,28 @@
-"""Hugging Face checkpoints in: config.json to our config dataclasses, safetensors (single file or
-sharded with model.safetensors.index.json) to our modules, through one explicit key map per
-architecture. The model is built on the meta device and the memory-mapped tensors are assigned to
-it, so loading holds about one copy of the weights. Nothing is ever unpickled."""
+"""Hugging Face checkpoints in: config.json (and an image processor's preprocessor_config.json) to
+our config dataclasses, safetensors (single file or sharded with model.safetensors.index.json) to
+our modules, through one explicit key map per architecture. The model is built on the meta device
+and the memory-mapped tensors are assigned to it, so loading holds about one copy of the weights.
+Nothing is ever unpickled. A tokenizer with more ids than the checkpoint's embedding rows (an added
+`<image>`) grows the vocabulary tensors: the new rows are the mean of the existing ones.
+
+Whole LLaVA folders (LlavaForConditionalGeneration, both key layouts) are read by
+minilvlm.weights.llava."""
 import contextlib
 import json
 import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from minilvlm.models.decoder import Decoder, DecoderConfig
 from minilvlm.models.layers import HF_ACTIVATIONS
-from minilvlm.models.vision import VisionConfig, VisionTransformer
+from minilvlm.models.vision import CLIP_MEAN, CLIP_STD, VisionConfig, VisionTransformer
+from minilvlm.weights.files import WeightsError, open_checkpoint
 
-
-class WeightsError(ValueError):
-    """A checkpoint that does not fit the model: lists every problem at once."""
+# SigLIP's image processors normalise to -1..1 (mean and std 0.5), CLIP's with its own statistics.
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+# A decoder's tensors with one row per token id (grown when the tokenizer has more ids).
+VOCAB_TENSORS = ("embed.weight", "lm_head.weight", "lm_head.bias")
 
 
 # ---- key maps: our module (or parameter) name -> HF name, "{}" standing for the layer index ------
@@ -139,10 +145,11 @@ def _phi_config(cfg, where):
         tie_embeddings=cfg.get("tie_word_embeddings", False), max_seq_len=cfg.get("max_position_embeddings", 2048))
 
 
-def _vision_config(cfg, where, *, siglip):
+def _vision_config(cfg, where, *, siglip, pixel_stats=None):
     d = (dict(patch_size=16, act="gelu_pytorch_tanh", eps=1e-6) if siglip
          else dict(patch_size=32, act="quick_gelu", eps=1e-5))
-    return VisionConfig(
+    mean, std = pixel_stats or ((SIGLIP_MEAN, SIGLIP_STD) if siglip else (CLIP_MEAN, CLIP_STD))
+    return VisionConfig(pixel_mean=mean, pixel_std=std,
         image_size=cfg.get("image_size", 224), patch_size=cfg.get("patch_size", d["patch_size"]),
         channels=cfg.get("num_channels", 3), dim=cfg.get("hidden_size", 768), n_layers=cfg.get("num_hidden_layers", 12),
         n_heads=cfg.get("num_attention_heads", 12), mlp_dim=cfg.get("intermediate_size", 3072),
@@ -150,131 +157,107 @@ def _vision_config(cfg, where, *, siglip):
         class_token=not siglip, pre_norm=not siglip, stem_bias=siglip, norm_output=siglip)
 
 
-# model_type -> (reads our config from the config dict, builds the model, key map, ignored keys)
+# model_type -> (reads our config from the config dict, builds the model, key map, ignored keys).
+# Vision readers also take the folder's pixel statistics (None: the tower's usual ones).
 ARCHITECTURES = {
     "llama": (_llama_config, Decoder, _LLAMA_KEYS, _DECODER_IGNORED),
     "qwen2": (_qwen2_config, Decoder, _LLAMA_KEYS, _DECODER_IGNORED),
     "phi": (_phi_config, Decoder, _PHI_KEYS, _DECODER_IGNORED),
-    "clip_vision_model": (lambda c, w: _vision_config(c, w, siglip=False), VisionTransformer, _VIT_KEYS, _VIT_IGNORED),
-    "siglip_vision_model": (lambda c, w: _vision_config(c, w, siglip=True), VisionTransformer, _VIT_KEYS, _VIT_IGNORED),
+    "clip_vision_model": (lambda c, w, s=None: _vision_config(c, w, siglip=False, pixel_stats=s), VisionTransformer,
+                          _VIT_KEYS, _VIT_IGNORED),
+    "siglip_vision_model": (lambda c, w, s=None: _vision_config(c, w, siglip=True, pixel_stats=s), VisionTransformer,
+                            _VIT_KEYS, _VIT_IGNORED),
 }
+VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
+DECODER_TYPES = ("llama", "qwen2", "phi")
 # Full CLIP/SigLIP checkpoints (both towers): we read the vision tower.
 _NESTED_VISION = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
 
 
-def read_config(folder):
-    """(model_type, our config) from folder/config.json."""
-    path = Path(folder) / "config.json"
+def read_json(path, what="config.json"):
+    """A JSON object from a file of a Hugging Face folder; WeightsError when missing or invalid."""
+    path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path} not found: a Hugging Face model folder needs config.json")
+        raise WeightsError(f"{path} not found: a Hugging Face model folder needs {what}")
     try:
-        cfg = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def pixel_stats(folder):
+    """(image_mean, image_std) of the folder's preprocessor_config.json, or None without one."""
+    path = Path(folder) / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    cfg = read_json(path, "preprocessor_config.json")
+    stats = cfg.get("image_mean"), cfg.get("image_std")
+    if not all(isinstance(s, list) and len(s) == 3 and all(isinstance(x, (int, float)) for x in s) for s in stats):
+        raise WeightsError(f"{path}: image_mean and image_std must be lists of three numbers, got {stats}")
+    return tuple(float(x) for x in stats[0]), tuple(float(x) for x in stats[1])
+
+
+def config_of(model_type, cfg, where, folder=None):
+    """Our config for a Hugging Face config dict of `model_type` (a vision tower's pixel statistics
+    read from folder's preprocessor_config.json when it has one)."""
+    if model_type not in ARCHITECTURES:
+        known = sorted([*ARCHITECTURES, *_NESTED_VISION, "llava"])
+        raise WeightsError(f"{where}: model_type {model_type!r} is not supported; supported: {known}")
+    if model_type in VISION_TYPES:
+        return ARCHITECTURES[model_type][0](cfg, where, pixel_stats(folder) if folder else None)
+    return ARCHITECTURES[model_type][0](cfg, where)
+
+
+def read_config(folder):
+    """(model_type, our config) from folder/config.json (a LLaVA folder: minilvlm.weights.llava)."""
+    path = Path(folder) / "config.json"
+    cfg = read_json(path)
     model_type = cfg.get("model_type")
     if model_type in _NESTED_VISION:
         model_type, cfg = _NESTED_VISION[model_type], cfg.get("vision_config", {})
-    if model_type not in ARCHITECTURES:
-        known = sorted([*ARCHITECTURES, *_NESTED_VISION])
-        raise WeightsError(f"{path}: model_type {model_type!r} is not supported; supported: {known}")
-    return model_type, ARCHITECTURES[model_type][0](cfg, str(path))
-
-
-# ---- safetensors files ---------------------------------------------------------------------------
-
-_FILE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-class _Shard:
-    """One safetensors file: shapes from its header, tensors memory-mapped. A tensor cast to another
-    dtype is read with plain file reads instead, so its source bytes never stay mapped in memory:
-    casting then holds the result plus one tensor, not the result plus the whole mapped file."""
-
-    def __init__(self, path):
-        self.path = path
-        try:
-            self.handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as exc:  # safetensors raises its own error types for a bad header or short file
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc}). It is probably truncated or "
-                               f"corrupt: download or save it again") from exc
-        self._header = None
-
-    def keys(self):
-        return self.handle.keys()
-
-    def shape(self, key):
-        return list(self.handle.get_slice(key).get_shape())
-
-    def tensor(self, key, dtype=None):
-        entry = self._entry(key)
-        source = _FILE_DTYPES.get(entry["dtype"])
-        if dtype is None or source is None or source == dtype:
-            return self.handle.get_tensor(key)
-        begin, end = entry["data_offsets"]
-        buffer = torch.empty(end - begin, dtype=torch.uint8)
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + begin)
-            if f.readinto(buffer.numpy()) != end - begin:
-                raise WeightsError(f"{self.path}: tensor {key} ends past the end of the file; it is truncated")
-        return buffer.view(source).view(entry["shape"]).to(dtype)
-
-    def _entry(self, key):
-        if self._header is None:
-            with open(self.path, "rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                self._header = json.loads(f.read(size))
-            self._data_start = 8 + size
-        return self._header[key]
-
-
-def open_checkpoint(folder):
-    """{checkpoint key: the _Shard holding it} for a single-file or sharded checkpoint."""
-    folder = Path(folder)
-    index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise WeightsError(f"{index}: not a safetensors index (need a JSON object with 'weight_map'): {exc}") from exc
-        missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
-        if missing:
-            raise WeightsError(f"{index} names shard files that are not in {folder}: {missing}")
-        handles = {name: _Shard(folder / name) for name in sorted(set(weight_map.values()))}
-        where = {}
-        for name, handle in handles.items():
-            for key in handle.keys():
-                where[key] = handle
-        listed_elsewhere = sorted(k for k, f in weight_map.items() if k not in where)
-        if listed_elsewhere:
-            raise WeightsError(f"{index} lists tensors its shards do not hold: {listed_elsewhere[:20]}")
-        return where
-    if single.is_file():
-        handle = _Shard(single)
-        return {key: handle for key in handle.keys()}
-    pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-    hint = (f" It holds {pickled}: pickled weights are never loaded; convert them to safetensors first."
-            if pickled else "")
-    raise WeightsError(f"{folder}: no model.safetensors or model.safetensors.index.json.{hint}")
+    return model_type, config_of(model_type, cfg, str(path), folder)
 
 
 # ---- loading -------------------------------------------------------------------------------------
 
-def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None):
-    """Assign the checkpoint's tensors to `model` (usually built on the meta device). Missing,
-    unexpected and wrong-shape tensors raise one WeightsError listing them all. Floating tensors are
-    cast to dtype when given; otherwise they keep the checkpoint's dtype."""
-    where = open_checkpoint(folder)
+def _renamer(key_map):
+    """key_map as a function: our name -> the checkpoint's (KeyError when it has none)."""
+    return key_map if callable(key_map) else (lambda ours: hf_key(ours, key_map))
+
+
+def grown(tensor, rows):
+    """tensor [n, ...] extended to [rows, ...]; the new rows are the mean of the existing ones (a new
+    token then starts as an average token, neither zero nor random)."""
+    extra = rows - tensor.shape[0]
+    if extra <= 0:
+        return tensor
+    mean = tensor.mean(0, keepdim=True, dtype=torch.float64).to(tensor.dtype)
+    return torch.cat((tensor, mean.expand(extra, *tensor.shape[1:])))
+
+
+def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None, grow=(), tensors=None):
+    """Assign the checkpoint's tensors to `model` (usually built on the meta device). key_map: a key
+    map, or a function from our name to the checkpoint's. Missing, unexpected and wrong-shape
+    tensors raise one WeightsError listing them all. Tensors named in `grow` (ours) may hold fewer
+    rows than the model's; they are grown (`grown`). Floating tensors are cast to dtype when given;
+    otherwise they keep the checkpoint's dtype. tensors: the checkpoint's {name: shard} to read
+    (default: all of the folder's; a part of a larger model passes its own view)."""
+    where, rename = tensors if tensors is not None else open_checkpoint(folder), _renamer(key_map)
     expected = model.state_dict()
     problems, used, sources = [], set(), {}
     for ours, param in expected.items():
-        key = hf_key(ours, key_map)
+        key = rename(ours)
         if key not in where:
             problems.append(f"missing: {key} (for {ours}, shape {list(param.shape)})")
             continue
         used.add(key)
-        shape = where[key].shape(key)
-        if shape != list(param.shape):
-            problems.append(f"wrong shape: {key} is {shape}, the model expects {list(param.shape)}")
+        shape, want = where[key].shape(key), list(param.shape)
+        fewer_rows = ours in grow and shape[1:] == want[1:] and 0 < shape[0] < want[0]
+        if shape != want and not fewer_rows:
+            problems.append(f"wrong shape: {key} is {shape}, the model expects {want}")
         sources[ours] = key
     tied_head = getattr(getattr(model, "config", None), "tie_embeddings", False)
     ignore = re.compile("|".join([*ignored, *(["lm_head\\.weight"] if tied_head else [])]) or "(?!)")
@@ -284,9 +267,7 @@ def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None):
     if problems:
         raise WeightsError(f"checkpoint {folder} does not fit {type(model).__name__} "
                            f"({len(problems)} problems):\n  " + "\n  ".join(problems))
-    state = {}
-    for ours, key in sources.items():
-        state[ours] = where[key].tensor(key, dtype)
+    state = {ours: grown(where[key].tensor(key, dtype), expected[ours].shape[0]) for ours, key in sources.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model
 
@@ -306,14 +287,18 @@ def _skip_init():
             setattr(torch.nn.init, name, fn)
 
 
-def from_pretrained(folder, dtype=torch.float32):
+def from_pretrained(folder, dtype=torch.float32, vocab_size=0):
     """Our model for the folder's model_type (Decoder or VisionTransformer), weights loaded, in eval mode.
-    dtype=None keeps the checkpoint's dtype."""
+    dtype=None keeps the checkpoint's dtype. vocab_size: a decoder's rows when the tokenizer has more
+    ids than the checkpoint (its vocabulary is grown; see `grown`)."""
     model_type, config = read_config(folder)
     _, build, key_map, ignored = ARCHITECTURES[model_type]
+    grow = ()
+    if model_type in DECODER_TYPES and vocab_size > config.vocab_size:
+        config.vocab_size, grow = vocab_size, VOCAB_TENSORS
     with torch.device("meta"), _skip_init():
         model = build(config)
-    load_state_dict_into(model, folder, key_map, ignored, dtype)
+    load_state_dict_into(model, folder, key_map, ignored, dtype, grow)
     return model.eval()
 
 
