@@ -99,3 +99,22 @@ def test_metrics_report_memory_and_a_checkpoint_from_a_gpu_resumes_on_the_cpu_wi
     assert tool_main()(["--resume", str(run), "train.stop_at=0", "train.device=cpu"]) == 0
     err = capsys.readouterr().err
     assert "note: the checkpoint's CUDA generator state (a GPU run) has no use on cpu" in err
+
+
+def test_fp16_autocast_scales_the_loss_and_resumes_with_its_scale(tmp_path, restore_determinism):
+    """fp16 on the CPU: the loss scale is logged every step, checkpointed, and a resumed run goes
+    on from the saved scale with bitwise the same losses."""
+    def run_at(run, *extra):
+        return TINY + [f"train.run_dir={json.dumps(str(run))}", "train.precision=fp16-autocast",
+                       "train.eval_every=0", *extra]
+    full = tmp_path / "full"
+    train(load_config(None, run_at(full)))
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    scales = [r["loss_scaler/scale"] for r in rows if "loss" in r]
+    assert len(scales) == 6 and all(s >= 1.0 for s in scales)
+    assert all(loss == loss and loss > 0 for _, loss in losses(full))
+    split = tmp_path / "split"
+    train(load_config(None, run_at(split, "train.stop_at=3")))
+    assert read_state(latest(split))["loss_scaler"]["scale"] == scales[2]
+    assert tool_main()(["--resume", str(split), "train.stop_at=0"]) == 0
+    assert losses(split) == losses(full)
