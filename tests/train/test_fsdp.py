@@ -35,6 +35,29 @@ def test_fsdp_follows_the_single_process_curve(tmp_path, world, precision, toler
     assert worst <= tolerance, f"largest relative difference {worst:.2e} at {world} ranks, {precision}"
 
 
+def fsdp_against_one_process(tmp_path, extra, steps=6):
+    common = [f"train.steps={steps}", "train.ckpt_every=0", *BATCH_12, *extra]
+    one = tmp_path / "one"
+    finish(launch(one, 1, common))
+    sharded = tmp_path / "sharded"
+    finish(launch(sharded, 2, common + FSDP))
+    return curve_difference(losses(one), losses(sharded))
+
+
+def test_fsdp_composes_with_activation_checkpointing(tmp_path):
+    worst = fsdp_against_one_process(tmp_path, ["train.activation_checkpointing=true"])
+    assert worst <= 1e-4, f"largest relative difference {worst:.2e}"
+
+
+def test_lora_trains_under_fsdp(tmp_path):
+    """LoRA's frozen base is sharded with its adapters; only the adapters (and projector) get state."""
+    base = tmp_path / "base"
+    finish(launch(base, 1, ["train.steps=2", "train.ckpt_every=2"]))
+    lora = [f"model.init_from={json.dumps(str(latest(base)))}", "model.lora.rank=2", "model.lora.alpha=4.0"]
+    worst = fsdp_against_one_process(tmp_path, lora)
+    assert worst <= 1e-4, f"largest relative difference {worst:.2e}"
+
+
 def held_bytes(world, extra):
     args = [*TINY, "train.ckpt_every=0", *extra]
     worker = [sys.executable, "-m", "tests.train.fsdp_worker", *args]
