@@ -3,21 +3,16 @@ sharded with model.safetensors.index.json) to our modules, through one explicit 
 architecture. The model is built on the meta device and the memory-mapped tensors are assigned to
 it, so loading holds about one copy of the weights. Nothing is ever unpickled."""
 import contextlib
-import json
 import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
+from minilvlm.io import WeightsError, dtype_problems, open_checkpoint, read_json_object
+from minilvlm.models.checks import decoder_problems, vision_problems
 from minilvlm.models.decoder import Decoder, DecoderConfig
 from minilvlm.models.layers import HF_ACTIVATIONS
 from minilvlm.models.vision import VisionConfig, VisionTransformer
-
-
-class WeightsError(ValueError):
-    """A checkpoint that does not fit the model: lists every problem at once."""
-
 
 # ---- key maps: our module (or parameter) name -> HF name, "{}" standing for the layer index ------
 # A module entry maps its parameters by suffix (.weight, .bias); bare parameters are mapped whole.
@@ -162,99 +157,59 @@ ARCHITECTURES = {
 _NESTED_VISION = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
 
 
+# The types of the config.json fields we read; a value of another type is an error naming the field.
+_FIELD_TYPES = {
+    **dict.fromkeys(("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                     "intermediate_size", "vocab_size", "max_position_embeddings", "image_size", "patch_size",
+                     "num_channels"), (int,)),
+    **dict.fromkeys(("rms_norm_eps", "layer_norm_eps", "rope_theta", "partial_rotary_factor"), (int, float)),
+    **dict.fromkeys(("attention_bias", "mlp_bias", "tie_word_embeddings", "use_sliding_window", "qk_layernorm"),
+                    (bool,)),
+    "hidden_act": (str,), "rope_scaling": (dict,), "vision_config": (dict,),
+}
+
+
+class _Fields(dict):
+    """A config.json object whose `get` checks each field's type (`_FIELD_TYPES`) as it is read."""
+
+    def __init__(self, data, where):
+        super().__init__(data)
+        self.where = where
+
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        kinds = _FIELD_TYPES.get(key)
+        if value is None or kinds is None:
+            return value
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise WeightsError(f"{self.where}: {key} must be {names}, got {type(value).__name__} {value!r}")
+        return value
+
+
 def read_config(folder):
-    """(model_type, our config) from folder/config.json."""
+    """(model_type, our config) from folder/config.json; WeightsError naming the file and the field
+    for anything that is not a buildable model (wrong types, sizes that do not fit, unknown types)."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise WeightsError(f"{path} not found: a Hugging Face model folder needs config.json")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise WeightsError(f"{path} is not valid JSON: {exc}") from exc
+    cfg = _Fields(read_json_object(path), str(path))
     model_type = cfg.get("model_type")
     if model_type in _NESTED_VISION:
-        model_type, cfg = _NESTED_VISION[model_type], cfg.get("vision_config", {})
-    if model_type not in ARCHITECTURES:
+        model_type, cfg = _NESTED_VISION[model_type], _Fields(cfg.get("vision_config") or {}, f"{path} vision_config")
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
         known = sorted([*ARCHITECTURES, *_NESTED_VISION])
         raise WeightsError(f"{path}: model_type {model_type!r} is not supported; supported: {known}")
-    return model_type, ARCHITECTURES[model_type][0](cfg, str(path))
-
-
-# ---- safetensors files ---------------------------------------------------------------------------
-
-_FILE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-class _Shard:
-    """One safetensors file: shapes from its header, tensors memory-mapped. A tensor cast to another
-    dtype is read with plain file reads instead, so its source bytes never stay mapped in memory:
-    casting then holds the result plus one tensor, not the result plus the whole mapped file."""
-
-    def __init__(self, path):
-        self.path = path
-        try:
-            self.handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as exc:  # safetensors raises its own error types for a bad header or short file
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc}). It is probably truncated or "
-                               f"corrupt: download or save it again") from exc
-        self._header = None
-
-    def keys(self):
-        return self.handle.keys()
-
-    def shape(self, key):
-        return list(self.handle.get_slice(key).get_shape())
-
-    def tensor(self, key, dtype=None):
-        entry = self._entry(key)
-        source = _FILE_DTYPES.get(entry["dtype"])
-        if dtype is None or source is None or source == dtype:
-            return self.handle.get_tensor(key)
-        begin, end = entry["data_offsets"]
-        buffer = torch.empty(end - begin, dtype=torch.uint8)
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + begin)
-            if f.readinto(buffer.numpy()) != end - begin:
-                raise WeightsError(f"{self.path}: tensor {key} ends past the end of the file; it is truncated")
-        return buffer.view(source).view(entry["shape"]).to(dtype)
-
-    def _entry(self, key):
-        if self._header is None:
-            with open(self.path, "rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                self._header = json.loads(f.read(size))
-            self._data_start = 8 + size
-        return self._header[key]
-
-
-def open_checkpoint(folder):
-    """{checkpoint key: the _Shard holding it} for a single-file or sharded checkpoint."""
-    folder = Path(folder)
-    index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise WeightsError(f"{index}: not a safetensors index (need a JSON object with 'weight_map'): {exc}") from exc
-        missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
-        if missing:
-            raise WeightsError(f"{index} names shard files that are not in {folder}: {missing}")
-        handles = {name: _Shard(folder / name) for name in sorted(set(weight_map.values()))}
-        where = {}
-        for name, handle in handles.items():
-            for key in handle.keys():
-                where[key] = handle
-        listed_elsewhere = sorted(k for k, f in weight_map.items() if k not in where)
-        if listed_elsewhere:
-            raise WeightsError(f"{index} lists tensors its shards do not hold: {listed_elsewhere[:20]}")
-        return where
-    if single.is_file():
-        handle = _Shard(single)
-        return {key: handle for key in handle.keys()}
-    pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-    hint = (f" It holds {pickled}: pickled weights are never loaded; convert them to safetensors first."
-            if pickled else "")
-    raise WeightsError(f"{folder}: no model.safetensors or model.safetensors.index.json.{hint}")
+    try:
+        config = ARCHITECTURES[model_type][0](cfg, str(path))
+    except (ValueError, TypeError, ZeroDivisionError) as err:
+        if isinstance(err, WeightsError):
+            raise
+        raise WeightsError(f"{path}: not a buildable {model_type} model: {err}") from None
+    problems = (vision_problems(config) if isinstance(config, VisionConfig) else decoder_problems(config))
+    if problems:
+        raise WeightsError(f"{path}: not a buildable {model_type} model: " + "; ".join(problems))
+    return model_type, config
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -281,6 +236,10 @@ def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None):
     for key in sorted(set(where) - used):
         if not ignore.fullmatch(key):
             problems.append(f"unexpected: {key} (shape {where[key].shape(key)})")
+    stored = {key: where[key].header[key] for key in sources.values()}
+    wrong_dtype = dtype_problems(stored, {key: expected[ours] for ours, key in sources.items()}, "dtypes")
+    if wrong_dtype:
+        problems.append(wrong_dtype)
     if problems:
         raise WeightsError(f"checkpoint {folder} does not fit {type(model).__name__} "
                            f"({len(problems)} problems):\n  " + "\n  ".join(problems))
@@ -289,6 +248,15 @@ def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None):
         state[ours] = where[key].tensor(key, dtype)
     model.load_state_dict(state, strict=True, assign=True)
     return model
+
+
+def _check_layer_count(config, where, folder):
+    """Before the (meta) model is built: config.json must not claim more blocks than the weights hold
+    (a typo of num_hidden_layers would otherwise build a huge empty model first)."""
+    held = {int(m.group(1)) for key in where for m in [re.search(r"(?:^|\.)layers\.(\d+)\.", key)] if m}
+    if config.n_layers > len(held):
+        raise WeightsError(f"{Path(folder) / 'config.json'} says num_hidden_layers = {config.n_layers}, but the "
+                           f"weights in {folder} hold tensors of {len(held)} layers")
 
 
 @contextlib.contextmanager
@@ -311,6 +279,7 @@ def from_pretrained(folder, dtype=torch.float32):
     dtype=None keeps the checkpoint's dtype."""
     model_type, config = read_config(folder)
     _, build, key_map, ignored = ARCHITECTURES[model_type]
+    _check_layer_count(config, open_checkpoint(folder), folder)
     with torch.device("meta"), _skip_init():
         model = build(config)
     load_state_dict_into(model, folder, key_map, ignored, dtype)

@@ -2,19 +2,18 @@
 or a greedy soup that takes members in order of held-out accuracy and keeps one only when the
 soup's accuracy does not drop (Wortsman et al., 2022). Members must agree on the model config,
 the trained parts, the tokenizer and every tensor's name, shape and dtype."""
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from minilvlm import recipes
-from minilvlm.config import ConfigError
+from minilvlm.config import ConfigError, to_dict
 from minilvlm.eval.benchmark import eval_records, load_split
 from minilvlm.eval.load import LoadError, load_model, load_weights, resolve_checkpoint
-from minilvlm.io import atomic_save_safetensors, atomic_write_json
+from minilvlm.recipes.run_folder import read_state
+from minilvlm.io import atomic_save_safetensors, atomic_write_json, load_safetensors
 
 
 class SoupError(ValueError):
@@ -38,10 +37,14 @@ def read_member(path):
         folder, run_dir = resolve_checkpoint(path)
     except LoadError as err:
         raise SoupError(str(err)) from None
-    state = json.loads((folder / "state.json").read_text())
+    state = read_state(folder)
     if "config" not in state:
         raise SoupError(f"{folder / 'state.json'} has no 'config' entry (not written by the trainer or soup)")
-    return Member(folder, run_dir, state, load_file(folder / "model.safetensors"))
+    try:   # checked, with every section filled in, so that members compare field by field
+        state["config"] = to_dict(recipes.config_from_dict(state["config"], str(folder / "state.json")))
+    except ConfigError as err:
+        raise SoupError(str(err)) from None
+    return Member(folder, run_dir, state, load_safetensors(folder / "model.safetensors"))
 
 
 def trained_parts(config):
@@ -182,7 +185,7 @@ def soup_of(paths, greedy=False, run=None, split="val", data=None, device="auto"
         return uniform_soup([m.tensors for m in members]), {"method": "uniform",
                                                              "ingredients": [m.name for m in members]}, members
     loaded = load_model(run or members[0].folder, device=device)
-    check_scorer(loaded.state["config"], loaded.model.state_dict(), run or members[0].folder, members)
+    check_scorer(to_dict(loaded.cfg), loaded.model.state_dict(), run or members[0].folder, members)
     records = load_split(loaded, split, data)
 
     def accuracy(tensors):

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from minilvlm import recipes
 from minilvlm.config import RunConfig
@@ -14,7 +13,7 @@ from minilvlm.data.images import ImageConfig
 from minilvlm.data.tokenizer import Tokenizer
 from minilvlm.device import DeviceError, local_rank, resolve_device
 from minilvlm.recipes.base import Recipe
-from minilvlm.recipes.run_folder import latest, read_state
+from minilvlm.recipes.run_folder import latest, read_model_file, read_state
 
 
 class LoadError(ValueError):
@@ -98,6 +97,6 @@ def load_model(path, threads=0, device="auto"):
     tokenizer = find_tokenizer(cfg, folder, run_dir)
     model = recipe.build_model(cfg, tokenizer)
     loaded = LoadedModel(cfg, recipe, model, tokenizer, folder, run_dir, state)
-    load_weights(loaded, load_file(folder / "model.safetensors"), folder / "model.safetensors")
+    load_weights(loaded, read_model_file(folder, recipe, model), folder / "model.safetensors")
     model.to(device).eval()
     return loaded

@@ -7,21 +7,52 @@
                                           with one is complete), and the trainer's optimizer and RNG
                                           files (minilvlm/train/checkpoint.py)
 
-A soup (tools/soup.py) is a folder holding model.safetensors and state.json, like a checkpoint."""
-import json
+A soup (tools/soup.py) is a folder holding model.safetensors and state.json, like a checkpoint.
+Everything read from these folders is checked: a damaged file is a CheckpointError (or the
+WeightsError of minilvlm.io for a damaged safetensors file) that names the file."""
+import re
 from pathlib import Path
+
+from minilvlm.io import load_safetensors, read_json_object
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or run) folder whose files are missing or damaged, naming the file."""
 
 
 def checkpoint_dir(run_dir, step):
     return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
 
 
+def complete_checkpoints(run_dir):
+    """The complete checkpoint folders of a run (those holding state.json), newest first."""
+    folders = [p.parent for p in (Path(run_dir) / "checkpoints").glob("step_*/state.json")
+               if re.fullmatch(r"step_\d+", p.parent.name)]
+    return sorted(folders, key=lambda p: int(p.name[5:]), reverse=True)
+
+
 def latest(run_dir):
     """The newest complete checkpoint folder of a run, or None."""
-    folders = sorted(p.parent for p in (Path(run_dir) / "checkpoints").glob("step_*/state.json"))
-    return folders[-1] if folders else None
+    folders = complete_checkpoints(run_dir)
+    return folders[0] if folders else None
 
 
 def read_state(folder):
-    """A checkpoint's state.json."""
-    return json.loads((Path(folder) / "state.json").read_text())
+    """A checkpoint's state.json: a JSON object with an integer step and a config object."""
+    path = Path(folder) / "state.json"
+    state = read_json_object(path, CheckpointError)
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: 'step' must be a non-negative integer, got {step!r}")
+    if "config" in state and not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path}: 'config' must be an object, got {type(state['config']).__name__}")
+    return state
+
+
+def read_model_file(folder, recipe, model):
+    """The tensors of a checkpoint's model.safetensors, its header and dtypes checked against what the
+    recipe's checkpoints of `model` hold (names and shapes are the recipe's to check on loading)."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: the checkpoint is incomplete")
+    return load_safetensors(path, expected=recipe.checkpoint_state(model))
