@@ -9,6 +9,8 @@ from minilvlm import config
 from minilvlm.config import ConfigError
 from minilvlm.recipes import eve, llava, mma
 from minilvlm.recipes.base import Recipe
+from minilvlm.recipes.checks import check_values
+from minilvlm.recipes.inputs import check_inputs
 
 _REGISTRY = {}
 
@@ -36,16 +38,21 @@ def of(cfg):
     return get(cfg.model.recipe)
 
 
-def validate(cfg):
-    """The checks every config passes (minilvlm.config.check), then its recipe's own."""
+def validate(cfg, check_paths=False):
+    """Every value checked (checks.py), then the recipe's own checks; with check_paths also the files
+    and folders the config names (inputs.py: what a run reads and writes must be there)."""
     config.check(cfg)
+    check_values(cfg)
     of(cfg).validate(cfg)
+    if check_paths:
+        check_inputs(cfg)
     return cfg
 
 
-def load_config(path=None, overrides=()):
-    """The RunConfig of a TOML file (None: the demo) with dotted overrides, fully checked."""
-    return validate(config.parse_config(path, overrides))
+def load_config(path=None, overrides=(), check_paths=True):
+    """The RunConfig of a TOML file (None: the demo) with dotted overrides, fully checked, the paths
+    it names included unless check_paths is False (a dry run reads none of them)."""
+    return validate(config.parse_config(path, overrides), check_paths)
 
 
 def config_from_dict(data, source="config"):
