@@ -20,8 +20,8 @@ def _prompt(record, tokenizer, template, image_tokens):
 def evaluate(model, records, tokenizer, template, images, *, batch=64, max_new_tokens=8, precision="fp32"):
     """{'accuracy': {question_type: acc}, 'count': {...}, 'answers': [(record, text, correct)]}.
     `images` is the run's minilvlm.data.images.ImageConfig; the model runs on its own device under
-    the run's precision. Records need `meta['question_type']` and `meta['answer']` (the demo set
-    has them)."""
+    the run's precision. Each reply is scored by minilvlm.eval.score against the record's `answer`
+    metadata, or its last assistant reply when it has none."""
     was_training = model.training
     model.eval()
     stops = stop_tokens(template, tokenizer)
