@@ -249,23 +249,27 @@ def resume_latest(run_dir, recipe, model, optimizer, rank=0, world=1, device=Non
     raise CheckpointError(f"--resume {run_dir}: no checkpoint loads; " + "; ".join(failures))
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "summary.json")   # what makes a folder hold a run
+
+
 def prepare_run_dir(run_dir, resume, overwrite, rank=0, world=1):
-    """Before a run writes anything: a run folder that is not empty is refused unless --resume (go
-    on) or --overwrite (clear it first), so two runs never mix in one folder. Then the temp files of
-    a process killed mid-write are removed (minilvlm.io's atomic writes leave `.NAME.*.tmp`)."""
+    """Before a run writes anything: a folder that holds a run (config.json, metrics.jsonl,
+    checkpoints/ or summary.json) is refused unless --resume (go on) or --overwrite (clear it first),
+    so two runs never mix in one folder; --overwrite clears nothing else. Then the temp files of a
+    process killed mid-write are removed (minilvlm.io's atomic writes leave `.NAME.*.tmp`)."""
     run_dir = Path(run_dir)
     present = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    if present and not (resume or overwrite):
-        raise CheckpointError(f"train.run_dir {run_dir} is not empty ({', '.join(present[:5])}"
-                              f"{', ...' if len(present) > 5 else ''}); continue that run with --resume {run_dir}, "
-                              f"start it anew with --overwrite (deletes it), or choose another train.run_dir")
-    markers = {"config.json", "checkpoints", "metrics.jsonl", "summary.json"}
-    if present and overwrite and not markers & set(present):
+    holds_run = [name for name in RUN_FILES if name in present]
+    if holds_run and not (resume or overwrite):
+        raise CheckpointError(f"train.run_dir {run_dir} holds a run ({', '.join(holds_run)}); continue it with "
+                              f"--resume {run_dir}, start it anew with --overwrite (deletes it), or choose another "
+                              f"train.run_dir")
+    if present and overwrite and not holds_run:
         raise CheckpointError(f"--overwrite: {run_dir} does not look like a run folder (no config.json, checkpoints/ "
                               f"or metrics.jsonl); it is left alone. Choose another train.run_dir")
     if world > 1:
         torch.distributed.barrier()   # every rank has looked before rank 0 changes anything
-    if rank == 0 and overwrite and present:
+    if rank == 0 and overwrite and holds_run:
         for path in run_dir.iterdir():
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     if rank == 0 and run_dir.is_dir():

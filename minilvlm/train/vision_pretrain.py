@@ -6,7 +6,8 @@ colour but hardly shape or count (docs/benchmarks.md, "The embedded demo"). So s
 trains the tower for `train.vision_pretrain_steps` steps as an image classifier: a linear head
 over the mean of the features the projector will read, predicting each image record's answer
 among its task's answers. The labels come from the evaluator metadata every image record of the
-demo or ScienceQA carries (task, answer, choices). The head is thrown away afterwards.
+demo or ScienceQA carries (task, answer, choices), or, for records without it, from the question
+text and the expected reply (`answer_label`). The head is thrown away afterwards.
 """
 import math
 import time
@@ -16,18 +17,30 @@ import torch.nn.functional as F
 
 from minilvlm.config import ConfigError
 from minilvlm.data.errors import DataError
+from minilvlm.data.records import IMAGE_TAG
 from minilvlm.data.scienceqa import LETTERS
+from minilvlm.eval.score import expected_answer, normalize
 
 # Decoded images kept in memory between steps, in bytes; past it they are decoded per batch.
 CACHE_BYTES = 512 << 20
 
 
 def answer_label(record):
-    """(task, answer text) for an image record whose metadata names them, else None: the letter
-    of a multiple-choice answer becomes the option it points at."""
+    """(task, answer text) for a one-image record: from its metadata where it names them (the letter
+    of a multiple-choice answer becomes the option it points at); else, for a data set of your own,
+    the question's text is the task and the reply the scorer expects (minilvlm.eval.score) the answer,
+    so that images asked the same question learn to tell their answers apart. None for other records."""
     meta = record.meta
+    if not record.has_image or len(record.images) != 1:
+        return None
+    if "task" not in meta and "answer" not in meta:
+        if len(record.turns) < 2:
+            return None
+        question = record.turns[-2].text.replace(IMAGE_TAG, "").strip()
+        answer = normalize(expected_answer(record))
+        return (question, answer) if question and answer else None
     task, answer, choices = meta.get("task"), meta.get("answer"), meta.get("choices") or []
-    if not record.has_image or len(record.images) != 1 or not task or not isinstance(answer, str):
+    if not task or not isinstance(answer, str):
         return None
     if meta.get("question_type") == "multiple_choice":
         index = LETTERS.find(answer) if len(answer) == 1 else -1
