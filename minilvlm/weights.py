@@ -193,7 +193,7 @@ def read_config(folder):
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise WeightsError(f"{path} not found: a Hugging Face model folder needs config.json")
-    cfg = _Fields(read_json_object(path), str(path))
+    cfg = _Fields(read_json_object(path, WeightsError), str(path))
     model_type = cfg.get("model_type")
     if model_type in _NESTED_VISION:
         model_type, cfg = _NESTED_VISION[model_type], _Fields(cfg.get("vision_config") or {}, f"{path} vision_config")
