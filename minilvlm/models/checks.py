@@ -37,9 +37,9 @@ def int_in_range(value, name, low, high):
     return None
 
 
-def positive_float(value, name):
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        return f"{name} = {value!r}: expected a finite number > 0"
+def positive_float(value, name, high=math.inf):
+    if not _is_number(value) or not math.isfinite(value) or not 0 < value <= high:
+        return f"{name} = {value!r}: expected a finite number > 0" + (f" and <= {high:g}" if high < math.inf else "")
     return None
 
 
@@ -60,7 +60,7 @@ def vision_problems(c, prefix=""):
              int_in_range(c.n_heads, f"{p}n_heads", 1, MAX_WIDTH),
              int_in_range(c.mlp_dim, f"{p}mlp_dim", 1, MAX_MLP),
              _choice(c.act, f"{p}act", ACTIVATIONS),
-             positive_float(c.norm_eps, f"{p}norm_eps")]
+             positive_float(c.norm_eps, f"{p}norm_eps", 1.0)]
     found = [f for f in found if f]
     if found:
         return found
@@ -92,8 +92,8 @@ def decoder_problems(c, prefix="", vocab_low=1):
              _choice(c.mlp, f"{p}mlp", ("swiglu", "plain")),
              _choice(c.act, f"{p}act", ACTIVATIONS),
              _choice(c.norm, f"{p}norm", ("rms", "layer")),
-             positive_float(c.norm_eps, f"{p}norm_eps"),
-             positive_float(c.rope_theta, f"{p}rope_theta")]
+             positive_float(c.norm_eps, f"{p}norm_eps", 1.0),
+             positive_float(c.rope_theta, f"{p}rope_theta", 1e12)]
     if not _is_number(c.rotary_fraction) or not 0 < c.rotary_fraction <= 1:
         found.append(f"{p}rotary_fraction = {c.rotary_fraction!r}: expected a number in (0, 1]")
     for name in ("parallel_block", "qkv_bias", "out_bias", "mlp_bias", "lm_head_bias", "qk_norm", "tie_embeddings"):
