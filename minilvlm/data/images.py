@@ -118,7 +118,8 @@ def load_image(path, size, mode="pad", max_pixels=DEFAULT_MAX_PIXELS, pad_color=
                         reason="bad_image") from None
     # The HWC -> CHW copy is done by numpy: torch's copy kernels use the intra-op thread pool,
     # which costs milliseconds per small image on a busy machine (measured: 10x slower).
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+    pixels = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+    return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
 
 
 @dataclass
