@@ -165,7 +165,7 @@ _FIELD_TYPES = {
     **dict.fromkeys(("rms_norm_eps", "layer_norm_eps", "rope_theta", "partial_rotary_factor"), (int, float)),
     **dict.fromkeys(("attention_bias", "mlp_bias", "tie_word_embeddings", "use_sliding_window", "qk_layernorm"),
                     (bool,)),
-    "hidden_act": (str,), "rope_scaling": (dict,), "vision_config": (dict,),
+    "hidden_act": (str,), "model_type": (str,), "rope_scaling": (dict,), "vision_config": (dict,),
 }
 
 

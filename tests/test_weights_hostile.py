@@ -60,7 +60,8 @@ CONFIG_CASES = [
     ({"rms_norm_eps": "1e-6"}, "rms_norm_eps must be int or float"), ({"rms_norm_eps": -1}, "norm_eps = -1"),
     ({"num_key_value_heads": 3}, "is not a multiple of n_kv_heads=3"), ({"hidden_size": 0}, "dim = 0"),
     ({"vocab_size": -5}, "vocab_size = -5"), ({"tie_word_embeddings": "yes"}, "tie_word_embeddings must be bool"),
-    ({"model_type": 7}, "model_type 7 is not supported"), ({"partial_rotary_factor": 0.0}, ""),
+    ({"model_type": 7}, "model_type must be str"), ({"model_type": ["llama"]}, "model_type must be str"),
+    ({"partial_rotary_factor": 0.0}, ""),
 ]
 
 
