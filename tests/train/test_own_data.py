@@ -107,7 +107,9 @@ def test_alpaca_scienceqa_and_a_mixture_with_the_demo_train_as_they_are(tmp_path
     assert summary["count"]["multiple_choice"] == 3 and summary["data"]["data/samples_seen"] == 32
 
 
-def test_on_error_skip_counts_by_reason_in_metrics_and_summary(tmp_path):
+def test_on_error_skip_counts_by_reason_in_metrics_and_summary(tmp_path, capsys):
+    """Skips counted by reason in metrics.jsonl, summary.json and the printed report; with no held-out
+    records the final line names only the files that were written (no samples.jsonl)."""
     data = tmp_path / "mine"
     train_file = own_set(data, 40, 0, "train")
     rows = json.loads(train_file.read_text())
@@ -120,6 +122,11 @@ def test_on_error_skip_counts_by_reason_in_metrics_and_summary(tmp_path):
     assert summary["data"]["data/skipped/missing_image"] == 1 and summary["data"]["data/skipped/wrong_type"] == 1
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["data/skipped"] == 2
+    printed = capsys.readouterr()
+    printed = printed.out + printed.err
+    assert "missing_image" in printed and "wrong_type" in printed and "no final evaluation" in printed
+    done = [line for line in printed.splitlines() if line.startswith("done in")]
+    assert len(done) == 1 and "samples" not in done[0] and not (run / "samples.jsonl").exists()
 
 
 def test_the_scienceqa_converter_writes_what_the_lavin_config_reads(tmp_path, capsys):
