@@ -45,6 +45,10 @@ def read_data(path, fmt="auto", image_root=None, split="train", on_error="raise"
             raise DataError("the scienceqa format reads a release folder (problems.json, pid_splits.json, images/)",
                             reason="unreadable_file", file=path)
         return read_scienceqa(path, split, image_dir=image_root, on_error=on_error, skips=skips), fmt
+    if path.is_dir():
+        hint = ' (a ScienceQA release: format "scienceqa" or "auto")' if (path / "problems.json").is_file() else ""
+        raise DataError(f"the {fmt} format reads a .json or .jsonl file, and this is a folder{hint}",
+                        reason="unreadable_file", file=path)
     return read_records(path, fmt, image_root=image_root, on_error=on_error, skips=skips), fmt
 
 
