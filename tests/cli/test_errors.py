@@ -170,3 +170,44 @@ def test_listed_bad_values_fail_fast_in_a_fresh_process(tmp_path):
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, stderr)
         assert "Traceback" not in stderr and cpu < 10, (args, cpu, wall)
     assert not (tmp_path / "run").exists()   # nothing was written
+
+
+def kind_matrix(tiny_run, damaged, tmp_path):
+    """{tool: {kind: (args, needle)}}: one bad input of each kind a tool can be given (a bad option
+    value, a bad record or image, damaged weights, a missing file)."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": f"x{i}", "conversations": "not a list"} for i in range(4)]))
+    text_png = tmp_path / "text.png"
+    text_png.write_text("not a picture")
+    broken, out = str(damaged["model"]), str(tmp_path / "out")
+    ppl = ["--keep", "0.5", "--out", str(tmp_path / "k.json")]
+    return {
+        "eval": {"config": ([str(tiny_run), "--batch", "0"], "--batch must be at least 1"),
+                 "data": ([str(tiny_run), "--data", str(bad)], "wrong_type"),
+                 "weights": ([broken, "--out", out], "model.safetensors"),
+                 "missing": ([str(tmp_path / "nowhere")], "no such folder")},
+        "generate": {"config": ([str(tiny_run), "--prompt", "hi", "--top-p", "2"], "--top-p in (0, 1]"),
+                     "data": ([str(tiny_run), "--prompt", "hi", "--image", str(text_png)], "text.png"),
+                     "weights": ([broken, "--prompt", "hi"], "model.safetensors"),
+                     "missing": ([str(tiny_run), "--prompt", "hi", "--image", str(tmp_path / "x.png")], "x.png")},
+        "soup": {"config": ([str(tiny_run), str(tiny_run), "--out", out, "--greedy", "--split", "dev"], "'dev'"),
+                 "data": ([str(tiny_run), str(tiny_run), "--out", out, "--greedy", "--data", str(bad)], "wrong_type"),
+                 "weights": ([broken, str(tiny_run), "--out", out], "model.safetensors"),
+                 "missing": ([str(tmp_path / "nowhere"), str(tiny_run), "--out", out], "nowhere")},
+        "ppl_filter": {"config": ([str(bad), "--model", str(tiny_run), "--keep", "2", "--out", out], "--keep"),
+                       "data": ([str(bad), "--model", str(tiny_run), *ppl], "wrong_type"),
+                       "weights": ([str(tiny_run / "data" / "val.json"), "--model", broken, *ppl], "model.safetensors"),
+                       "missing": ([str(tmp_path / "none.json"), "--model", str(tiny_run), *ppl], "none.json")},
+        "export_hf": {"config": ([str(tiny_run), "--out", out, "--max-shard-size", "lots"], "--max-shard-size"),
+                      "weights": ([broken, "--out", out], "model.safetensors"),
+                      "missing": ([str(tmp_path / "nowhere"), "--out", out], "nowhere")},
+    }
+
+
+@pytest.mark.parametrize("tool", ["eval", "generate", "soup", "ppl_filter", "export_hf"])
+def test_each_tool_with_one_bad_input_of_each_kind(tool, tiny_run, damaged, tmp_path, capsys):
+    """Issue 16: every tool, one bad input of each kind that it takes: exit code 2, one error line
+    naming what is wrong, no traceback and nothing written (export_hf reads no records)."""
+    for kind, (args, needle) in kind_matrix(tiny_run, damaged, tmp_path)[tool].items():
+        check_one_error_line(capsys, tool_main(tool)(args), needle)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "k.json").exists(), (tool, kind)
