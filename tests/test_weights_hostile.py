@@ -20,9 +20,8 @@ from tests.models import hf_fixtures
 @pytest.fixture(scope="module")
 def llama_one_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama")
-    hf_fixtures.transformers.LlamaForCausalLM(hf_fixtures.transformers.LlamaConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2)).save_pretrained(folder, safe_serialization=True)
+    hf_fixtures.llama(folder, shard="1GB", vocab_size=97, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                      num_key_value_heads=2)
     return folder
 
 

@@ -5,8 +5,8 @@ or whose images cannot be read are counted in `skips` and left out."""
 import torch
 
 from minilvlm.data.batching import Collator
-from minilvlm.data.dataset import SFTDataset, Skipped
-from minilvlm.data.errors import DataError, SkipCounter
+from minilvlm.data.dataset import SFTDataset
+from minilvlm.data.errors import SkipCounter
 from minilvlm.data.loader import to_device
 from minilvlm.data.templates import chat_template
 from minilvlm.device import autocast
@@ -25,14 +25,7 @@ def heldout_loss_sums(model, records, tokenizer, template, images, max_len, *, b
     was_training = model.training
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    for start in range(0, len(dataset), batch):
-        items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
-        for item in items:
-            if isinstance(item, Skipped):
-                skips.add(DataError(item.message, reason=item.reason))
-        samples = [item for item in items if not isinstance(item, Skipped)]
-        if not samples:
-            continue
+    for samples in dataset.readable_batches(batch):
         collated = collate(samples)
         with autocast(device, precision):
             loss, n, _ = model.batch_loss(to_device(collated, device))

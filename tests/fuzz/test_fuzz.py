@@ -8,22 +8,13 @@ import pytest
 
 from tests.fuzz import targets
 from tests.fuzz.harness import Campaign
-from tests.models import hf_fixtures
+from tests.test_weights_hostile import llama_one_file  # noqa: F401  (a fixture: a Llama folder, one file)
 from tests.tools_main import tool_main
 from tests.tiny_run import TINY_MODEL
 
 FAST = {"records": 300, "images": 300, "safetensors": 300, "hf_config": 60, "config": 300, "checkpoints": 15}
 LONG = {"records": 12000, "images": 10000, "safetensors": 10000, "hf_config": 2000, "config": 15000,
         "checkpoints": 600}
-
-
-@pytest.fixture(scope="module")
-def hf_llama(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hf_llama")
-    hf_fixtures.transformers.LlamaForCausalLM(hf_fixtures.transformers.LlamaConfig(
-        vocab_size=61, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1)).save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +47,11 @@ def campaign(name, n, seed, tmp_path, hf_llama, stopped_run):
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
-def test_fuzz(name, tmp_path, hf_llama, stopped_run):
-    campaign(name, FAST[name], 1, tmp_path, hf_llama, stopped_run)
+def test_fuzz(name, tmp_path, llama_one_file, stopped_run):
+    campaign(name, FAST[name], 1, tmp_path, llama_one_file, stopped_run)
 
 
 @pytest.mark.fuzz
 @pytest.mark.parametrize("name", sorted(LONG))
-def test_fuzz_campaign(name, tmp_path, hf_llama, stopped_run):
-    campaign(name, LONG[name], 2, tmp_path, hf_llama, stopped_run)
+def test_fuzz_campaign(name, tmp_path, llama_one_file, stopped_run):
+    campaign(name, LONG[name], 2, tmp_path, llama_one_file, stopped_run)
