@@ -142,8 +142,9 @@ LISTED = [["data.template=vicuna"], ["data.image_mode=square"], ["configs/nope.t
 def _run_measured(args, cwd, log):
     """Start tools/train.py with its stderr going to `log`; returns (the process, log)."""
     with open(log, "w") as err:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.Popen([sys.executable, str(TOOLS / "train.py"), *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                                stderr=err)
+                                stderr=err, env=env)   # this checkout's minilvlm, whatever the cwd
     return proc, log
 
 
