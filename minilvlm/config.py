@@ -3,8 +3,9 @@ overrides (`optim.lr=1e-4`). Every key is checked: an unknown key is an error th
 closest valid one, and a value of the wrong type is an error naming the key, the expected type and
 where the value came from. The defaults are the embedded demo (`python tools/train.py`).
 
-This module checks what holds for every recipe; each recipe adds its own checks
-(minilvlm/recipes/, `Recipe.validate`), and `minilvlm.recipes.load_config` runs both."""
+Every value is checked before anything runs by `minilvlm.recipes.validate`: the rules that hold for
+every recipe (minilvlm/recipes/checks.py), then the recipe's own (`Recipe.validate`);
+`minilvlm.recipes.load_config` and `config_from_dict` run them."""
 import dataclasses
 import difflib
 import tomllib
@@ -101,9 +102,14 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    dataset: str = "demo"              # "demo" (generated into the run folder) or a LLaVA .json/.jsonl
+    dataset: str = "demo"              # "demo" (generated into the run folder), a LLaVA/Alpaca file or a ScienceQA folder
+    format: str = "auto"               # of dataset and eval_file: "auto" | "llava" | "alpaca" | "scienceqa"
     image_root: str = ""               # for a LLaVA file: default its folder
-    eval_file: str = ""                # held-out LLaVA file (the demo uses its val/test splits)
+    eval_file: str = ""                # held-out file or ScienceQA folder (the demo uses its val/test splits)
+    # Several sets mixed into one training set, instead of dataset: [{path, weight, format, image_root}],
+    # path "demo" for the demo set; weight: the set's share of each epoch's samples (docs/data.md)
+    mixture: list = field(default_factory=list)
+    on_error: str = "raise"            # a bad record or image: "raise" | "skip" (counted by reason)
     demo_sizes: dict = field(default_factory=lambda: {"train": 16000, "val": 300, "test": 600})
     demo_seed: int = 0
     demo_tasks: str = "shapes"         # demo question set: "shapes" | "mma" (new types for the mma demo)
@@ -160,6 +166,8 @@ class TrainSection:
     ckpt_every: int = 500
     stop_at: int = 0                   # stop (with a checkpoint) after this step; 0 runs to the end
     run_dir: str = "runs/demo"
+    nonfinite_limit: int = 3           # stop with an error after this many steps with a NaN/inf loss or grad norm
+    tensorboard: bool = False          # also write the metrics through torch.utils.tensorboard (pip install .[tensorboard])
 
 
 @dataclass
@@ -217,7 +225,7 @@ def _coerce(value, kind, where):
     return value
 
 
-def _unknown_key(key, valid, where):
+def unknown_key(key, valid, where):
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
     return ConfigError(f"{where}: unknown key '{key}'{hint}")
@@ -235,7 +243,7 @@ def _fill(obj, data, prefix, source):
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in names:
-            raise _unknown_key(path, [f"{prefix}{n}" for n in names], source)
+            raise unknown_key(path, [f"{prefix}{n}" for n in names], source)
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -244,7 +252,7 @@ def _fill(obj, data, prefix, source):
         elif isinstance(current, dict) and isinstance(value, dict):
             for sub in value:
                 if sub not in current:
-                    raise _unknown_key(f"{path}.{sub}", [f"{path}.{n}" for n in current], source)
+                    raise unknown_key(f"{path}.{sub}", [f"{path}.{n}" for n in current], source)
             current.update(value)
         else:
             setattr(obj, key, _coerce(value, hints[key], f"{source}: '{path}'"))
@@ -253,7 +261,10 @@ def _fill(obj, data, prefix, source):
     if stale:
         for key in stale:
             setattr(obj, key, None)
-        obj.__post_init__()
+        try:
+            obj.__post_init__()
+        except (ValueError, TypeError, ZeroDivisionError) as err:
+            raise ConfigError(f"{source}: '{prefix.rstrip('.')}': {err}") from None
 
 
 def _parse_value(text):
@@ -302,16 +313,30 @@ def parse_dict(data, source="config"):
     return check(config)
 
 
+def _read_toml(path):
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; give a .toml config file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err}); a config is a TOML file") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+
+
 def parse_config(path=None, overrides=()):
     """The RunConfig of a TOML file (None: the demo defaults) with dotted overrides applied, checked
     by `check` (the recipe's own checks come on top: minilvlm.recipes.load_config)."""
     config = RunConfig()
     if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        data = _read_toml(path)
         _fill(config, data, "", str(path))
         _mark_set(config, data)
     apply_overrides(config, overrides)
@@ -319,41 +344,17 @@ def parse_config(path=None, overrides=()):
 
 
 def check(c):
-    """The checks that hold for every recipe."""
-    def require(ok, message):
-        if not ok:
-            raise ConfigError(message)
-    require(c.model.projector in ("linear", "mlp2x_gelu"),
-            f"model.projector: expected 'linear' or 'mlp2x_gelu', got {c.model.projector!r}")
-    require(c.data.demo_tasks in ("shapes", "mma"),
-            f"data.demo_tasks: expected 'shapes' or 'mma', got {c.data.demo_tasks!r}")
-    require(c.optim.schedule in ("cosine", "warm_restarts", "lavin", "constant"),
-            f"optim.schedule: expected cosine, warm_restarts, lavin or constant, got {c.optim.schedule!r}")
-    require(c.train.micro_batch > 0 and c.train.global_batch % c.train.micro_batch == 0,
-            f"train.global_batch ({c.train.global_batch}) must be a positive multiple of "
-            f"train.micro_batch ({c.train.micro_batch})")
-    require(c.train.steps > 0, f"train.steps must be positive, got {c.train.steps}")
-    require(len(c.optim.betas) == 2, f"optim.betas: expected two numbers, got {c.optim.betas!r}")
-    require(c.train.vision_pretrain_batch > 0,
-            f"train.vision_pretrain_batch must be positive, got {c.train.vision_pretrain_batch}")
-    for name in ("log_every", "eval_every", "ckpt_every", "vision_pretrain_steps"):
-        require(getattr(c.train, name) >= 0, f"train.{name} must be >= 0 (0 turns it off)")
-    _check_device_and_precision(c.train, require)
-    _check_lora(c.model.lora, require)
-    require(c.data.template in ("auto", *TEMPLATES),
-            f"data.template: expected auto or one of {', '.join(TEMPLATES)}, got {c.data.template!r}")
+    """What parsing itself needs: the device and precision settings (the old train.bf16 switch becomes
+    train.precision here). Every other value is checked by minilvlm.recipes.validate
+    (minilvlm/recipes/checks.py), which load_config and config_from_dict run."""
+    _check_device_and_precision(c.train)
     return c
 
 
-def _check_lora(lora, require):
-    require(lora.rank >= 0, f"model.lora.rank must be >= 0 (0 turns LoRA off), got {lora.rank}")
-    require(lora.alpha > 0, f"model.lora.alpha must be positive, got {lora.alpha}")
-    require(0 <= lora.dropout < 1, f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
-    require(bool(lora.targets) and all(isinstance(t, str) and t for t in lora.targets),
-            f"model.lora.targets: expected a non-empty list of module-name patterns, got {lora.targets!r}")
-
-
-def _check_device_and_precision(t, require):
+def _check_device_and_precision(t):
+    def require(ok, message):
+        if not ok:
+            raise ConfigError(message)
     try:
         parse_device(t.device)
     except DeviceError as err:
@@ -363,7 +364,7 @@ def _check_device_and_precision(t, require):
                 f"train.bf16 = true asks for bf16 autocast, but train.precision = {t.precision!r}; set only "
                 f"train.precision")
         warnings.warn('train.bf16 is deprecated; it now means train.precision = "bf16-autocast"', FutureWarning,
-                      stacklevel=3)
+                      stacklevel=4)
         t.precision, t.bf16 = "bf16-autocast", False
     require(t.precision in PRECISIONS,
             f"train.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")

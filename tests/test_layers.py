@@ -21,6 +21,7 @@ LAYERS = {
     "recipes": 5,
     "eval": 6,
     "train": 7, "curation": 7, "export": 7,
+    "cli": 8,
 }
 NATIVE = ("minilvlm._C", "minilvlm._emu")
 MAX_FUNCTION_LINES, MAX_FILE_LINES = 80, 400

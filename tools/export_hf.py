@@ -1,46 +1,10 @@
 """Export a trained llava-recipe run to a Hugging Face folder that transformers loads.
 
-    python tools/export_hf.py runs/demo --out hf/demo                  # LlavaForConditionalGeneration
-    python tools/export_hf.py runs/demo --out hf/demo_lm --decoder-only  # LlamaForCausalLM (or Qwen2/Phi)
-    python tools/export_hf.py RUN/checkpoints/step_000500 --out hf/x --dtype bfloat16 --max-shard-size 2GB
-    python tools/export_hf.py runs/lora --out hf/lora --lora adapter     # hf/lora/base + hf/lora/adapter (peft)
-
-The folder holds config.json, model.safetensors (or shards with an index), tokenizer.json with its
-tokenizer_config.json (and the run's chat template), generation_config.json, and for LLaVA
-preprocessor_config.json, processor_config.json and chat_template.json. A LoRA run is exported
-merged, or with --lora adapter as its base model plus a peft adapter.
-"""
-import argparse
+A thin wrapper: the command is minilvlm/cli/export_hf.py, installed as `minilvlm-export` (pyproject.toml);
+`python tools/export_hf.py --help` shows its usage."""
 import sys
 
-from minilvlm.export import DTYPES, LORA_MODES, ExportError, export_run, parse_size
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python tools/export_hf.py", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("path", metavar="RUN_DIR", help="a run folder or a checkpoint folder")
-    parser.add_argument("--out", required=True, help="the folder to write (must be new or empty)")
-    parser.add_argument("--decoder-only", action="store_true", help="export the language model alone")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: as trained)")
-    parser.add_argument("--max-shard-size", default="5GB", help="split larger weights into shards (default 5GB)")
-    parser.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing an export")
-    parser.add_argument("--device", default="auto", help="where the run is loaded: auto, cpu, cuda or cuda:N")
-    parser.add_argument("--lora", choices=LORA_MODES, default="merged",
-                        help="a LoRA run: its updates merged into the weights (default), or OUT/base + OUT/adapter")
-    ns = parser.parse_args(argv)
-    try:
-        summary = export_run(ns.path, ns.out, decoder_only=ns.decoder_only, dtype=DTYPES.get(ns.dtype),
-                             max_shard_bytes=parse_size(ns.max_shard_size), force=ns.force, device=ns.device,
-                             lora=ns.lora)
-    except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{summary['architecture']}: {summary['parameters']:,} parameters in {summary['tensors']} tensors "
-          f"from {summary['checkpoint']} -> {summary['out']}")
-    print("  " + " ".join(summary["files"]))
-    return 0
-
+from minilvlm.cli.export_hf import main
 
 if __name__ == "__main__":
     sys.exit(main())

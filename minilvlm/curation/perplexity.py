@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from minilvlm.data.batching import Collator
-from minilvlm.data.dataset import SFTDataset, Skipped
-from minilvlm.data.errors import DataError, SkipCounter
+from minilvlm.data.dataset import SFTDataset
+from minilvlm.data.errors import SkipCounter
 from minilvlm.data.loader import to_device
 from minilvlm.data.templates import chat_template
 from minilvlm.device import autocast
@@ -27,14 +27,7 @@ def score_records(loaded, records, batch=16, skips=None):
     position = {id(r): i for i, r in enumerate(records)}
     scores = [None] * len(records)
     collate = Collator(tokenizer.pad_id, images.size)
-    for start in range(0, len(dataset), batch):
-        items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
-        for item in items:
-            if isinstance(item, Skipped):
-                skips.add(DataError(item.message, reason=item.reason))
-        samples = [item for item in items if not isinstance(item, Skipped)]
-        if not samples:
-            continue
+    for samples in dataset.readable_batches(batch):
         b = to_device(collate(samples), loaded.device)
         mask, segments = attention_inputs(b)
         with autocast(loaded.device, cfg.train.precision):

@@ -10,9 +10,9 @@ import torch
 
 from minilvlm.curation.filter_output import plot_histogram, read_with_objects, write_subset
 from minilvlm.curation.perplexity import score_records, select, stats
-from minilvlm.data.errors import DataError, SkipCounter
-from minilvlm.data.jsonfile import iter_json
-from minilvlm.eval.load import load_model
+from minilvlm.data.errors import SkipCounter, check_most_not_skipped
+from minilvlm.data.formats import detect_format
+from minilvlm.eval.load import LoadError, load_model, resolve_checkpoint
 from minilvlm.io import atomic_write_json, atomic_write_text
 
 
@@ -29,13 +29,26 @@ class FilterJob:
     device: str = "auto"      # under torchrun "cuda" is each rank's own GPU
 
 
-def detect_format(path):
-    """"alpaca" for a file of instruction records, else "llava"."""
-    for _, _, obj in iter_json(path):
-        if isinstance(obj, dict) and "instruction" in obj and "conversations" not in obj:
-            return "alpaca"
-        return "llava"
-    raise DataError("the file holds no records", reason="empty_file", file=path)
+def output_paths(out):
+    """OUT and the files written beside it: statistics, scores and the histogram."""
+    out = Path(out)
+    base = out.with_suffix("")
+    return [out, base.with_name(base.name + ".stats.json"), base.with_name(base.name + ".scores.jsonl"),
+            base.with_name(base.name + ".hist.png")]
+
+
+def check_outputs(job):
+    """Nothing the filter writes may replace its input file or a file of the reference model's run."""
+    data = Path(job.data).resolve()
+    _, run_dir = resolve_checkpoint(job.model)
+    run_dir = Path(run_dir).resolve()
+    for path in output_paths(job.out):
+        resolved = path.resolve()
+        if resolved == data:
+            raise LoadError(f"--out would write {path} over the input {job.data}; choose another output file")
+        if resolved.exists() and resolved.is_relative_to(run_dir):
+            raise LoadError(f"--out would overwrite {path}, a file of the reference model's run {run_dir}; "
+                            "choose another output file")
 
 
 def _gather(values, world):
@@ -47,37 +60,43 @@ def _gather(values, world):
 
 
 def score_file(job, rank=0, world=1):
-    """(pairs [(record, object)], scores, skip counts by reason, the loaded model); every rank
-    reads all records and scores its round-robin share, and every rank gets all scores."""
+    """(format, pairs [(record, object)], scores, skip counts by reason, the loaded model); every rank
+    reads all records and scores its round-robin share, and every rank gets all scores. More than half
+    of the records skipped for one reason is an error (minilvlm.data.errors.check_most_not_skipped)."""
     fmt = detect_format(job.data) if job.fmt == "auto" else job.fmt
+    if fmt not in ("llava", "alpaca"):
+        raise LoadError(f"{job.data}: perplexity filtering writes the kept records back in their own format, "
+                        f"LLaVA or Alpaca; {fmt} is neither")
     read_skips, score_skips = SkipCounter(), SkipCounter()
     pairs = read_with_objects(job.data, fmt, job.image_root, read_skips)
     loaded = load_model(job.model, device=job.device)
     mine = [pairs[i][0] for i in range(rank, len(pairs), world)]
     scores = [None] * len(pairs)
     skip_counts = dict(read_skips.counts)
+    read_total = len(pairs) + read_skips.total
     gathered = _gather((score_records(loaded, mine, job.batch, score_skips), dict(score_skips.counts)), world)
     for r, (part, counts) in enumerate(gathered):
         scores[r::world] = part
         for reason, n in counts.items():
             skip_counts[reason] = skip_counts.get(reason, 0) + n
+    check_most_not_skipped(skip_counts, read_total, job.data, read_skips.examples)
     return fmt, pairs, scores, skip_counts, loaded
 
 
 def run_filter(job, rank=0, world=1):
     """Score, select and (on rank 0) write OUT, OUT.stats.json, OUT.scores.jsonl and OUT.hist.png.
     Returns the statistics (None on other ranks)."""
+    check_outputs(job)
     fmt, pairs, scores, skip_counts, loaded = score_file(job, rank, world)
     if rank != 0:
         return None
     flags, cut_value = select(scores, keep=job.keep, threshold=job.threshold)
-    out = Path(job.out)
+    out, stats_path, scores_path, hist_path = output_paths(job.out)
     summary = stats(scores, flags, cut_value)
     summary.update(data=job.data, format=fmt, model=str(loaded.checkpoint), keep=job.keep, threshold=job.threshold,
                    skipped=skip_counts, ranks=world, written=write_subset([obj for _, obj in pairs], flags, out))
-    base = out.with_suffix("")
-    atomic_write_json(summary, base.with_name(base.name + ".stats.json"))
+    atomic_write_json(summary, stats_path)
     atomic_write_text("".join(json.dumps({"id": r.id, "score": s, "kept": f}) + "\n"
-                              for (r, _), s, f in zip(pairs, scores, flags)), base.with_name(base.name + ".scores.jsonl"))
-    plot_histogram(scores, cut_value, base.with_name(base.name + ".hist.png"))
+                              for (r, _), s, f in zip(pairs, scores, flags)), scores_path)
+    plot_histogram(scores, cut_value, hist_path)
     return summary

@@ -2,19 +2,18 @@
 or a greedy soup that takes members in order of held-out accuracy and keeps one only when the
 soup's accuracy does not drop (Wortsman et al., 2022). Members must agree on the model config,
 the trained parts, the tokenizer and every tensor's name, shape and dtype."""
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from minilvlm import recipes
-from minilvlm.config import ConfigError
+from minilvlm.config import ConfigError, to_dict
 from minilvlm.eval.benchmark import eval_records, load_split
 from minilvlm.eval.load import LoadError, load_model, load_weights, resolve_checkpoint
-from minilvlm.io import atomic_save_safetensors, atomic_write_json
+from minilvlm.io import atomic_save_safetensors, atomic_write_json, load_safetensors
 from minilvlm.recipes.run_data import copy_tokenizer
+from minilvlm.recipes.run_folder import read_state
 
 
 class SoupError(ValueError):
@@ -38,11 +37,15 @@ def read_member(path):
         folder, run_dir = resolve_checkpoint(path)
     except LoadError as err:
         raise SoupError(str(err)) from None
-    state = json.loads((folder / "state.json").read_text())
+    state = read_state(folder)
     if "config" not in state:
         raise SoupError(f"{folder / 'state.json'} has no 'config' entry (not written by the trainer or soup)")
+    try:   # checked, with every section filled in, so that members compare field by field
+        state["config"] = to_dict(recipes.config_from_dict(state["config"], str(folder / "state.json")))
+    except ConfigError as err:
+        raise SoupError(str(err)) from None
     if (folder / "model.safetensors").is_file():
-        return Member(folder, run_dir, state, load_file(folder / "model.safetensors"))
+        return Member(folder, run_dir, state, load_safetensors(folder / "model.safetensors"))
     # An FSDP run's sharded checkpoint: gathered into a model built from its config.
     loaded = load_model(folder, device="cpu")
     tensors = {k: v.detach().clone() for k, v in loaded.recipe.checkpoint_state(loaded.model).items()}
@@ -164,6 +167,26 @@ def greedy_soup(members, accuracy):
                   "accuracy": best_score}
 
 
+def check_output(out, members, force=False):
+    """A soup is written into a new or empty folder (or, with force, over an earlier soup), never into
+    a member's checkpoint or run folder nor among a run's checkpoints: it would replace a member's
+    weights, or pass for a checkpoint of that run."""
+    out = Path(out).absolute()
+    resolved = out.resolve()
+    for member in members:
+        for place in (member.folder, member.run_dir):
+            if resolved == Path(place).resolve():
+                raise SoupError(f"--out {out} is the folder of {member.name}: a soup never overwrites its members; "
+                                "choose a new folder")
+        if resolved.is_relative_to((Path(member.run_dir) / "checkpoints").resolve()):
+            raise SoupError(f"--out {out} lies among the checkpoints of {member.run_dir}, where it would pass for "
+                            "one of the run's checkpoints; choose a folder outside checkpoints/")
+    if out.exists() and not out.is_dir():
+        raise SoupError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SoupError(f"--out {out} is not empty; choose a new folder, or pass --force to replace an earlier soup there")
+
+
 def write_soup(out, tensors, members, info):
     """out/model.safetensors, out/state.json (the members' config, so tools/eval.py loads it) and
     the members' tokenizer files."""
@@ -178,17 +201,20 @@ def write_soup(out, tensors, members, info):
     return out
 
 
-def soup_of(paths, greedy=False, run=None, split="val", data=None, device="auto"):
+def soup_of(paths, greedy=False, run=None, split="val", data=None, device="auto", out=None, force=False):
     """(tensors, info, members) of the soup of checkpoint or run folders: uniform, or greedy by
-    held-out accuracy on `split` of `run` (default: the first member's run) or on `data`."""
+    held-out accuracy on `split` of `run` (default: the first member's run) or on `data`. With `out`,
+    the output folder is checked first (check_output)."""
     members = [read_member(path) for path in paths]
+    if out is not None:
+        check_output(out, members, force)
     check_compatible(members)
     if not greedy:
         return uniform_soup([m.tensors for m in members]), {"method": "uniform",
                                                              "ingredients": [m.name for m in members]}, members
     loaded = load_model(run or members[0].folder, device=device)
-    check_scorer(loaded.state["config"], loaded.model.state_dict(), run or members[0].folder, members)
-    records = load_split(loaded, split, data)
+    check_scorer(to_dict(loaded.cfg), loaded.model.state_dict(), run or members[0].folder, members)
+    records, _ = load_split(loaded, split, data)
 
     def accuracy(tensors):
         load_weights(loaded, tensors, "the soup")

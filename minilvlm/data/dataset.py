@@ -77,5 +77,19 @@ class SFTDataset(torch.utils.data.Dataset):
         return Sample(index, record.id, input_ids, torch.from_numpy(self.labels[index]).long(),
                       images, self.was_truncated[index])
 
+    def readable_batches(self, batch):
+        """Lists of up to `batch` consecutive samples, in order, for callers that walk the set
+        themselves (the held-out loss, perplexity scores): a sample whose images cannot be read is
+        counted in `skips` by reason and left out, and a list left empty is not yielded."""
+        for start in range(0, len(self), batch):
+            samples = []
+            for item in (self[i] for i in range(start, min(start + batch, len(self)))):
+                if isinstance(item, Skipped):
+                    self.skips.add(DataError(item.message, reason=item.reason))
+                else:
+                    samples.append(item)
+            if samples:
+                yield samples
+
     def report(self):
         return f"data: {len(self)} samples, {self.truncated} truncated to max_len\n{self.skips.report()}"

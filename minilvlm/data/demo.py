@@ -4,7 +4,9 @@
                                          [--image-size 32] [--mc-fraction 0.5]
 
 writes OUT_DIR/{train,val,test}.json in LLaVA's conversation format (so it doubles as a format
-example) and OUT_DIR/images/<split>/<id>.png. Read it back with `load_demo`.
+example) and OUT_DIR/images/<split>/<id>.png; the records name their images relative to the JSON
+file's folder (`images/<split>/<id>.png`), the rule of every LLaVA file. Read it back with
+`load_demo`, or as any LLaVA file.
 
 Questions ask for colour, shape, count, left/right position and size comparison, as one-word
 answers or as ScienceQA-style multiple choice ("The answer is B."). The image is needed: for every
@@ -172,7 +174,7 @@ def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fr
         value = choices[LETTERS.index(answer)] if multiple_choice else answer
         draw_scene(build_scene(task, value, image_size, rng), image_size, rng).save(
             folder / f"{record_id}.png", optimize=False)
-        records.append({"id": record_id, "image": f"{split}/{record_id}.png",
+        records.append({"id": record_id, "image": f"images/{split}/{record_id}.png",
                         "conversations": _turns(prompt, reply),
                         "question_type": "multiple_choice" if multiple_choice else "free_form",
                         "task": task, "subject": "vision", "category": task, "has_image": True,
@@ -196,10 +198,9 @@ def generate(out_dir, seed=0, sizes=None, image_size=32, mc_fraction=0.5, tasks=
 
 
 def load_demo(out_dir, split, on_error="raise", skips=None):
-    """The records of one split of a generated demo data set."""
-    out_dir = Path(out_dir)
-    return read_records(out_dir / f"{split}.json", "llava", image_root=out_dir / "images",
-                        on_error=on_error, skips=skips)
+    """The records of one split of a generated demo data set (image paths are relative to the JSON
+    file's folder, as in every LLaVA file)."""
+    return read_records(Path(out_dir) / f"{split}.json", "llava", on_error=on_error, skips=skips)
 
 
 def main(argv=None):

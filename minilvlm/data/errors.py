@@ -96,6 +96,19 @@ class SkipCounter:
         return "\n".join(lines)
 
 
+def check_most_not_skipped(counts, total, what, examples=None):
+    """Raise a DataError when more than half of `total` records were skipped for one reason: then the
+    data and the settings do not fit (an image root that is off, the wrong format), and carrying on
+    with the rest would hide it. `counts`: {reason: n}."""
+    if not counts or not total:
+        return
+    reason, n = max(counts.items(), key=lambda item: item[1])
+    if 2 * n > total:
+        example = f"; e.g. {examples[reason][0]}" if examples and examples.get(reason) else ""
+        raise DataError(f"{n} of the {total} records of {what} were skipped as {reason}: more than half, so the data "
+                        f"and the settings do not fit (the image root? the format?){example}", reason=reason)
+
+
 def handle(error: DataError, on_error, skips: SkipCounter):
     """Apply the policy to one error: raise it, or count it."""
     if on_error == "raise":

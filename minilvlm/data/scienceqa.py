@@ -10,13 +10,22 @@ Each problem becomes a one-question conversation in LaVIN's question-context-opt
 and the reply "The answer is X." The metadata that ScienceQA's accuracy breakdown needs
 (subject, grade, topic, category, skill, context modality, answer letter, choices) goes into
 `Record.meta`.
+
+`python -m minilvlm.data.scienceqa ROOT --split train --out ROOT/train_llava.json` writes a split as
+a LLaVA-format file (image paths relative to its folder), which configs/lavin_llama7b_sqa.toml reads;
+the trainer also reads the release folder itself (data.format = "scienceqa" or "auto").
 """
+import argparse
+import json
+import os
+import sys
 from pathlib import Path
 
 from minilvlm.data.errors import DataError, SkipCounter, check_on_error, handle
 from minilvlm.data.images import resolve_image_path
 from minilvlm.data.jsonfile import iter_json, read_text
 from minilvlm.data.records import IMAGE_TAG, Record, Turn
+from minilvlm.io import atomic_write_text
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 META_FIELDS = ("subject", "grade", "topic", "category", "skill")
@@ -108,3 +117,54 @@ def read_scienceqa(root, split, image_dir=None, with_lecture=False, on_error="ra
         handle(DataError(f"problem {pid!r} is listed in split {split!r} but not in problems.json",
                          reason="missing_problem", file=splits_path, record_id=pid), on_error, skips)
     return records
+
+
+def to_llava(record, out_dir):
+    """A ScienceQA record as a LLaVA-format object whose image path is relative to out_dir (the
+    folder of the file it goes into); its metadata rides along as extra keys."""
+    obj = {"id": record.id, "conversations": [{"from": "human" if t.role == "user" else "gpt", "value": t.text}
+                                              for t in record.turns]}
+    if record.images:
+        image = Path(os.path.abspath(record.images[0]))
+        if not image.is_relative_to(Path(os.path.abspath(out_dir))):
+            raise DataError(f"the image {image} is not inside {out_dir}, the output file's folder, so the LLaVA file "
+                            "could not name it; write the output inside the release folder (e.g. ROOT/train_llava.json)",
+                            reason="path_outside_root", record_id=record.id)
+        obj["image"] = image.relative_to(Path(os.path.abspath(out_dir))).as_posix()
+    obj.update({k: v for k, v in record.meta.items() if k != "has_image"})
+    return obj
+
+
+def write_llava(root, split, out, with_lecture=False, on_error="raise"):
+    """Write one split of a ScienceQA release as a LLaVA-format JSON file (what
+    configs/lavin_llama7b_sqa.toml reads); returns (records written, SkipCounter)."""
+    out = Path(out)
+    skips = SkipCounter()
+    records = read_scienceqa(root, split, with_lecture=with_lecture, on_error=on_error, skips=skips)
+    objects = [to_llava(r, out.parent) for r in records]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(objects, ensure_ascii=False, indent=1) + "\n", out)
+    return len(objects), skips
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minilvlm.data.scienceqa",
+                                     description="Write a split of a ScienceQA release (LaVIN's layout: problems.json, "
+                                                 "pid_splits.json, images/<split>/<pid>/) as a LLaVA-format file.")
+    parser.add_argument("root", help="the release folder")
+    parser.add_argument("--split", default="train", help="train, val, test, minival, ... (default train)")
+    parser.add_argument("--out", required=True, help="the LLaVA .json to write (inside the release folder)")
+    parser.add_argument("--with-lecture", action="store_true", help="append the lecture to the context")
+    parser.add_argument("--skip-bad", action="store_true", help="count and leave out bad problems instead of stopping")
+    ns = parser.parse_args(argv)
+    try:
+        written, skips = write_llava(ns.root, ns.split, ns.out, ns.with_lecture, "skip" if ns.skip_bad else "raise")
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {written} {ns.split} problems to {ns.out}; {skips.report()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,8 @@ from pathlib import Path
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as _HFTokenizer
 
+from minilvlm.data.errors import DataError
+
 
 def _token_text(value):
     """tokenizer_config.json writes special tokens as strings or as {"content": ...} objects."""
@@ -23,11 +25,19 @@ class Tokenizer:
         if not file.is_file():
             raise FileNotFoundError(f"{file} not found: minilvlm reads the fast-tokenizer file tokenizer.json "
                                     f"(save it with `tokenizer.save_pretrained` in transformers)")
-        self._tok = _HFTokenizer.from_file(str(file))
+        try:
+            self._tok = _HFTokenizer.from_file(str(file))
+        except Exception as exc:   # the tokenizers library's own error for a file it cannot parse
+            raise DataError(f"not a readable tokenizer.json ({str(exc)[:200]})", reason="bad_tokenizer",
+                            file=file) from None
         config = {}
         config_file = file.parent / "tokenizer_config.json"
         if config_file.is_file():
-            config = json.loads(config_file.read_text())
+            try:
+                config = json.loads(config_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise DataError(f"not valid JSON ({exc})", reason="bad_tokenizer", file=config_file) from None
+            config = config if isinstance(config, dict) else {}
         self.bos_token = bos_token or _token_text(config.get("bos_token"))
         self.eos_token = eos_token or _token_text(config.get("eos_token"))
         self.pad_token = pad_token or _token_text(config.get("pad_token"))

@@ -1,6 +1,8 @@
 """One question to a loaded model, with an optional image, answered token by token: the reply is
 decoded after every new token and only the new text is handed to `on_text`, so a terminal shows
 it as it is generated. Greedy when temperature is 0; else temperature and top-p sampling."""
+from pathlib import Path
+
 import torch
 
 from minilvlm.data.labels import expand_images
@@ -40,31 +42,31 @@ class TextStream:
         return text
 
 
-def prompt_inputs(loaded, prompt, image=None):
-    """(input_ids [1, T], images [N, 3, S, S]) for one user turn; an image goes where the prompt's
-    <image> tag is, or before the text when the prompt has none. The recipe prepares the turn as
-    it prepared its training records (the mma recipe's "Image: N/A" before a text-only prompt)."""
+def prompt_inputs(loaded, prompt, images=()):
+    """(input_ids [1, T], images [N, 3, S, S]) for one user turn with any number of images (paths; a
+    single path is taken as one). They go where the prompt's <image> tags are, in order, or all before
+    the text when the prompt has none. The recipe prepares the turn as it prepared its training
+    records (the mma recipe's "Image: N/A" before a text-only prompt)."""
     cfg, tokenizer = loaded.cfg, loaded.tokenizer
+    images = [images] if isinstance(images, (str, Path)) else list(images or [])
     tags = prompt.count(IMAGE_TAG)
-    if image is None and tags:
-        raise LoadError(f"the prompt holds {IMAGE_TAG} but no image was given (--image PATH)")
-    if image is not None and tags == 0:
-        prompt = f"{IMAGE_TAG}\n{prompt}"
-    elif image is not None and tags > 1:
-        raise LoadError(f"the prompt holds {tags} {IMAGE_TAG} tags for one image")
-    images = [] if image is None else [image]
-    question = Record("prompt", [Turn("user", prompt)], images=images)
+    if tags == 0 and images:
+        prompt = f"{IMAGE_TAG}\n" * len(images) + prompt
+    elif tags != len(images):
+        raise LoadError(f"the prompt holds {tags} {IMAGE_TAG} tag(s) for {len(images)} image(s) (--image PATH, once "
+                        f"per image); give one image per tag, or no tags")
+    question = Record("prompt", [Turn("user", prompt)], images=[Path(p) for p in images])
     question, = loaded.recipe.prepare_records(cfg, [question])
     conversation = [{"role": t.role, "content": t.text} for t in question.turns]
     ids = render(conversation, tokenizer, cfg.data.template, generation_prompt=True).ids
     ids, _, _ = expand_images(ids, [False] * len(ids), tokenizer.image_token_id, loaded.model.config.image_tokens)
-    return torch.tensor([ids], device=loaded.device), loaded.images.load_batch(images).to(loaded.device)
+    return torch.tensor([ids], device=loaded.device), loaded.images.load_batch(question.images).to(loaded.device)
 
 
 @torch.no_grad()
-def ask(loaded, prompt, image=None, *, temperature=LAVIN_TEMPERATURE, top_p=LAVIN_TOP_P, max_new_tokens=64,
+def ask(loaded, prompt, image=(), *, temperature=LAVIN_TEMPERATURE, top_p=LAVIN_TOP_P, max_new_tokens=64,
         on_text=None, seed=None):
-    """The model's reply to `prompt` (with `image`, a path); `on_text(piece)` streams it."""
+    """The model's reply to `prompt` (with `image`: a path, or a list of paths); `on_text(piece)` streams it."""
     model, tokenizer = loaded.model, loaded.tokenizer
     ids, images = prompt_inputs(loaded, prompt, image)
     stream = TextStream(tokenizer, on_text or (lambda piece: None))

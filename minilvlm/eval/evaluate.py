@@ -21,10 +21,10 @@ def evaluate(model, records, tokenizer, template, images, *, batch=64, max_new_t
              batches=None):
     """{'accuracy': {question_type: acc}, 'count': {...}, 'answers': [(record, text, correct)]}.
     `images` is the run's minilvlm.data.images.ImageConfig; the model runs on its own device under
-    the run's precision. Records need `meta['question_type']` and `meta['answer']` (the demo set
-    has them). `batches`: run exactly that many generation batches, of max_new_tokens steps each
-    (the ranks of an FSDP model must make the same forward passes); batches past the records
-    generate from a one-token prompt and are thrown away."""
+    the run's precision. Each reply is scored by minilvlm.eval.score against the record's `answer`
+    metadata, or its last assistant reply when it has none. `batches`: run exactly that many
+    generation batches, of max_new_tokens steps each (the ranks of an FSDP model must make the same
+    forward passes); batches past the records generate from a one-token prompt and are thrown away."""
     was_training = model.training
     model.eval()
     stops = stop_tokens(template, tokenizer)

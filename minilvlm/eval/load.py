@@ -13,7 +13,7 @@ from minilvlm.data.images import ImageConfig
 from minilvlm.data.tokenizer import Tokenizer
 from minilvlm.device import DeviceError, local_rank, resolve_device
 from minilvlm.recipes.base import Recipe
-from minilvlm.recipes.run_folder import has_model, latest, read_model_tensors, read_state
+from minilvlm.recipes.run_folder import has_model, latest, read_model_file, read_state
 
 
 class LoadError(ValueError):
@@ -102,6 +102,6 @@ def load_model(path, threads=0, device="auto"):
     # A checkpoint that holds the whole model replaces every weight: the pretrained ones are not read.
     model = recipe.build_model(cfg, tokenizer, load_weights=recipe.checkpoint_needs_base(cfg))
     loaded = LoadedModel(cfg, recipe, model, tokenizer, folder, run_dir, state)
-    load_weights(loaded, read_model_tensors(folder, recipe.checkpoint_state(model)), folder / "model.safetensors")
+    load_weights(loaded, read_model_file(folder, recipe, model), folder / "model.safetensors")
     model.to(device).eval()
     return loaded

@@ -1,4 +1,6 @@
 """Printing an evaluation: accuracy per question type, per task, and a few sample answers."""
+from minilvlm.eval.score import expected_answer
+
 
 
 def print_eval(result, title, samples, stream):
@@ -10,5 +12,5 @@ def print_eval(result, title, samples, stream):
     print(f"  per task: {tasks}", file=stream)
     for record, text, correct in result["answers"][:samples]:
         question = record.turns[-2].text.replace("<image>\n", "[image] ").replace("\n", " / ")
-        print(f"  Q: {question}\n     -> {text.strip()!r} (expected {record.meta.get('answer')!r}, "
+        print(f"  Q: {question}\n     -> {text.strip()!r} (expected {expected_answer(record)!r}, "
               f"{'right' if correct else 'wrong'})", file=stream)

@@ -11,10 +11,11 @@ text contexts; its fields map as
 A category without questions has no accuracy (None; printed as "-"), never 0.
 Multiple-choice replies are scored by the letter of "The answer is X"; replies with no such
 letter are wrong and counted as unparseable. Other question types are scored by exact match
-after normalization (minilvlm.eval.score.is_correct)."""
+after normalization (minilvlm.eval.score.is_correct); a record without an `answer` is scored against
+its last assistant reply."""
 import re
 
-from minilvlm.eval.score import extract_letter, summarize
+from minilvlm.eval.score import expected_answer, extract_letter, is_multiple_choice, question_type, summarize
 
 CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN",
@@ -52,13 +53,13 @@ def score(answers):
         for c in cats:
             counts[c] += 1
             hits[c] += int(correct)
-        is_mc = record.meta.get("question_type") == "multiple_choice"
+        is_mc = is_multiple_choice(record)
         letter = extract_letter(reply) if is_mc else None
         n_mc += int(is_mc)
         unparseable += int(is_mc and letter is None)
-        predictions.append({"id": record.id, "question_type": record.meta.get("question_type"),
+        predictions.append({"id": record.id, "question_type": question_type(record),
                             "task": record.meta.get("task"), "categories": cats, "reply": reply.strip(),
-                            "extracted": letter, "answer": record.meta.get("answer"),
+                            "extracted": letter, "answer": expected_answer(record),
                             "correct": bool(correct), "parseable": letter is not None or not is_mc})
     by_type = summarize(answers)
     n = len(answers)

@@ -102,7 +102,8 @@ def parse_size(text):
     except ValueError:
         size = 0
     if size <= 0:
-        raise ExportError(f"shard size {text!r} is not a positive size; write e.g. 5GB, 500MB, 2GiB or a byte count")
+        raise ExportError(f"--max-shard-size {text!r} is not a positive size; write e.g. 5GB, 500MB, 2GiB "
+                          "or a byte count")
     return size
 
 

@@ -29,9 +29,23 @@ def lr_at(step, total_steps, base_lr, cfg, steps_per_epoch=1.0):
         span = max(total_steps - cfg.warmup_steps - 1, 1)
         return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(t / span, 1.0)))
     if cfg.schedule == "warm_restarts":
-        period = cfg.restart_steps
-        while t >= period:         # the same cycle arithmetic as CosineAnnealingWarmRestarts
-            t -= period
-            period *= cfg.restart_mult
+        t, period = restart_cycle(t, cfg.restart_steps, cfg.restart_mult)
         return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t / period))
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def restart_cycle(t, first, mult):
+    """(steps into the current cycle, its length) at step t of warm restarts whose cycles last first,
+    first * mult, first * mult**2, ... steps: the cycle arithmetic of CosineAnnealingWarmRestarts in
+    closed form, so the cost does not grow with t (a loop over cycles would spin on a length of 0)."""
+    if not (isinstance(first, int) and isinstance(mult, int) and first >= 1 and mult >= 1):
+        raise ValueError(f"warm restarts need whole restart_steps >= 1 and restart_mult >= 1, got {first} and {mult}")
+    if mult == 1:
+        return t % first, first
+    n = int(math.log(t / first * (mult - 1) + 1, mult))      # completed cycles, maybe off by one from rounding
+    start = lambda k: first * (mult ** k - 1) // (mult - 1)  # noqa: E731  (exact: whole numbers)
+    while n > 0 and start(n) > t:
+        n -= 1
+    while start(n + 1) <= t:
+        n += 1
+    return t - start(n), first * mult ** n

@@ -9,6 +9,8 @@ from minilvlm import config
 from minilvlm.config import ConfigError
 from minilvlm.recipes import eve, llava, mma
 from minilvlm.recipes.base import Recipe
+from minilvlm.recipes.checks import check_values
+from minilvlm.recipes.inputs import check_inputs
 from minilvlm.recipes.resolve import resolve
 
 _REGISTRY = {}
@@ -37,18 +39,22 @@ def of(cfg):
     return get(cfg.model.recipe)
 
 
-def validate(cfg):
-    """The checks every config passes (minilvlm.config.check), then its recipe's own."""
+def validate(cfg, check_paths=False):
+    """Every value checked (checks.py), then the recipe's own checks; with check_paths also the files
+    and folders the config names (inputs.py: what a run reads and writes must be there)."""
     config.check(cfg)
+    check_values(cfg)
     of(cfg).validate(cfg)
+    if check_paths:
+        check_inputs(cfg)
     return cfg
 
 
-def load_config(path=None, overrides=(), notes=None):
+def load_config(path=None, overrides=(), notes=None, check_paths=True):
     """The RunConfig of a TOML file (None: the demo) with dotted overrides, completed from the
     folders it names (minilvlm/recipes/resolve.py; one line per decision appended to `notes`) and
-    fully checked."""
-    return validate(resolve(config.parse_config(path, overrides), notes))
+    fully checked, the paths it names included unless check_paths is False (a dry run reads none)."""
+    return validate(resolve(config.parse_config(path, overrides), notes), check_paths)
 
 
 def config_from_dict(data, source="config"):

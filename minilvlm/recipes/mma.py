@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from minilvlm.config import ConfigError
+from minilvlm.io import dtype_problems, read_safetensors_header
 from minilvlm.models.mma import MMA, MMAConfig
 from minilvlm.recipes.base import Recipe
 from minilvlm.recipes.pretrained import decoder_config
@@ -153,6 +154,9 @@ def load_base(model, path):
         raise ConfigError(f"model.mma.base_checkpoint = {str(path)!r}: {file} not found; point it at a checkpoint "
                           f"folder such as runs/demo/checkpoints/step_001000")
     own = model.base_state_dict()
+    wrong = dtype_problems(read_safetensors_header(file, "model.mma.base_checkpoint"), own, f"model.mma.base_checkpoint = '{file}'")
+    if wrong:
+        raise ConfigError(wrong)
     with safe_open(str(file), "pt") as f:
         keys = set(f.keys())
         missing = sorted(set(own) - keys)

@@ -10,9 +10,8 @@ the tokenizer adds (`<image>`) get new rows, initialised to the mean of the chec
 import dataclasses
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from minilvlm.config import ConfigError
+from minilvlm.io import dtype_problems, load_safetensors
 from minilvlm.models.llava import LLaVA
 from minilvlm.models.state import mismatch
 from minilvlm.weights import (
@@ -88,7 +87,7 @@ def _read_ours(path, key):
     if not file.is_file():
         raise ConfigError(f"{key} = '{path}': expected a .safetensors file, a checkpoint folder holding "
                           f"model.safetensors, or a Hugging Face folder with config.json")
-    return file, load_file(file)
+    return file, load_safetensors(file, key)
 
 
 def _load_ours(module, path, key, prefix):
@@ -99,7 +98,7 @@ def _load_ours(module, path, key, prefix):
 
 
 def _assign(module, state, key, file, note=""):
-    problems = mismatch(module.state_dict(), state)
+    problems = mismatch(module.state_dict(), state) or dtype_problems(state, module.state_dict(), "dtypes")
     if problems:
         raise ConfigError(f"{key} = '{file}' does not fit the configured {type(module).__name__}{note}: {problems}; "
                           f"does the config section match the run that saved it?")

@@ -5,6 +5,7 @@ is in run.py, the final evaluation and summary in report.py.
 Nothing in a step waits for the device except at a logged step: losses and the grad norm stay on
 the device and are read back together, once (`_log_step`). Token counts come from the batches'
 CPU copies before they move."""
+import sys
 import time
 
 import torch
@@ -21,10 +22,11 @@ from minilvlm.train.report import eval_row, evaluate_run, final_report
 from minilvlm.train.run import setup_run
 
 
-def train(cfg, run_dir=None, resume=False, stream=None):
+def train(cfg, run_dir=None, resume=False, stream=None, overwrite=False):
     """Run (or resume) training as configured; returns the final summary. Under torchrun every rank
     calls this: the data is sharded per rank, ZeroAdamW shards the optimizer state, and rank 0
-    alone writes logs, metrics and the model checkpoint."""
+    alone writes logs, metrics and the model checkpoint. A run folder that is not empty needs
+    resume (go on) or overwrite (clear it); resuming a finished run returns its summary at once."""
     t = cfg.train
     try:
         device = resolve_device(t.device, local_rank())
@@ -38,6 +40,9 @@ def train(cfg, run_dir=None, resume=False, stream=None):
         raise ConfigError(f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch "
                           f"({t.micro_batch}) x the {world} ranks")
     try:
+        done = _prepare_run_dir(cfg, run_dir, resume, overwrite, rank, world, stream)
+        if done is not None:
+            return done
         run = setup_run(cfg, device, rank, world, run_dir, resume, stream)
         run_steps(run)
         run.loader.close()
@@ -45,6 +50,18 @@ def train(cfg, run_dir=None, resume=False, stream=None):
         return final_report(run)
     finally:
         shutdown_distributed()
+
+
+def _prepare_run_dir(cfg, run_dir, resume, overwrite, rank, world, stream):
+    """Refuse a run folder that is not empty unless resume or overwrite; the summary of a resumed run
+    that already finished (nothing to do), else None."""
+    run_dir = run_dir or cfg.train.run_dir
+    checkpoint.prepare_run_dir(run_dir, resume, overwrite, rank, world)
+    done = checkpoint.completed_summary(run_dir, cfg) if resume else None
+    if done is not None:
+        print(f"the run in {run_dir} is complete ({done['step']} of {cfg.train.steps} steps, final evaluation "
+              f"done); nothing to resume. Raise train.steps to train further.", file=stream or sys.stderr)
+    return done
 
 
 def _batches(loader):
@@ -64,6 +81,7 @@ def run_steps(run):
     batches = _batches(run.loader)
     last = t.stop_at or t.steps
     window = _Window()
+    guard = checkpoint.NonFiniteGuard(t.nonfinite_limit, run.device, precision.scaler is not None, run.world)
     model.train()
     while run.step < last:
         micro = [next(batches) for _ in range(run.accum)]
@@ -86,18 +104,30 @@ def run_steps(run):
             group["lr"] = lr_at(run.step, t.steps, base, o, run.steps_per_epoch)
         grad_norm = precision.step(optimizer, o.clip)
         optimizer.zero_grad()
+        guard.observe(loss_sum, grad_norm)
         run.step += 1
         if t.log_every and (run.step % t.log_every == 0 or run.step == last):
+            guard.check(run.step)
             _log_step(run, progress, window, loss_sum, total, aux_sum, grad_norm)
         if val and t.eval_every and run.step % t.eval_every == 0 and run.step < t.steps:
             result = evaluate_run(run, val)
             run.log.write({"step": run.step, **eval_row(result)})
             print_eval(result, f"step {run.step}: held-out (val) accuracy", 2, run.stream)
             window.restart()
-        if (t.ckpt_every and run.step % t.ckpt_every == 0) or run.step == last:
+        if ((t.ckpt_every and run.step % t.ckpt_every == 0) or run.step == last) and _finite_since_checkpoint(run, guard):
             checkpoint.save_checkpoint(run.run_dir, run.step, run.recipe, model, optimizer, to_dict(cfg),
                                        {"data": run.loader.state_dict(), **precision.state_dict()},
                                        rank=run.rank, world=run.world, device=run.device)
+
+
+def _finite_since_checkpoint(run, guard):
+    """Whether the steps since the last checkpoint were all finite (else this one is not written, and
+    the last good one stays the latest); stops the run at train.nonfinite_limit."""
+    if guard.checkpoint_ok(run.step):
+        return True
+    print(f"warning: step {run.step}: no checkpoint written, a step since the last one had a NaN or infinite loss",
+          file=run.stream)
+    return False
 
 
 class _Window:

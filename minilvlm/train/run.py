@@ -15,13 +15,13 @@ import torch
 from minilvlm import recipes
 from minilvlm.config import RunConfig, to_dict
 from minilvlm.data.dataset import SFTDataset
+from minilvlm.data.errors import DataError, SkipCounter
 from minilvlm.data.loader import ResumableLoader
 from minilvlm.data.sampler import ResumableBatchSampler
 from minilvlm.data.templates import chat_template
 from minilvlm.io import atomic_write_json
 from minilvlm.recipes.base import Recipe
 from minilvlm.recipes.run_data import load_records, load_tokenizer
-from minilvlm.recipes.run_folder import latest
 from minilvlm.train import checkpoint, vision_pretrain
 from minilvlm.train.logging import MetricsLog
 from minilvlm.train.precision import StepPrecision
@@ -71,16 +71,17 @@ def _seed(t):
     torch.manual_seed(t.seed)
 
 
-def _data(cfg, rank, world, run_dir):
+def _data(cfg, rank, world, run_dir, skips):
     """(splits, tokenizer). Rank 0 first: it generates the demo set and builds the tokenizer file on
-    first use; the other ranks then read both (building them concurrently raced on tokenizer.json)."""
+    first use; the other ranks then read both (building them concurrently raced on tokenizer.json).
+    Records skipped under data.on_error = "skip" are counted in `skips`."""
     if rank == 0:
-        splits = load_records(cfg, run_dir)
+        splits = load_records(cfg, run_dir, skips)
         tokenizer = load_tokenizer(cfg, run_dir, splits["train"])
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
-        splits = load_records(cfg, run_dir)
+        splits = load_records(cfg, run_dir, skips)
         tokenizer = load_tokenizer(cfg, run_dir, splits["train"])
     return splits, tokenizer
 
@@ -101,9 +102,12 @@ def _pretrain_tower(recipe, model, splits, cfg, world, stream):
     return result
 
 
-def _loader(cfg, recipe, model, records, tokenizer, rank, world, device):
+def _loader(cfg, recipe, model, records, tokenizer, rank, world, device, skips):
     dataset = SFTDataset(records, tokenizer, chat_template(cfg.data.template), model.config.image_tokens,
-                         cfg.data.max_len, image=recipe.image_config(cfg))
+                         cfg.data.max_len, image=recipe.image_config(cfg), on_error=cfg.data.on_error, skips=skips)
+    if not len(dataset):
+        raise DataError(f"no training records are left to train on ({skips.total} skipped: {dict(skips.counts)})",
+                        reason="no_records")
     sampler = ResumableBatchSampler(dataset.lengths, cfg.train.micro_batch, rank=rank, world_size=world,
                                     seed=cfg.train.seed)
     # Batches from worker processes land in pinned memory, so their copy to a GPU can overlap.
@@ -121,13 +125,13 @@ def setup_run(cfg, device, rank, world, run_dir=None, resume=False, stream=None)
     _seed(cfg.train)
     started = time.perf_counter()
     recipe = recipes.of(cfg)
-    splits, tokenizer = _data(cfg, rank, world, run_dir)
+    skips = SkipCounter()
+    splits, tokenizer = _data(cfg, rank, world, run_dir, skips)
     model = recipe.build_model(cfg, tokenizer).to(device)
-    resume_from = latest(run_dir) if resume else None
-    if resume and resume_from is None:
-        raise FileNotFoundError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")
+    # The data set is tokenized before any tower pretraining: a record or template problem shows at once.
+    loader = _loader(cfg, recipe, model, splits["train"], tokenizer, rank, world, device, skips)
     summary = {}
-    if cfg.train.vision_pretrain_steps and resume_from is None:   # a resumed run's tower is in its checkpoint
+    if cfg.train.vision_pretrain_steps and not resume:   # a resumed run's tower is in its checkpoint
         tower = _pretrain_tower(recipe, model, splits, cfg, world, stream)
         if tower is not None:
             summary["vision_pretrain"] = tower
@@ -136,20 +140,15 @@ def setup_run(cfg, device, rank, world, run_dir=None, resume=False, stream=None)
     fsdp = uses_fsdp(cfg, world)
     if fsdp:
         shard_model(model, cfg)
-    loader = _loader(cfg, recipe, model, splits["train"], tokenizer, rank, world, device)
     optimizer = make_optimizer(cfg, model, world)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    step, scaler_state = 0, None
-    if resume_from is not None:
-        state, notes = checkpoint.load_checkpoint(resume_from, recipe, model, optimizer, rank, world, device)
-        loader.load_state_dict(state["data"])
-        step, scaler_state = state["step"], state.get("loss_scaler")
-        print(f"resumed from {resume_from} at step {step}", file=stream)
-        for note in notes:
-            print(f"note: {note}", file=stream)
+    step, scaler_state, resume_from = 0, None, None
+    if resume:
+        resume_from, step, scaler_state = _resume(run_dir, recipe, model, optimizer, loader, rank, world, device, stream)
     if rank == 0:
         atomic_write_json(to_dict(cfg), run_dir / "config.json")
-    log = MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None, resume_step=step if resume_from else None)
+    log = MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None, resume_step=step if resume_from else None,
+                     stream=stream, tensorboard=run_dir / "tensorboard" if cfg.train.tensorboard else None)
     flops_per_token = 6.0 * sum(p.numel() for p in model.parameters())
     run = Run(cfg, recipe, device, rank, world, run_dir, stream, started, splits, tokenizer, model, optimizer, loader,
               log, base_lrs, StepPrecision(cfg.train.precision, device, scaler_state, autocast=not fsdp),
@@ -157,6 +156,20 @@ def setup_run(cfg, device, rank, world, run_dir=None, resume=False, stream=None)
               resume_from, summary)
     _print_banner(run)
     return run
+
+
+def _resume(run_dir, recipe, model, optimizer, loader, rank, world, device, stream):
+    """(checkpoint folder, step, loss-scaler state) of the newest checkpoint that loads (a damaged one
+    is skipped with a warning: minilvlm.train.checkpoint.resume_latest)."""
+    folder, state, notes = checkpoint.resume_latest(run_dir, recipe, model, optimizer, rank, world, device, stream)
+    try:
+        loader.load_state_dict(state["data"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise checkpoint.CheckpointError(f"{folder / 'state.json'}: damaged data position ({err!r})") from None
+    print(f"resumed from {folder} at step {state['step']}", file=stream)
+    for note in notes:
+        print(f"note: {note}", file=stream)
+    return folder, state["step"], state.get("loss_scaler")
 
 
 def _print_banner(run):

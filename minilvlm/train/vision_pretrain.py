@@ -6,7 +6,8 @@ colour but hardly shape or count (docs/benchmarks.md, "The embedded demo"). So s
 trains the tower for `train.vision_pretrain_steps` steps as an image classifier: a linear head
 over the mean of the features the projector will read, predicting each image record's answer
 among its task's answers. The labels come from the evaluator metadata every image record of the
-demo or ScienceQA carries (task, answer, choices). The head is thrown away afterwards.
+demo or ScienceQA carries (task, answer, choices), or, for records without it, from the question
+text and the expected reply (`answer_label`). The head is thrown away afterwards.
 """
 import math
 import time
@@ -16,19 +17,28 @@ import torch.nn.functional as F
 
 from minilvlm.config import ConfigError
 from minilvlm.data.errors import DataError
+from minilvlm.data.records import IMAGE_TAG
 from minilvlm.data.scienceqa import LETTERS
+from minilvlm.eval.score import expected_answer, normalize
 
 # Decoded images kept in memory between steps, in bytes; past it they are decoded per batch.
 CACHE_BYTES = 512 << 20
 
 
 def answer_label(record):
-    """(task, answer text) for an image record whose metadata names them, else None: the letter
-    of a multiple-choice answer becomes the option it points at."""
+    """(task, answer text) for a one-image record, else None. The task is the metadata's (the demo's
+    question kinds) or else the question's text, so that images asked the same question learn to tell
+    their answers apart (ScienceQA, a data set of your own); the answer is the metadata's, or the reply
+    the scorer expects (minilvlm.eval.score). A multiple-choice letter becomes the option it names."""
     meta = record.meta
-    task, answer, choices = meta.get("task"), meta.get("answer"), meta.get("choices") or []
-    if not record.has_image or len(record.images) != 1 or not task or not isinstance(answer, str):
+    if not record.has_image or len(record.images) != 1:
         return None
+    question = record.turns[-2].text.replace(IMAGE_TAG, "").strip() if len(record.turns) >= 2 else ""
+    task = meta.get("task") or question
+    answer = meta.get("answer") if "answer" in meta else normalize(expected_answer(record))
+    if not task or not isinstance(answer, str) or not answer:
+        return None
+    choices = meta.get("choices") or []
     if meta.get("question_type") == "multiple_choice":
         index = LETTERS.find(answer) if len(answer) == 1 else -1
         return (task, choices[index]) if 0 <= index < len(choices) else None
@@ -118,10 +128,15 @@ def _accuracy(model, head, labels, images, batch=256):
 
 def pretrain_vision(model, train_records, val_records, cfg, image_config, stream):
     """Train model.vision (a llava model's tower) as an answer classifier, in place. Returns the
-    summary: steps, labelled and skipped record counts, the final loss and the val accuracy per task."""
+    summary: steps, labelled and skipped record counts, the final loss and the val accuracy per task;
+    None (with a note) when no training record has an image."""
     t = cfg.train
     steps, batch = t.vision_pretrain_steps, t.vision_pretrain_batch
     labels = AnswerLabels(train_records)
+    if not any(r.has_image for r in train_records):   # text-only data: nothing to pretrain the tower on
+        print(f"vision pretraining skipped: none of the {len(train_records)} training records has an image",
+              file=stream)
+        return None
     if len(labels) == 0:
         raise ConfigError(f"train.vision_pretrain_steps = {steps}: none of the {len(train_records)} training records "
                           "is an image question with task/answer metadata to pretrain the tower on; set "

@@ -8,16 +8,17 @@ Nothing is ever unpickled. A tokenizer with more ids than the checkpoint's embed
 Whole LLaVA folders (LlavaForConditionalGeneration, both key layouts) are read by
 minilvlm.weights.llava."""
 import contextlib
-import json
 import re
 from pathlib import Path
 
 import torch
 
+from minilvlm.io import WeightsError, dtype_problems, open_checkpoint, read_json_object
+from minilvlm.models.checks import decoder_problems, vision_problems
 from minilvlm.models.decoder import Decoder, DecoderConfig
 from minilvlm.models.layers import HF_ACTIVATIONS
 from minilvlm.models.vision import CLIP_MEAN, CLIP_STD, VisionConfig, VisionTransformer
-from minilvlm.weights.files import WeightsError, open_checkpoint
+
 
 # SigLIP's image processors normalise to -1..1 (mean and std 0.5), CLIP's with its own statistics.
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -179,13 +180,7 @@ def read_json(path, what="config.json"):
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path} not found: a Hugging Face model folder needs {what}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise WeightsError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise WeightsError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, WeightsError)
 
 
 def pixel_stats(folder):
@@ -200,24 +195,66 @@ def pixel_stats(folder):
     return tuple(float(x) for x in stats[0]), tuple(float(x) for x in stats[1])
 
 
+# The types of the config.json fields we read; a value of another type is an error naming the field.
+_FIELD_TYPES = {
+    **dict.fromkeys(("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                     "intermediate_size", "vocab_size", "max_position_embeddings", "image_size", "patch_size",
+                     "num_channels"), (int,)),
+    **dict.fromkeys(("rms_norm_eps", "layer_norm_eps", "rope_theta", "partial_rotary_factor"), (int, float)),
+    **dict.fromkeys(("attention_bias", "mlp_bias", "tie_word_embeddings", "use_sliding_window", "qk_layernorm"),
+                    (bool,)),
+    "hidden_act": (str,), "model_type": (str,), "rope_scaling": (dict,), "vision_config": (dict,),
+}
+
+
+class _Fields(dict):
+    """A config.json object whose `get` checks each field's type (`_FIELD_TYPES`) as it is read."""
+
+    def __init__(self, data, where):
+        super().__init__(data)
+        self.where = where
+
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        kinds = _FIELD_TYPES.get(key)
+        if value is None or kinds is None:
+            return value
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise WeightsError(f"{self.where}: {key} must be {names}, got {type(value).__name__} {value!r}")
+        return value
+
+
 def config_of(model_type, cfg, where, folder=None):
     """Our config for a Hugging Face config dict of `model_type` (a vision tower's pixel statistics
-    read from folder's preprocessor_config.json when it has one)."""
-    if model_type not in ARCHITECTURES:
+    read from folder's preprocessor_config.json when it has one); WeightsError naming the file and
+    the field for anything that is not a buildable model (wrong types, sizes that do not fit)."""
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
         known = sorted([*ARCHITECTURES, *_NESTED_VISION, "llava"])
         raise WeightsError(f"{where}: model_type {model_type!r} is not supported; supported: {known}")
-    if model_type in VISION_TYPES:
-        return ARCHITECTURES[model_type][0](cfg, where, pixel_stats(folder) if folder else None)
-    return ARCHITECTURES[model_type][0](cfg, where)
+    cfg = cfg if isinstance(cfg, _Fields) else _Fields(cfg, where)
+    try:
+        if model_type in VISION_TYPES:
+            config = ARCHITECTURES[model_type][0](cfg, where, pixel_stats(folder) if folder else None)
+        else:
+            config = ARCHITECTURES[model_type][0](cfg, where)
+    except (ValueError, TypeError, ZeroDivisionError) as err:
+        if isinstance(err, WeightsError):
+            raise
+        raise WeightsError(f"{where}: not a buildable {model_type} model: {err}") from None
+    problems = (vision_problems(config) if isinstance(config, VisionConfig) else decoder_problems(config))
+    if problems:
+        raise WeightsError(f"{where}: not a buildable {model_type} model: " + "; ".join(problems))
+    return config
 
 
 def read_config(folder):
     """(model_type, our config) from folder/config.json (a LLaVA folder: minilvlm.weights.llava)."""
     path = Path(folder) / "config.json"
-    cfg = read_json(path)
+    cfg = _Fields(read_json(path), str(path))
     model_type = cfg.get("model_type")
     if model_type in _NESTED_VISION:
-        model_type, cfg = _NESTED_VISION[model_type], cfg.get("vision_config", {})
+        model_type, cfg = _NESTED_VISION[model_type], _Fields(cfg.get("vision_config") or {}, f"{path} vision_config")
     return model_type, config_of(model_type, cfg, str(path), folder)
 
 
@@ -264,12 +301,25 @@ def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None, grow=()
     for key in sorted(set(where) - used):
         if not ignore.fullmatch(key):
             problems.append(f"unexpected: {key} (shape {where[key].shape(key)})")
+    stored = {key: where[key].header[key] for key in sources.values()}
+    wrong_dtype = dtype_problems(stored, {key: expected[ours] for ours, key in sources.items()}, "dtypes")
+    if wrong_dtype:
+        problems.append(wrong_dtype)
     if problems:
         raise WeightsError(f"checkpoint {folder} does not fit {type(model).__name__} "
                            f"({len(problems)} problems):\n  " + "\n  ".join(problems))
     state = {ours: grown(where[key].tensor(key, dtype), expected[ours].shape[0]) for ours, key in sources.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model
+
+
+def _check_layer_count(config, where, folder):
+    """Before the (meta) model is built: config.json must not claim more blocks than the weights hold
+    (a typo of num_hidden_layers would otherwise build a huge empty model first)."""
+    held = {int(m.group(1)) for key in where for m in [re.search(r"(?:^|\.)layers\.(\d+)\.", key)] if m}
+    if config.n_layers > len(held):
+        raise WeightsError(f"{Path(folder) / 'config.json'} says num_hidden_layers = {config.n_layers}, but the "
+                           f"weights in {folder} hold tensors of {len(held)} layers")
 
 
 @contextlib.contextmanager
@@ -293,6 +343,7 @@ def from_pretrained(folder, dtype=torch.float32, vocab_size=0):
     ids than the checkpoint (its vocabulary is grown; see `grown`)."""
     model_type, config = read_config(folder)
     _, build, key_map, ignored = ARCHITECTURES[model_type]
+    _check_layer_count(config, open_checkpoint(folder), folder)
     grow = ()
     if model_type in DECODER_TYPES and vocab_size > config.vocab_size:
         config.vocab_size, grow = vocab_size, VOCAB_TENSORS

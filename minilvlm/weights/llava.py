@@ -29,7 +29,7 @@ from minilvlm.weights import (
     open_checkpoint,
     read_json,
 )
-from minilvlm.weights.files import WeightsError
+from minilvlm.io import WeightsError
 
 # Our projector -> transformers' projector_hidden_act, and our projector's parameter names ->
 # LlavaMultiModalProjector's (linear_1 -> act -> linear_2; our single Linear is that with the

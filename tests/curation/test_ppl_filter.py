@@ -32,7 +32,7 @@ def test_keep_80_percent_keeps_the_clean_records(tiny_run, tmp_path, capsys):
     records, bad = polluted(tiny_run, data)
     out = tmp_path / "kept.json"
     assert tool_main("ppl_filter")([str(data), "--model", str(tiny_run), "--keep", "0.8", "--out", str(out),
-                                    "--image-root", str(tiny_run / "data" / "images")]) == 0
+                                    "--image-root", str(tiny_run / "data")]) == 0
     kept = json.loads(out.read_text())
     kept_ids = {r["id"] for r in kept}
     clean = {r["id"] for r in records} - bad
@@ -57,7 +57,7 @@ def test_threshold_jsonl_and_skipped_records(tiny_run, tmp_path, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "kept.jsonl"
     assert tool_main("ppl_filter")([str(data), "--model", str(tiny_run), "--threshold", "1e9", "--out", str(out),
-                                    "--image-root", str(tiny_run / "data" / "images")]) == 0
+                                    "--image-root", str(tiny_run / "data")]) == 0
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in kept] == [r["id"] for i, r in enumerate(rows) if i != 3]
     stats = json.loads((tmp_path / "kept.stats.json").read_text())
@@ -80,7 +80,7 @@ def test_torchrun_two_ranks_give_the_single_process_scores(tiny_run, tmp_path):
     rows[3] = {"id": "broken", "conversations": "not a list"}
     data = tmp_path / "small.json"
     data.write_text(json.dumps(rows))
-    args = [str(data), "--model", str(tiny_run), "--keep", "0.5", "--image-root", str(tiny_run / "data" / "images"),
+    args = [str(data), "--model", str(tiny_run), "--keep", "0.5", "--image-root", str(tiny_run / "data"),
             "--batch", "3"]
     assert tool_main("ppl_filter")([*args, "--out", str(tmp_path / "one.json")]) == 0
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

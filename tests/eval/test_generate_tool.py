@@ -1,8 +1,8 @@
 """tools/generate.py on a tiny trained run: it answers an image question and a text-only one, the
 reply streams out piece by piece while generation runs, and the streamed text equals the plain
 (non-streamed) greedy decoding."""
-import ast
 import io
+import json
 import subprocess
 import sys
 
@@ -47,21 +47,21 @@ def test_streamed_text_equals_plain_greedy_and_arrives_incrementally(tiny_run, m
 
 def test_cli_answers_an_image_question_and_a_text_one(tiny_run):
     """Run as a user would, in a fresh interpreter: the greedy reply to a test image question is the
-    one the trainer's final evaluation gave (samples.tsv), and right whenever that one was right.
+    one the trainer's final evaluation gave (samples.jsonl), and right whenever that one was right.
     (The 30-step tiny run answers little correctly; docs/tools.md shows a full demo run.)"""
-    rows = [line.split("\t") for line in (tiny_run / "samples.tsv").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tiny_run / "samples.jsonl").read_text().splitlines()]
     records = {r.id: r for r in load_demo(tiny_run / "data", "test")}
-    row = next(row for row in rows if records[row[0]].images and ast.literal_eval(row[2]))
-    record = records[row[0]]
+    row = next(row for row in rows if records[row["id"]].images and row["reply"])
+    record = records[row["id"]]
     question = _question(record).replace("<image>\n", "")
     out = subprocess.run([sys.executable, str(TOOLS / "generate.py"), str(tiny_run), "--image", str(record.images[0]),
                           "--prompt", question, "--temperature", "0", "--max-new-tokens",
                           str(load_model(tiny_run).cfg.eval.max_new_tokens)],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     reply = out.strip()
-    assert reply and reply == ast.literal_eval(row[2])   # samples.tsv holds repr(the trainer's stripped reply)
-    assert (row[4] == "True") == (reply == f"The answer is {record.meta['answer']}." if
-                                  record.meta["question_type"] == "multiple_choice" else reply == record.meta["answer"])
+    assert reply and reply == row["reply"]   # samples.jsonl holds the trainer's stripped reply
+    assert row["correct"] == (reply == f"The answer is {record.meta['answer']}." if
+                              record.meta["question_type"] == "multiple_choice" else reply == record.meta["answer"])
 
     stdout = io.StringIO()
     assert tool_main("generate")([str(tiny_run), "--prompt", "What is 3 + 4?", "--seed", "0"], stdout=stdout) == 0
@@ -71,7 +71,7 @@ def test_cli_answers_an_image_question_and_a_text_one(tiny_run):
 
 def test_generate_errors(tiny_run, tmp_path, capsys):
     loaded = load_model(tiny_run)
-    with pytest.raises(LoadError, match="no image was given"):
+    with pytest.raises(LoadError, match="1 <image> tag"):
         prompt_inputs(loaded, "<image>\nWhat colour?")
     assert tool_main("generate")([str(tiny_run), "--image", str(tmp_path / "none.png"), "--prompt", "hi"]) == 2
     assert "cannot read image" in capsys.readouterr().err

@@ -11,17 +11,18 @@ except ImportError as exc:  # a hard failure: the parity tests must run, never b
 SHARD = "20KB"  # small enough that every tiny model is split into several shards
 
 
-def _save(model, folder):
-    model.save_pretrained(folder, safe_serialization=True, max_shard_size=SHARD)
+def _save(model, folder, shard=SHARD):
+    model.save_pretrained(folder, safe_serialization=True, max_shard_size=shard)
     return model.eval()
 
 
-def llama(folder, **overrides):
+def llama(folder, shard=SHARD, **overrides):
+    """shard: the largest shard ("20KB" splits every tiny model; "1GB" writes one model.safetensors)."""
     cfg = dict(vocab_size=211, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, rms_norm_eps=1e-6)
     cfg.update(overrides)
     torch.manual_seed(0)
-    return _save(transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)), folder)
+    return _save(transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)), folder, shard)
 
 
 def qwen2(folder, **overrides):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minilvlm.config import OptimSection
-from minilvlm.optim.schedule import lr_at
+from minilvlm.optim.schedule import lr_at, restart_cycle
 
 
 def test_cosine_warmup_then_decay_to_min():
@@ -25,6 +25,27 @@ def test_warm_restarts_match_torch():
         assert lr_at(step, 40, 2e-5, cfg) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
         opt.step()
         sched.step()
+
+
+def restart_cycle_by_steps(t, first, mult):
+    period = first
+    while t >= period:
+        t -= period
+        period *= mult
+    return t, period
+
+
+def test_restart_cycles_in_closed_form_never_spin():
+    """Issue 17 K1: a cycle length of 0 (restart_steps=0, or restart_mult=0 at the second cycle) is an
+    error, not an endless loop, and a far step costs no more than a near one."""
+    for first, mult in ((1, 1), (3, 1), (1, 2), (7, 2), (5, 3), (2, 10)):
+        assert all(restart_cycle(t, first, mult) == restart_cycle_by_steps(t, first, mult) for t in range(3000))
+    assert restart_cycle(10 ** 15, 1, 1) == (0, 1)
+    assert restart_cycle(10 ** 15, 7, 2) == restart_cycle_by_steps(10 ** 15, 7, 2)
+    for first, mult in ((0, 2), (7, 0), (-1, 2), (1.5, 2)):
+        with pytest.raises(ValueError, match="warm restarts need"):
+            lr_at(100, 200, 1e-3, OptimSection(schedule="warm_restarts", warmup_steps=0, restart_steps=first,
+                                               restart_mult=mult))
 
 
 def test_lavin_half_cosine_over_fractional_epochs():

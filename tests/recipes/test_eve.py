@@ -45,9 +45,11 @@ def test_eve_section_and_stage_errors(tmp_path):
         load_config(None, EVE_TINY + ["model.eve.random_teacher=true", "model.eve.align_layers=['x']"])
     with pytest.raises(ConfigError, match="unknown key 'model.eve.pol'; did you mean 'model.eve.pool'"):
         load_config(None, EVE_TINY + ["model.eve.pol=2"])
-    missing = load_config(None, EVE_TINY + [f"model.vision_weights={json.dumps(str(tmp_path / 'nope'))}"])
+    nope = [f"model.vision_weights={json.dumps(str(tmp_path / 'nope'))}"]
     with pytest.raises(ConfigError, match="model.vision_weights = '.*nope': no such file or folder"):
-        build_model(missing, TOKENIZER)
+        load_config(None, EVE_TINY + nope)   # up front
+    with pytest.raises(ConfigError, match="model.vision_weights = '.*nope': no such file or folder"):
+        build_model(load_config(None, EVE_TINY + nope, check_paths=False), TOKENIZER)
 
 
 def llava_checkpoint(cfg, path):
@@ -62,7 +64,8 @@ def llava_checkpoint(cfg, path):
 
 
 def test_teacher_from_a_llava_run_checkpoint(tmp_path):
-    cfg = load_config(None, EVE_TINY + [f"model.vision_weights={json.dumps(str(tmp_path / 'model.safetensors'))}"])
+    cfg = load_config(None, EVE_TINY + [f"model.vision_weights={json.dumps(str(tmp_path / 'model.safetensors'))}"],
+                      check_paths=False)   # the file is written next
     llava = llava_checkpoint(cfg, tmp_path / "model.safetensors")
     model = build_model(cfg, TOKENIZER)
     for key, value in llava.vision.state_dict().items():
@@ -81,7 +84,7 @@ def test_short_eve_run_through_the_tool(tmp_path, capsys):
                             "train.steps=4", "train.eval_every=2", "train.ckpt_every=2", "train.deterministic=false"]
     assert tool_main()(overrides) == 2    # the weights file does not exist yet: a clear error, no traceback
     assert "model.vision_weights = " in capsys.readouterr().err
-    llava_checkpoint(load_config(None, overrides), weights)
+    llava_checkpoint(load_config(None, overrides, check_paths=False), weights)
     assert tool_main()(overrides) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     aux = [r["aux_loss"] for r in rows if "aux_loss" in r]
@@ -112,7 +115,7 @@ def test_short_eve_run_through_the_tool(tmp_path, capsys):
 
 
 def meta_model(name):
-    cfg = load_config(CONFIGS / name)
+    cfg = load_config(CONFIGS / name, check_paths=False)   # its paths are placeholders
     tokenizer = SimpleNamespace(vocab_size=cfg.model.decoder.vocab_size, image_token_id=cfg.model.decoder.vocab_size)
     with torch.device("meta"):
         return cfg, build_model(cfg, tokenizer, load_weights=False)
@@ -144,7 +147,7 @@ def test_allava_phi2_config_builds_on_meta():
 
 
 def test_demo_eve_config_loads():
-    cfg = load_config(CONFIGS / "demo_eve.toml")
+    cfg = load_config(CONFIGS / "demo_eve.toml", check_paths=False)   # names the demo run's checkpoint
     assert cfg.model.recipe == "eve" and cfg.train.stage == "pretrain"
     with torch.device("meta"):
         model = build_model(cfg, TOKENIZER, load_weights=False)

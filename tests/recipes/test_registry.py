@@ -47,7 +47,7 @@ def test_a_fourth_recipe_trains_evaluates_and_soups_through_the_registry_alone(p
         assert sorted(f.keys()) == ["image_layer.bias", "image_layer.weight"]
     loaded = load_model(run)
     assert loaded.recipe is pooled
-    result = eval_records(loaded, load_split(loaded, "test"))
+    result = eval_records(loaded, load_split(loaded, "test")[0])
     assert result["count"] == 8 and result["accuracy"] == summary["accuracy"]   # the trainer's own figures
     tensors, info, members = soup_of([run / "checkpoints" / "step_000002", run / "checkpoints" / "step_000004"])
     assert sorted(tensors) == ["image_layer.bias", "image_layer.weight"] and info["method"] == "uniform"

@@ -99,10 +99,11 @@ def test_mma_config_errors(base_run, tmp_path):
         load_config(None, good + ["model.mma.vision_layers=[3]"])
     with pytest.raises(ConfigError, match="fewer than 4; list the layers"):
         load_config(None, good + ["model.mma.vision_layers=[]"])
-    missing = tmp_path / "no_such_checkpoint"
-    cfg = load_config(None, good + [f"model.mma.base_checkpoint={json.dumps(str(missing))}"])
+    missing = [f"model.mma.base_checkpoint={json.dumps(str(tmp_path / 'no_such_checkpoint'))}"]
     with pytest.raises(ConfigError, match="model.mma.base_checkpoint = .*no_such_checkpoint.*no such file"):
-        train(cfg)
+        load_config(None, good + missing)   # up front
+    with pytest.raises(ConfigError, match="model.mma.base_checkpoint = .*no_such_checkpoint.*no such file"):
+        train(load_config(None, good + missing, check_paths=False))
     cfg = load_config(None, good + ["model.decoder.dim=32"])   # a base of other sizes
     with pytest.raises(ValueError, match="does not hold this model's base"):
         train(cfg)

@@ -45,9 +45,9 @@ def test_tiny_run_writes_its_folder_and_resumes_bitwise(tmp_path, restore_determ
     summary = train(load_config(None, TINY + [f"train.run_dir={json.dumps(str(full))}"]))
     assert summary["step"] == 6
     assert sum(n for k, n in summary["count"].items() if not k.startswith("task/")) == 8
-    for name in ("metrics.jsonl", "metrics.png", "config.json", "tokenizer.json", "summary.json", "samples.tsv"):
+    for name in ("metrics.jsonl", "metrics.png", "config.json", "tokenizer.json", "summary.json", "samples.jsonl"):
         assert (full / name).is_file(), name
-    assert Image.open(full / "metrics.png").size == (720, 600)
+    assert Image.open(full / "metrics.png").size == (720, 800)
     assert [s for s, _ in losses(full)] == [1, 2, 3, 4, 5, 6]
     assert latest(full).name == "step_000006"
     state = read_state(latest(full))
