@@ -363,7 +363,7 @@ def test_emulated_cuda_width_over_256(emu, case):
     args, kwargs = make_case(**case, dim=300)
     assert rel_err(run_native(emu.patch_embed, args, kwargs), patch_embed_reference(**args, **kwargs)) <= 1e-5
     a16, k16 = make_case(**case, dim=300, dtype=torch.bfloat16)
-    check_bf16_rule(run_native(emu.patch_embed, a16, k16), a16, k16)
+    check_2x_rule(run_native(emu.patch_embed, a16, k16), a16, k16)
     grad_out = torch.randn(2, 6 + case["cls"], 300, generator=torch.Generator().manual_seed(2))
     common = (grad_out, args["pixels"], args["weight"], kwargs["patch_size"], list(MEAN), list(STD),
               kwargs["channels_last"], case["cls"])
