@@ -25,7 +25,7 @@ from minilvlm.recipes import load_config
 from minilvlm.recipes.run_folder import CheckpointError
 from minilvlm.train.checkpoint import resume_latest
 from minilvlm.train.logging import read_rows
-from minilvlm.train.run import _optimizer
+from minilvlm.train.sharding import make_optimizer
 from minilvlm.weights import from_pretrained
 from tests.data.fixtures import make_images
 from tests.data.toy_chat import ByteTokenizer, toy_template
@@ -303,7 +303,7 @@ def checkpoint_target(folder, run):
     recipe = recipes.of(cfg)
     model = recipe.build_model(cfg, Tokenizer(run))
     recipe.set_stage(model, cfg)
-    optimizer = _optimizer(cfg, model, 1)
+    optimizer = make_optimizer(cfg, model, 1)
     log = io.StringIO()
 
     def case(rng):

@@ -17,7 +17,7 @@ from minilvlm.io import WeightsError
 from minilvlm.recipes import load_config
 from minilvlm.recipes.run_folder import CheckpointError, latest
 from minilvlm.train.checkpoint import load_checkpoint, resume_latest
-from minilvlm.train.run import _optimizer
+from minilvlm.train.sharding import make_optimizer
 from tests.tiny_run import TINY_MODEL
 from tests.tools_main import tool_main
 
@@ -91,7 +91,7 @@ def _model_and_optimizer(run_dir):
     recipe = recipes.of(cfg)
     model = recipe.build_model(cfg, Tokenizer(run_dir))
     recipe.set_stage(model, cfg)
-    return recipe, model, _optimizer(cfg, model, 1)
+    return recipe, model, make_optimizer(cfg, model, 1)
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
