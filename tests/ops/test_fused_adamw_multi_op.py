@@ -119,8 +119,8 @@ def check_against_torch_adamw(op, sizes, steps_taken):
 
 
 def test_multi_cpu_kernel_matches_torch_adamw_on_1000_tensors():
-    """1,000 tensors of random sizes 1..70,000 (35M elements), three steps, one parallel pass each."""
-    check_against_torch_adamw(torch.ops.minilvlm.fused_adamw_multi_, random_sizes(1000, 70_000, 0), 3)
+    """1,000 tensors of random sizes 1..70,000 (35M elements), two steps, one parallel pass each."""
+    check_against_torch_adamw(torch.ops.minilvlm.fused_adamw_multi_, random_sizes(1000, 70_000, 0), 2)
 
 
 def test_multi_emulated_kernel_matches_torch_adamw(emu):
