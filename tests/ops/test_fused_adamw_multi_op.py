@@ -14,11 +14,12 @@ from minilvlm.ops.fused_adamw import fused_adamw_multi_reference, register_fused
 from tests.conftest import adamw_mismatch, max_rel_diff
 from tests.ops import register_on_emulator
 from tests.ops.dispatch_log import DispatchLog
-from tests.ops.test_fused_adamw_op import BETAS, make_buffers, run_python, same_bits
+from tests.ops.test_fused_adamw_op import BETAS, make_buffers, opcheck_with_flags, run_python, same_bits
 
 pytestmark = pytest.mark.skipif(not minilvlm.ops.native_available(), reason="minilvlm._C is not built")
 
 EMU_TENSORS = 300
+ODD_SIZES = [1, 2, 3, 5, 15, 16, 17, 63, 1025, 4099, 65535, 65536, 65537, 131075]
 # fused_adamw_multi_: lists of tensors
 
 def make_lists(sizes, dtype, master, seed=0, device="cpu"):
@@ -53,14 +54,14 @@ def random_sizes(count, largest, seed):
     return torch.randint(1, largest + 1, (count,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def check_multi(op, sizes, dtype, master, grad_scale, steps_taken=2):
+def check_multi(op, sizes, dtype, master, grad_scale, steps_taken=2, device="cpu"):
     """The kernel against fused_adamw_multi_reference (the flat reference per tensor) and an fp64 run."""
-    lists = make_lists(sizes, dtype, master)
+    lists = make_lists(sizes, dtype, master, device=device)
     ref = clone_lists(lists)
     exact = clone_lists(lists, torch.float64)
     exact["params"], exact["masters"] = exact["masters"] or exact["params"], []
     lrs, wds, steps = hyper(len(sizes))
-    scale = None if grad_scale is None else torch.tensor([grad_scale])
+    scale = None if grad_scale is None else torch.tensor([grad_scale], device=device)
     for _ in range(steps_taken):
         for run, impl in ((lists, op), (ref, fused_adamw_multi_reference), (exact, fused_adamw_multi_reference)):
             call_multi(impl, run, lrs, wds, steps, scale)
@@ -84,9 +85,8 @@ def check_multi(op, sizes, dtype, master, grad_scale, steps_taken=2):
 @pytest.mark.parametrize("grad_scale", [None, 0.37])
 def test_multi_kernel_matches_reference_on_odd_sizes(which, dtype, master, grad_scale, request):
     """Sizes 1..5, around a 16-lane vector and a 65536-element CUDA chunk, with distinct lr, wd and step."""
-    sizes = [1, 2, 3, 5, 15, 16, 17, 63, 1025, 4099, 65535, 65536, 65537, 131075]
     op = torch.ops.minilvlm.fused_adamw_multi_ if which == "cpu" else request.getfixturevalue("emu").fused_adamw_multi_
-    check_multi(op, sizes, dtype, master, grad_scale)
+    check_multi(op, ODD_SIZES, dtype, master, grad_scale)
 
 
 def torch_adamw_groups(lists):
@@ -102,9 +102,9 @@ def torch_adamw_groups(lists):
     return opt
 
 
-def check_against_torch_adamw(op, sizes, steps_taken):
+def check_against_torch_adamw(op, sizes, steps_taken, device="cpu"):
     """`op` against torch.optim.AdamW (fp32) under the flat op's rule (adamw_mismatch, fp64 run beside)."""
-    lists = make_lists(sizes, torch.float32, False)
+    lists = make_lists(sizes, torch.float32, False, device=device)
     theirs, exact = clone_lists(lists), clone_lists(lists, torch.float64)
     torch_opt, exact_opt = torch_adamw_groups(theirs), torch_adamw_groups(exact)
     lrs = [1e-3 * (i % 3 + 1) for i in range(len(sizes))]
@@ -157,15 +157,20 @@ def test_multi_emulated_kernel_same_result_under_two_schedules_and_unaligned_ten
 def test_multi_found_inf_skips_the_step_and_leaves_every_tensor(which, dtype, master, flag, request):
     op = {"cpu": lambda: torch.ops.minilvlm.fused_adamw_multi_, "reference": lambda: fused_adamw_multi_reference,
           "emu": lambda: request.getfixturevalue("emu").fused_adamw_multi_}[which]()
-    lists = make_lists([5, 1025, 70_000], dtype, master)
+    check_multi_skip(op, dtype, master, flag)
+
+
+def check_multi_skip(op, dtype, master, flag, device="cpu"):
+    """A raised flag leaves every bit of every tensor (inf and NaN grads inside); a zero flag steps."""
+    lists = make_lists([5, 1025, 70_000], dtype, master, device=device)
     lists["grads"][1][7] = float("inf")
     lists["grads"][2].view(-1)[-3] = float("nan")
     before = clone_lists(lists)
-    call_multi(op, lists, *hyper(3), torch.tensor([0.25]), torch.tensor([flag]))
+    call_multi(op, lists, *hyper(3), torch.tensor([0.25]), torch.tensor([flag], device=device))
     for key, tensors in lists.items():
         for ours, old in zip(tensors, before[key]):
             assert same_bits(ours, old), key
-    call_multi(op, lists, *hyper(3), torch.tensor([0.25]), torch.zeros(1))  # a zero flag steps
+    call_multi(op, lists, *hyper(3), torch.tensor([0.25]), torch.zeros(1, device=device))  # a zero flag steps
     weights = "masters" if master else "params"
     assert not torch.equal(lists[weights][0], before[weights][0])
 
@@ -189,11 +194,8 @@ def test_multi_public_function_splits_dtypes_and_runs_float64_on_the_reference()
 
 def multi_opcheck(op):
     lists = make_lists([5, 300, 17], torch.bfloat16, True)
-    args = (lists["params"], lists["grads"], lists["exp_avgs"], lists["exp_avg_sqs"], lists["masters"], *hyper(3),
-            0.9, 0.999, 1e-8, torch.tensor([0.5]))
-    for flag in (None, torch.zeros(1), torch.ones(1)):
-        torch.library.opcheck(op.default, args + (flag,),
-                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    opcheck_with_flags(op, (lists["params"], lists["grads"], lists["exp_avgs"], lists["exp_avg_sqs"], lists["masters"],
+                            *hyper(3), 0.9, 0.999, 1e-8, torch.tensor([0.5])))
 
 
 def test_multi_opcheck():
