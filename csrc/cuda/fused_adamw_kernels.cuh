@@ -133,7 +133,8 @@ struct AdamwTensorTable {
   int32_t block_chunk[kAdamwListBlocks];
   uint8_t block_tensor[kAdamwListBlocks];
 };
-// Kernel parameters are limited to 4 KiB (before CUDA 12.1 and Volta); keep room for the others.
+// Kernel parameters are limited to 4 KiB (32 KiB only from CUDA 12.1 on, on Volta and later): the table
+// stays under 4 KiB with room for the other arguments, so the kernel launches under any toolkit.
 static_assert(sizeof(AdamwTensorTable<float>) + 64 <= 4096, "the tensor table must fit the kernel-argument limit");
 static_assert(kAdamwListTensors <= 256, "block_tensor is one byte");
 

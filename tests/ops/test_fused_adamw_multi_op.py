@@ -19,7 +19,7 @@ from tests.ops.test_fused_adamw_op import BETAS, make_buffers, opcheck_with_flag
 pytestmark = pytest.mark.skipif(not minilvlm.ops.native_available(), reason="minilvlm._C is not built")
 
 EMU_TENSORS = 300
-ODD_SIZES = [1, 2, 3, 5, 15, 16, 17, 63, 1025, 4099, 65535, 65536, 65537, 131075]
+ODD_SIZES = [0, 1, 2, 3, 5, 15, 16, 17, 63, 1025, 4099, 65535, 65536, 65537, 131075]
 # fused_adamw_multi_: lists of tensors
 
 def make_lists(sizes, dtype, master, seed=0, device="cpu"):
@@ -84,9 +84,17 @@ def check_multi(op, sizes, dtype, master, grad_scale, steps_taken=2, device="cpu
                                           (torch.bfloat16, False)])
 @pytest.mark.parametrize("grad_scale", [None, 0.37])
 def test_multi_kernel_matches_reference_on_odd_sizes(which, dtype, master, grad_scale, request):
-    """Sizes 1..5, around a 16-lane vector and a 65536-element CUDA chunk, with distinct lr, wd and step."""
+    """Sizes 0..5, around a 16-lane vector and a 65536-element CUDA chunk, with distinct lr, wd and step."""
     op = torch.ops.minilvlm.fused_adamw_multi_ if which == "cpu" else request.getfixturevalue("emu").fused_adamw_multi_
     check_multi(op, ODD_SIZES, dtype, master, grad_scale)
+
+
+@pytest.mark.parametrize("which", ["cpu", "emu"])
+def test_multi_kernel_takes_empty_lists(which, request):
+    op = torch.ops.minilvlm.fused_adamw_multi_ if which == "cpu" else request.getfixturevalue("emu").fused_adamw_multi_
+    op([], [], [], [], [], [], [], [], 0.9, 0.999, 1e-8, torch.ones(1), torch.zeros(1))
+    with pytest.raises(RuntimeError, match="0 params need as many grads"):
+        op([], [torch.zeros(1)], [], [], [], [], [], [], 0.9, 0.999, 1e-8, None, None)
 
 
 def torch_adamw_groups(lists):
