@@ -159,6 +159,19 @@ def test_multi_emulated_kernel_same_result_under_two_schedules_and_unaligned_ten
     assert torch.equal(results[0], results[1])
 
 
+def test_multi_emulated_kernel_tensor_over_several_launches(emu):
+    """A tensor of more chunks than a launch has blocks (256) continues in the next launches as their
+    tensor 0, between small tensors: every chunk is updated exactly once."""
+    sizes = [5, 300 * 65536 + 3, 7, 65537]
+    lists = make_lists(sizes, torch.float32, False)
+    ref = clone_lists(lists)
+    call_multi(emu.fused_adamw_multi_, lists, *hyper(len(sizes)))
+    call_multi(fused_adamw_multi_reference, ref, *hyper(len(sizes)))
+    for key in ("params", "exp_avgs", "exp_avg_sqs"):  # a chunk missed or updated twice is off by about lr
+        for ours, theirs in zip(lists[key], ref[key]):
+            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("which", ["cpu", "emu", "reference"])
 @pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.float16, True), (torch.bfloat16, True)])
 @pytest.mark.parametrize("flag", [1.0, float("nan"), float("inf")])
