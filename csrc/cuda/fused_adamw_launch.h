@@ -1,8 +1,9 @@
 // fused_adamw_launch.h: the host side of the CUDA fused_adamw_, shared by the CUDA build
 // (csrc/cuda/fused_adamw.cu) and the emulator build (csrc/emu/fused_adamw_emu.cpp): the argument
 // checks, the dtype dispatch, the choice of the vector kernel and one launch per
-// kAdamwMaxSegments segments; for fused_adamw_multi_, the tensor tables and one launch per table. The caller's Target says where the kernels run (see fused_adamw
-// below). ATen headers come before the kernel header, as the emulator requires.
+// kAdamwMaxSegments segments; for fused_adamw_multi_, the tensor tables and one launch per table.
+// The caller's Target says where the kernels run (see fused_adamw below). ATen headers come before
+// the kernel header, as the emulator requires.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,7 +1,7 @@
 // fused_adamw_emu.cpp: minilvlm_emu::fused_adamw_ and fused_adamw_multi_, the CUDA kernels of
-// fused_adamw (csrc/cuda/fused_adamw_kernels.cuh, host side csrc/cuda/fused_adamw_launch.h) run by the SIMT
-// emulator on CPU tensors. Same schema and checks as the real op; tests compare it with the
-// reference.
+// fused_adamw (csrc/cuda/fused_adamw_kernels.cuh, host side csrc/cuda/fused_adamw_launch.h) run by
+// the SIMT emulator on CPU tensors. Same schemas and checks as the real ops; tests compare them with
+// the reference.
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 

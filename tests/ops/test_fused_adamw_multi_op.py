@@ -254,7 +254,8 @@ def test_multi_cpu_tensor_mixed_in_is_refused(where, key):
     (lambda b: b.update(params=[b["params"][0], b["params"][1].double(), b["params"][2]]),
      r"params\[1\] is Double but params\[0\] is Float; one call takes one param dtype"),
     (lambda b: b["grads"].__setitem__(2, b["grads"][2].half()), r"grads\[2\] is Half but params\[2\] is Float"),
-    (lambda b: b["exp_avg_sqs"].__setitem__(0, b["exp_avg_sqs"][0].reshape(-1)[:-1]), r"exp_avg_sqs\[0\] has 8 elements"),
+    (lambda b: b["exp_avg_sqs"].__setitem__(0, b["exp_avg_sqs"][0].reshape(-1)[:-1]),
+     r"exp_avg_sqs\[0\] has 8 elements"),
     (lambda b: b["exp_avgs"].__setitem__(1, torch.zeros(12, 2).t()), r"exp_avgs\[1\] must be contiguous"),
     (lambda b: b.update(masters=[torch.zeros_like(p) for p in b["params"]]), "master weights are for bfloat16"),
 ])
