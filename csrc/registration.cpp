@@ -42,6 +42,7 @@ std::string cuda_archs() {
 TORCH_LIBRARY(minilvlm, m) {
   // csrc/cpu/fused_adamw.cpp, csrc/cuda/fused_adamw.cu
   m.def(MINILVLM_SCHEMA_FUSED_ADAMW);
+  m.def(MINILVLM_SCHEMA_FUSED_ADAMW_MULTI);
   // csrc/cpu/patch_embed.cpp, csrc/cuda/patch_embed.cu
   m.def(MINILVLM_SCHEMA_PATCH_EMBED);
   m.def(MINILVLM_SCHEMA_PATCH_EMBED_BACKWARD);

@@ -13,6 +13,15 @@
   "Tensor(d!)? master, int[] seg_bounds, float[] seg_lr, float[] seg_wd, int[] seg_step, "       \
   "float beta1, float beta2, float eps, Tensor? grad_scale, Tensor? found_inf=None) -> ()"
 
+// The same step over lists of tensors (one segment per tensor, any count and sizes; FSDP2's local
+// shards): params[i], grads[i], exp_avgs[i], exp_avg_sqs[i] and masters[i] (masters: empty, or one
+// float32 master per bf16/fp16 param) hold the same number of elements, contiguous, with
+// lrs[i], weight_decays[i] and steps[i]. grad_scale and found_inf as above.
+#define MINILVLM_SCHEMA_FUSED_ADAMW_MULTI                                                             \
+  "fused_adamw_multi_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "                 \
+  "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] masters, float[] lrs, float[] weight_decays, int[] steps, " \
+  "float beta1, float beta2, float eps, Tensor? grad_scale, Tensor? found_inf) -> ()"
+
 // Patch embedding (ViT conv stem, EVE's embedder): pixels [B,C,H,W] (or [B,H,W,C] when
 // channels_last), uint8 (scaled by 1/255) or float32 -> per-channel (x - mean) / std ->
 // non-overlapping p x p patches -> patches @ weight^T + bias -> + pos_embed, with the class

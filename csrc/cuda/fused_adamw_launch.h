@@ -1,8 +1,9 @@
 // fused_adamw_launch.h: the host side of the CUDA fused_adamw_, shared by the CUDA build
 // (csrc/cuda/fused_adamw.cu) and the emulator build (csrc/emu/fused_adamw_emu.cpp): the argument
 // checks, the dtype dispatch, the choice of the vector kernel and one launch per
-// kAdamwMaxSegments segments. The caller's Target says where the kernels run (see fused_adamw
-// below). ATen headers come before the kernel header, as the emulator requires.
+// kAdamwMaxSegments segments; for fused_adamw_multi_, the tensor tables and one launch per table.
+// The caller's Target says where the kernels run (see fused_adamw below). ATen headers come before
+// the kernel header, as the emulator requires.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -82,6 +83,78 @@ void fused_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Tens
         master.has_value() ? master->data_ptr<float>() : nullptr, plan.segments.data(),
         static_cast<int64_t>(plan.segments.size()), plan.constants,
         scale.defined() ? scale.data_ptr<float>() : nullptr,
+        found_inf.has_value() ? found_inf->data_ptr<float>() : nullptr, config);
+  });
+}
+
+// fused_adamw_multi_: fills AdamwTensorTable with tensors and their chunks, and launches whenever
+// its block slots or its tensor slots run out. A tensor whose chunks do not all fit stays in the
+// next table as its tensor 0, apex-style, so a launch carries up to kAdamwListBlocks chunks of
+// any mix of small and large tensors.
+template <typename PT>
+void launch_fused_adamw_multi(const AdamwMultiPlan& plan, const float* grad_scale, const float* found_inf,
+                              const LaunchConfig& config) {
+  constexpr bool kCanHaveMaster = sizeof(PT) == 2;  // plan_fused_adamw_multi rejects fp32 masters
+  auto* kernel = kCanHaveMaster && plan.masters ? &fused_adamw_multi_kernel<PT, kCanHaveMaster>
+                                                : &fused_adamw_multi_kernel<PT, false>;
+  AdamwTensorTable<PT> table{};
+  int tensors = 0, blocks = 0;
+  auto launch = [&] {
+    MINILVLM_LAUNCH(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kAdamwThreads), 0,
+                    config.stream)(table, plan.constants, grad_scale, found_inf);
+    blocks = 0;
+  };
+  for (const AdamwTensor& t : plan.tensors) {
+    table.param[tensors] = static_cast<PT*>(t.param);
+    table.grad[tensors] = static_cast<const PT*>(t.grad);
+    table.exp_avg[tensors] = t.exp_avg;
+    table.exp_avg_sq[tensors] = t.exp_avg_sq;
+    table.master[tensors] = t.master;
+    table.seg[tensors] = t.seg;
+    ++tensors;
+    const int64_t chunks = (t.seg.end + kAdamwChunk - 1) / kAdamwChunk;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      table.block_tensor[blocks] = static_cast<uint8_t>(tensors - 1);
+      table.block_chunk[blocks] = static_cast<int32_t>(chunk);
+      ++blocks;
+      const bool last_chunk = chunk + 1 == chunks;
+      if (blocks < kAdamwListBlocks && !(last_chunk && tensors == kAdamwListTensors)) continue;
+      launch();
+      if (last_chunk) {
+        tensors = 0;
+      } else {  // the rest of this tensor's chunks go into the next table, as its tensor 0
+        table.param[0] = table.param[tensors - 1];
+        table.grad[0] = table.grad[tensors - 1];
+        table.exp_avg[0] = table.exp_avg[tensors - 1];
+        table.exp_avg_sq[0] = table.exp_avg_sq[tensors - 1];
+        table.master[0] = table.master[tensors - 1];
+        table.seg[0] = table.seg[tensors - 1];
+        tensors = 1;
+      }
+    }
+  }
+  if (blocks > 0) launch();
+}
+
+// The multi-tensor op on the kernels; Target as for fused_adamw above.
+template <typename Target>
+void fused_adamw_multi(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                       at::TensorList exp_avg_sqs, at::TensorList masters, at::ArrayRef<double> lrs,
+                       at::ArrayRef<double> weight_decays, at::IntArrayRef steps, double beta1, double beta2,
+                       double eps, const std::optional<at::Tensor>& grad_scale,
+                       const std::optional<at::Tensor>& found_inf, Target& target) {
+  const AdamwMultiPlan plan = plan_fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, masters, lrs,
+                                                     weight_decays, steps, beta1, beta2, eps);
+  check_grad_scale(grad_scale, "fused_adamw_multi_");
+  if (params.empty()) return;
+  const LaunchConfig config = target(params[0], "fused_adamw_multi_");
+  check_found_inf(found_inf, params[0], "fused_adamw_multi_", "params[0]");
+  if (plan.tensors.empty()) return;
+  const at::Tensor scale = grad_scale.has_value() ? grad_scale->to(params[0].device(), /*non_blocking=*/true)
+                                                  : at::Tensor();
+  dispatch_dtype<float, c10::BFloat16, c10::Half>(params[0].scalar_type(), "fused_adamw_multi_", [&](auto tag) {
+    launch_fused_adamw_multi<cuda_scalar_t<typename decltype(tag)::type>>(
+        plan, scale.defined() ? scale.data_ptr<float>() : nullptr,
         found_inf.has_value() ? found_inf->data_ptr<float>() : nullptr, config);
   });
 }

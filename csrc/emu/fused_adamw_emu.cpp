@@ -1,7 +1,7 @@
-// fused_adamw_emu.cpp: minilvlm_emu::fused_adamw_, the CUDA kernel of fused_adamw_
-// (csrc/cuda/fused_adamw_kernels.cuh, host side csrc/cuda/fused_adamw_launch.h) run by the SIMT
-// emulator on CPU tensors. Same schema and checks as the real op; tests compare it with the
-// reference.
+// fused_adamw_emu.cpp: minilvlm_emu::fused_adamw_ and fused_adamw_multi_, the CUDA kernels of
+// fused_adamw (csrc/cuda/fused_adamw_kernels.cuh, host side csrc/cuda/fused_adamw_launch.h) run by
+// the SIMT emulator on CPU tensors. Same schemas and checks as the real ops; tests compare them with
+// the reference.
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
@@ -28,9 +28,25 @@ void fused_adamw_emu(const at::Tensor& param, const at::Tensor& grad, const at::
                     eps, grad_scale, found_inf, target);
 }
 
+void fused_adamw_multi_emu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                           at::TensorList exp_avg_sqs, at::TensorList masters, at::ArrayRef<double> lrs,
+                           at::ArrayRef<double> weight_decays, at::IntArrayRef steps, double beta1, double beta2,
+                           double eps, const std::optional<at::Tensor>& grad_scale,
+                           const std::optional<at::Tensor>& found_inf) {
+  const cuda::EmuTarget target(kEmuMaxBlocks);
+  cuda::fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps, beta1, beta2,
+                          eps, grad_scale, found_inf, target);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(minilvlm_emu, m) { m.def(MINILVLM_SCHEMA_FUSED_ADAMW); }
-TORCH_LIBRARY_IMPL(minilvlm_emu, CPU, m) { m.impl("fused_adamw_", &fused_adamw_emu); }
+TORCH_LIBRARY_FRAGMENT(minilvlm_emu, m) {
+  m.def(MINILVLM_SCHEMA_FUSED_ADAMW);
+  m.def(MINILVLM_SCHEMA_FUSED_ADAMW_MULTI);
+}
+TORCH_LIBRARY_IMPL(minilvlm_emu, CPU, m) {
+  m.impl("fused_adamw_", &fused_adamw_emu);
+  m.impl("fused_adamw_multi_", &fused_adamw_multi_emu);
+}
 
 }  // namespace minilvlm

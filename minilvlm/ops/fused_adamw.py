@@ -29,12 +29,17 @@ whose storage the optimizer does not own):
   exp_avgs, exp_avg_sqs  float32 moments shaped as the params (float64 beside float64 params)
   masters              [] or float32 masters, one per param, beside bf16/fp16 params
   lrs, weight_decays, steps  one value per tensor
-It follows the same numerics contract as the flat op, tensor by tensor.
+It follows the same numerics contract as the flat op, tensor by tensor. The native op takes one param
+dtype per call; lists mixing dtypes run the native op once per dtype.
 
-Native op (schema in csrc/common/schemas.h; kernels csrc/cpu/fused_adamw.cpp and
+Native ops (schemas in csrc/common/schemas.h; kernels csrc/cpu/fused_adamw.cpp and
 csrc/cuda/fused_adamw.cu):
   minilvlm::fused_adamw_(param!, grad, exp_avg!, exp_avg_sq!, master!?, seg_bounds, seg_lr, seg_wd,
                          seg_step, beta1, beta2, eps, grad_scale?, found_inf?=None) -> ()
+  minilvlm::fused_adamw_multi_(params![], grads[], exp_avgs![], exp_avg_sqs![], masters![], lrs, weight_decays,
+                               steps, beta1, beta2, eps, grad_scale?, found_inf?) -> ()
+The CPU kernel makes one parallel pass over all the tensors; the CUDA kernel one launch per table of
+up to 32 tensors and 256 chunks of 65536 elements (csrc/cuda/fused_adamw_kernels.cuh).
 It has no autograd: an optimizer step runs outside the graph.
 """
 import math
@@ -155,13 +160,29 @@ def fused_adamw_multi_(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weigh
                               eps, grad_scale, found_inf)
     native = all(p.dtype in _NATIVE_DTYPES and p.is_contiguous() for p in params) and _multi_native_available()
     if native and use_native(params[0].device):
-        torch.ops.minilvlm.fused_adamw_multi_(*args)
+        for call_args in _split_by_dtype(args):
+            torch.ops.minilvlm.fused_adamw_multi_(*call_args)
     else:
         fused_adamw_multi_reference(*args)
 
 
+def _split_by_dtype(args):
+    """The schema arguments as one call per param dtype, in order of first appearance (the native op
+    takes one param dtype per call)."""
+    params = args[0]
+    dtypes = list(dict.fromkeys(p.dtype for p in params))
+    if len(dtypes) == 1:
+        return [args]
+    calls = []
+    for dtype in dtypes:
+        picked = [i for i, p in enumerate(params) if p.dtype == dtype]
+        calls.append(tuple([values[i] for i in picked] if values else values for values in args[:8]) + args[8:])
+    return calls
+
+
 def register_fused_adamw(namespace="minilvlm"):
-    """The fake (meta) kernel of `namespace`::fused_adamw_, for torch.compile, opcheck and meta-device steps.
+    """The fake (meta) kernels of `namespace`::fused_adamw_ and ::fused_adamw_multi_, for torch.compile, opcheck
+    and meta-device steps.
 
     minilvlm.ops registers it for minilvlm; tests register it for minilvlm_emu (the emulated CUDA kernel).
     """
@@ -174,4 +195,25 @@ def register_fused_adamw(namespace="minilvlm"):
         for name, t in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("master", master)):
             if t is not None and t.shape != param.shape:
                 raise RuntimeError(f"fused_adamw_: {name} has {t.numel()} elements but param has {param.numel()}")
+        return None
+
+    if not hasattr(getattr(torch.ops, namespace), "fused_adamw_multi_"):  # an extension built before it
+        return
+
+    @torch.library.register_fake(f"{namespace}::fused_adamw_multi_")
+    def _fake_multi(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps, beta1, beta2, eps,
+                    grad_scale, found_inf):
+        # The kernels' checks, in their words: every tensor where params[0] is (grad_scale excepted).
+        if not params:
+            return None
+        op, anchor = "fused_adamw_multi_", params[0]
+        check_same_device(op, "params[0]", anchor, found_inf=found_inf)
+        for i, p in enumerate(params):
+            tensors = dict(grads=grads[i], exp_avgs=exp_avgs[i], exp_avg_sqs=exp_avg_sqs[i],
+                           masters=masters[i] if masters else None)
+            check_same_device(op, "params[0]", anchor, **{f"params[{i}]": p})
+            check_same_device(op, f"params[{i}]", p, **{f"{k}[{i}]": t for k, t in tensors.items()})
+            for name, t in tensors.items():
+                if t is not None and t.numel() != p.numel():
+                    raise RuntimeError(f"{op}: {name}[{i}] has {t.numel()} elements but params[{i}] has {p.numel()}")
         return None

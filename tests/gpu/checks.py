@@ -8,6 +8,7 @@ D=1024: 256 patches and a class token)."""
 import torch
 
 from minilvlm.ops import patch_embed_reference
+from tests.ops import test_fused_adamw_multi_op as adamw_multi_op
 from tests.ops import test_fused_adamw_op as adamw_op
 from tests.ops import test_mm_adapter_op as mm_op
 from tests.ops import test_patch_embed_op as pe_op
@@ -61,3 +62,14 @@ def check_fused_adamw(n, dtype, device):
     master = dtype != torch.float32
     adamw_op.check_against_reference(op, n, dtype, master, 0.5, device=device)
     adamw_op.check_skip(op, dtype, master, 1.0, n=max(n, 1025), device=device)
+
+
+def check_fused_adamw_multi(dtype, device):
+    """The multi-tensor op: odd sizes around the 65536-element chunk against the reference, 1,000 random
+    sizes against torch.optim.AdamW (fp32), and the found_inf skip."""
+    op = torch.ops.minilvlm.fused_adamw_multi_
+    master = dtype != torch.float32
+    adamw_multi_op.check_multi(op, adamw_multi_op.ODD_SIZES + [4096 * 4096 + 17], dtype, master, 0.5, device=device)
+    if dtype == torch.float32:
+        adamw_multi_op.check_against_torch_adamw(op, adamw_multi_op.random_sizes(1000, 70_000, 0), 2, device=device)
+    adamw_multi_op.check_multi_skip(op, dtype, master, 1.0, device=device)

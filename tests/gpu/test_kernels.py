@@ -7,7 +7,7 @@ import minilvlm
 from minilvlm.ops import patch_embed, use_native
 from tests.gpu import GPU
 from tests.gpu.checks import (ADAMW_SIZES, DTYPES, MM_ADAPTER_SHAPES, PATCH_EMBED_CASES, VIT_L, check_fused_adamw,
-                              check_mm_adapter, check_patch_embed)
+                              check_fused_adamw_multi, check_mm_adapter, check_patch_embed)
 from tests.ops.test_patch_embed_op import case_id, make_case
 
 pytestmark = GPU
@@ -48,3 +48,8 @@ def test_mm_adapter(shape, dtype):
 @pytest.mark.parametrize("n", ADAMW_SIZES)
 def test_fused_adamw(n, dtype):
     check_fused_adamw(n, dtype, "cuda")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_adamw_multi(dtype):
+    check_fused_adamw_multi(dtype, "cuda")

@@ -138,8 +138,12 @@ def test_float64_runs_the_reference_through_the_public_function():
 def opcheck(op):
     bufs = make_buffers(257, torch.bfloat16, True)
     bounds, lrs, wds, steps = segments_for(257)
-    args = (bufs["param"], bufs["grad"], bufs["exp_avg"], bufs["exp_avg_sq"], bufs["master"], bounds, lrs, wds,
-            steps, 0.9, 0.999, 1e-8, torch.tensor([0.5]))
+    opcheck_with_flags(op, (bufs["param"], bufs["grad"], bufs["exp_avg"], bufs["exp_avg_sq"], bufs["master"], bounds,
+                            lrs, wds, steps, 0.9, 0.999, 1e-8, torch.tensor([0.5])))
+
+
+def opcheck_with_flags(op, args):
+    """opcheck of `op` on `args` (all but found_inf) without found_inf, with a zero and with a raised flag."""
     for flag in (None, torch.zeros(1), torch.ones(1)):
         torch.library.opcheck(op.default, args + (flag,),
                               test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
