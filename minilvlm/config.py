@@ -368,7 +368,6 @@ def _check_device_and_precision(t):
         t.precision, t.bf16 = "bf16-autocast", False
     require(t.precision in PRECISIONS,
             f"train.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
-    require(t.peak_tflops >= 0, f"train.peak_tflops must be >= 0 (0: from the table of known GPUs), got {t.peak_tflops}")
     require(t.sharding in SHARDINGS, f"train.sharding: expected one of {', '.join(SHARDINGS)}, got {t.sharding!r}")
 
 

@@ -220,6 +220,10 @@ class _Shard:
     def shape(self, key):
         return list(self.header[key]["shape"])
 
+    def entry(self, key):
+        """The tensor's checked header entry (dtype, shape, data_offsets)."""
+        return self.header[key]
+
     def tensor(self, key, dtype=None):
         entry = self.header[key]
         source = _FILE_DTYPES.get(entry["dtype"])

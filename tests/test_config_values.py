@@ -36,6 +36,9 @@ LEGITIMATE = {
     ("model.decoder.vocab_size", 0): "taken from the tokenizer",
     ("model.feature_layer", 0): "the embeddings", ("model.mma.dropout", 0.0): "no dropout",
     ("model.mma.scale", 0.0): "adapters that add nothing (an ablation)",
+    ("optim.lr", 0.0): "a run that changes nothing (a round trip through the trainer)",
+    ("model.lora.rank", 0): "LoRA off", ("model.lora.dropout", 0.0): "no dropout",
+    ("model.lora.targets", '["x"]'): "a pattern; read only when LoRA is on, where the build says what it matched",
 }
 # Fields where a huge value is a long or odd run, not a broken one: step counts and intervals (huge:
 # never, or a long run), learning rates and other scales (a run that diverges is stopped by
@@ -43,7 +46,7 @@ LEGITIMATE = {
 LARGE_OK = {"eval.limit", "optim.restart_steps", "optim.warmup_steps", "optim.warmup_epochs", "train.ckpt_every",
             "train.eval_every", "train.log_every", "train.nonfinite_limit", "train.steps", "train.vision_pretrain_steps",
             "optim.lr", "optim.projector_lr", "optim.vision_lr", "optim.min_lr", "optim.clip", "model.mma.temperature",
-            "model.eve.align_weight", "train.peak_tflops"}
+            "model.eve.align_weight", "train.peak_tflops", "model.lora.alpha"}
 FREE_TEXT = {"model.mma.text_only_prefix", "train.run_dir"}   # any non-empty string is a valid value
 MMA_ONLY = {"model.mma.base_checkpoint", "model.mma.vision_weights", "model.mma.lm_weights", "model.mma.hidden",
             "model.mma.groups", "model.mma.scale", "model.mma.temperature", "model.mma.dropout",

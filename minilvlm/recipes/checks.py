@@ -56,7 +56,8 @@ RULES = {
     "data.demo_tasks": _one_of("shapes", "mma"), "data.demo_mc_fraction": _number(0, 1),
     "data.template": _one_of("auto", *TEMPLATES), "data.max_len": _int(1, 1 << 20), "data.image_mode": _one_of(*MODES),
     "data.num_workers": _int(0, 256), "data.on_error": _one_of(*ON_ERROR_CHOICES),
-    "optim.lr": _POSITIVE, "optim.projector_lr": _number(low_open=True, optional=True),
+    "optim.lr": _number(),   # 0: a run that changes nothing (a round trip through the trainer)
+    "optim.projector_lr": _number(low_open=True, optional=True),
     "optim.vision_lr": _number(low_open=True, optional=True), "optim.min_lr": _number(), "optim.weight_decay": _number(0, 10),
     "optim.eps": _number(0, 1, low_open=True), "optim.clip": _number(),
     "optim.schedule": _one_of("cosine", "warm_restarts", "lavin", "constant"),

@@ -41,8 +41,11 @@ def _run_dir_problem(run_dir):
 def input_problems(cfg):
     """Every named input that does not exist or cannot be used, as "key = 'path': why"."""
     d, m = cfg.data, cfg.model
+    # A run reads its tokenizer from its own copy once it has one (minilvlm/recipes/run_data.py), so a
+    # resumed run does not need the source any more.
+    copied = (Path(cfg.train.run_dir) / "tokenizer.json").is_file()
     named = [(d.eval_file, "data.eval_file", False, None), (d.image_root, "data.image_root", True, None),
-             (d.tokenizer, "data.tokenizer", False, "tokenizer.json"),
+             ("" if copied else d.tokenizer, "data.tokenizer", False, "tokenizer.json"),
              (m.vision_weights, "model.vision_weights", False, None), (m.lm_weights, "model.lm_weights", False, None),
              (m.init_from, "model.init_from", False, None)]
     if d.dataset != "demo":

@@ -301,7 +301,7 @@ def load_state_dict_into(model, folder, key_map, ignored=(), dtype=None, grow=()
     for key in sorted(set(where) - used):
         if not ignore.fullmatch(key):
             problems.append(f"unexpected: {key} (shape {where[key].shape(key)})")
-    stored = {key: where[key].header[key] for key in sources.values()}
+    stored = {key: where[key].entry(key) for key in sources.values()}
     wrong_dtype = dtype_problems(stored, {key: expected[ours] for ours, key in sources.items()}, "dtypes")
     if wrong_dtype:
         problems.append(wrong_dtype)

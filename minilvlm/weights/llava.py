@@ -154,6 +154,9 @@ class _Alias:
     def shape(self, _name):
         return self.shard.shape(self.key)
 
+    def entry(self, _name):
+        return self.shard.entry(self.key)
+
     def tensor(self, _name, dtype=None):
         return self.shard.tensor(self.key, dtype)
 

@@ -20,7 +20,7 @@ TOOL_NAMES = ("train", "eval", "generate", "soup", "ppl_filter", "export_hf")
 
 def check_one_error_line(capsys, rc, needle):
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("warning:", "config:"))]
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err and needle in lines[0], err
@@ -167,7 +167,7 @@ def test_listed_bad_values_fail_fast_in_a_fresh_process(tmp_path):
         results.append((args, proc.returncode, log.read_text(), usage.ru_utime + usage.ru_stime,
                         time.monotonic() - started))
     for args, code, stderr, cpu, wall in results:
-        lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+        lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("warning:", "config:"))]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, stderr)
         assert "Traceback" not in stderr and cpu < 10, (args, cpu, wall)
     assert not (tmp_path / "run").exists()   # nothing was written

@@ -41,7 +41,7 @@ def test_every_tool_works_from_another_folder_after_the_tokenizer_is_gone(tmp_pa
     assert tool_main("soup")([*checkpoints, "--out", "soup"]) == 0
     assert tool_main("eval")(["soup", "--out", "soup.json"]) == 0
     assert tool_main("ppl_filter")([str(run / "data" / "test.json"), "--model", str(run), "--keep", "0.5",
-                                    "--image-root", str(run / "data" / "images"), "--out", "kept.json"]) == 0
+                                    "--out", "kept.json"]) == 0   # image paths are relative to the JSON's folder
     assert len(json.loads((elsewhere / "kept.json").read_text())) == 4
     assert tool_main("export_hf")([str(run), "--out", "hf"]) == 0
     assert (elsewhere / "hf" / "tokenizer.json").is_file()

@@ -87,12 +87,12 @@ def test_lora_needs_its_frozen_base_from_files_and_a_recipe_that_has_it():
     with pytest.raises(ConfigError, match="model.lora.rank: the mma recipe has no LoRA"):
         load_config(None, ["model.recipe=mma", "model.lora.rank=4", "model.mma.base_checkpoint=x",
                            "train.train_vision=false", "model.mma.vision_layers=[1, 2, 3]"])
-    with pytest.raises(ConfigError, match="model.lora.dropout must be in"):
+    with pytest.raises(ConfigError, match="model.lora.dropout = 1.5: expected a finite number >= 0 and < 1"):
         load_config(None, ["model.lora.dropout=1.5"])
 
 
 def test_the_demo_lora_config_trains_under_five_percent_of_the_model():
-    cfg = load_config(CONFIGS / "demo_lora.toml")
+    cfg = load_config(CONFIGS / "demo_lora.toml", check_paths=False)   # its base run is made by the demo
     recipe = recipes.of(cfg)
     tokenizer = types.SimpleNamespace(vocab_size=DEMO_VOCAB, image_token_id=4, base_vocab_size=DEMO_VOCAB)
     with torch.device("meta"):
