@@ -44,8 +44,10 @@ def fsdp_against_one_process(tmp_path, extra, steps=6):
     return curve_difference(losses(one), losses(sharded))
 
 
-def test_fsdp_composes_with_activation_checkpointing(tmp_path):
-    worst = fsdp_against_one_process(tmp_path, ["train.activation_checkpointing=true"])
+@pytest.mark.parametrize("extra", [["train.activation_checkpointing=true"], ["train.reshard_after_forward=false"]],
+                         ids=["activation_checkpointing", "zero2"])
+def test_fsdp_composes_with_activation_checkpointing_and_zero2(tmp_path, extra):
+    worst = fsdp_against_one_process(tmp_path, extra)
     assert worst <= 1e-4, f"largest relative difference {worst:.2e}"
 
 
