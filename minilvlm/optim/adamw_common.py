@@ -53,3 +53,11 @@ def saved_state_by_param(param_groups, state_dict):
             if key != "params":
                 group[key] = tuple(value) if key == "betas" else value
     return by_param
+
+
+def call_closure(closure):
+    """closure()'s loss with autograd on (a step runs under no_grad), or None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()

@@ -20,8 +20,8 @@ what happened. On meta tensors the flag cannot be read and the step counts as ta
 import torch
 
 from minilvlm.ops.fused_adamw import fused_adamw_
-from minilvlm.optim.adamw_common import (check_adamw_hyperparams, grad_scale_tensor, read_skip_flag,
-                                        saved_state_by_param)
+from minilvlm.optim.adamw_common import (call_closure, check_adamw_hyperparams, grad_scale_tensor,
+                                        read_skip_flag, saved_state_by_param)
 from minilvlm.optim.flat import FlatParams
 from minilvlm.optim.tensor_list_adamw import TensorListAdamW
 
@@ -158,10 +158,7 @@ class FusedAdamW(torch.optim.Optimizer):
         """One AdamW step. grad_scale (float or 1-element tensor) multiplies every grad inside the
         kernel: pass 1/loss_scale to unscale, or the clip_scale() factor to clip. found_inf (a
         1-element tensor, non-zero: inf/NaN grads) skips the step (see the module docstring)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = call_closure(closure)
         counts = self._step_counts() if found_inf is not None else None
         for k, flat in enumerate(self._flats):
             active = flat.collect_grads()

@@ -16,8 +16,8 @@ launches to decide whether the step counts advance.
 import torch
 
 from minilvlm.ops.fused_adamw import fused_adamw_multi_
-from minilvlm.optim.adamw_common import (check_adamw_hyperparams, grad_scale_tensor, read_skip_flag,
-                                        saved_state_by_param)
+from minilvlm.optim.adamw_common import (call_closure, check_adamw_hyperparams, grad_scale_tensor,
+                                        read_skip_flag, saved_state_by_param)
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _LIST_KEYS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "masters", "lrs", "weight_decays", "steps")
@@ -119,10 +119,7 @@ class TensorListAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None, grad_scale=None, found_inf=None):
         """One AdamW step; grad_scale and found_inf as in FusedAdamW.step."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = call_closure(closure)
         for (device, dtype, beta1, beta2, eps), lists in self._lists().items():
             masters = lists.pop("masters")
             if masters and len(masters) != len(lists["params"]):

@@ -31,8 +31,9 @@ import os
 import torch
 import torch.distributed as dist
 
+from minilvlm.optim.adamw_common import call_closure, grad_scale_tensor, read_skip_flag
 from minilvlm.optim.flat import ALIGN_BYTES, FlatParams
-from minilvlm.optim.fused_adamw import FusedAdamW, grad_scale_tensor, read_skip_flag
+from minilvlm.optim.fused_adamw import FusedAdamW
 
 # torch 2.14 renamed the flat-tensor collectives; older releases have only the first names.
 _reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
@@ -137,10 +138,7 @@ class ZeroAdamW(FusedAdamW):
 
     @torch.no_grad()
     def step(self, closure=None, grad_scale=None, found_inf=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = call_closure(closure)
         self.reduce_grads()
         counts = None
         if found_inf is not None:
