@@ -31,7 +31,7 @@ void fused_adamw_multi_cuda(at::TensorList params, at::TensorList grads, at::Ten
                             at::ArrayRef<double> weight_decays, at::IntArrayRef steps, double beta1, double beta2,
                             double eps, const std::optional<at::Tensor>& grad_scale,
                             const std::optional<at::Tensor>& found_inf) {
-  cuda::CudaTarget target(kBlocksPerSm);  // its grid bound is unused: the tensor tables size the grids
+  cuda::CudaTarget target(cuda::kAdamwBlocksPerSm);  // its grid bound is unused: the tensor tables size the grids
   cuda::fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, masters, lrs, weight_decays, steps, beta1, beta2,
                           eps, grad_scale, found_inf, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
