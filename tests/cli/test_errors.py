@@ -15,7 +15,7 @@ import pytest
 from tests.tools_main import TOOLS, tool_main
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL_NAMES = ("train", "eval", "generate", "soup", "ppl_filter", "export_hf")
+TOOL_NAMES = ("train", "eval", "generate", "soup", "ppl_filter", "export_hf", "consolidate")
 
 
 def check_one_error_line(capsys, rc, needle):
@@ -212,3 +212,9 @@ def test_each_tool_with_one_bad_input_of_each_kind(tool, tiny_run, damaged, tmp_
     for kind, (args, needle) in kind_matrix(tiny_run, damaged, tmp_path)[tool].items():
         check_one_error_line(capsys, tool_main(tool)(args), needle)
         assert not (tmp_path / "out").exists() and not (tmp_path / "k.json").exists(), (tool, kind)
+
+
+def test_consolidate_refuses_a_missing_folder_and_a_checkpoint_that_is_one_file(tiny_run, tmp_path, capsys):
+    """tools/consolidate.py (an FSDP checkpoint's shards as one file; tests/train/test_fsdp.py runs it)."""
+    check_one_error_line(capsys, tool_main("consolidate")([str(tmp_path / "nowhere")]), "nowhere")
+    check_one_error_line(capsys, tool_main("consolidate")([str(tiny_run)]), "needs no consolidation")
