@@ -69,7 +69,7 @@ def _open(path, max_pixels):
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {str(path)!r}: not a {', '.join(ALLOWED_FORMATS)} file (or "
                         f"damaged)", reason="bad_image") from None
-    except Exception as exc:   # a plugin's own error on a crafted header (struct.error, NotImplementedError, ...)
+    except Exception as exc:   # a plugin's own error on a crafted header (struct.error and the like)
         raise DataError(f"cannot read image {str(path)!r}: {type(exc).__name__}: {exc}", reason="bad_image") from None
     if width <= 0 or height <= 0:
         raise DataError(f"image {str(path)!r} has zero size ({width}x{height})", reason="bad_image")
