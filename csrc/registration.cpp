@@ -53,6 +53,18 @@ TORCH_LIBRARY(minilvlm, m) {
   // csrc/cpu/mm_adapter.cpp, csrc/cuda/mm_adapter.cu
   m.def(MINILVLM_SCHEMA_MM_ADAPTER);
   m.def(MINILVLM_SCHEMA_MM_ADAPTER_BACKWARD);
+  // csrc/cpu/rms_norm.cpp, csrc/cuda/rms_norm.cu
+  m.def(MINILVLM_SCHEMA_RMS_NORM);
+  m.def(MINILVLM_SCHEMA_RMS_NORM_BACKWARD);
+  // csrc/cpu/layer_norm.cpp, csrc/cuda/layer_norm.cu
+  m.def(MINILVLM_SCHEMA_LAYER_NORM);
+  m.def(MINILVLM_SCHEMA_LAYER_NORM_BACKWARD);
+  // csrc/cpu/swiglu.cpp, csrc/cuda/swiglu.cu
+  m.def(MINILVLM_SCHEMA_SWIGLU);
+  m.def(MINILVLM_SCHEMA_SWIGLU_BACKWARD);
+  // csrc/cpu/gelu.cpp, csrc/cuda/gelu.cu
+  m.def(MINILVLM_SCHEMA_GELU);
+  m.def(MINILVLM_SCHEMA_GELU_BACKWARD);
 }
 
 // minilvlm._C: importing it registers the ops above. Its one Python function is a hot-path

@@ -50,3 +50,31 @@
   "mm_adapter_backward(Tensor grad_out, Tensor x, Tensor t, Tensor router_w, Tensor router_b, "       \
   "Tensor down_w, Tensor down_b, Tensor up_w, Tensor up_b, float temperature, float scale, "          \
   "int groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+
+// RMSNorm with the residual add of LLaMA/Qwen2 blocks (common/rms_norm_host.h): s = x + residual
+// (the next residual stream), y = weight * to_dtype(s * rsqrt(mean(s^2) + eps)), statistics in
+// float32. Returns (y, s); without a residual s is an empty [0] tensor (s is x). The backward takes
+// the gradients of y and of s (None when s is not used later), s (x without a residual) and returns
+// (the gradient of s, which is that of x and of residual; grad_weight, [0] unless weight_grad).
+#define MINILVLM_SCHEMA_RMS_NORM \
+  "rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)"
+#define MINILVLM_SCHEMA_RMS_NORM_BACKWARD                                                          \
+  "rms_norm_backward(Tensor grad_y, Tensor? grad_s, Tensor s, Tensor weight, float eps, "          \
+  "bool weight_grad) -> (Tensor, Tensor)"
+
+// LayerNorm over the last dimension (common/layer_norm_host.h), statistics in float32. The backward
+// recomputes them from x and returns (grad_x, grad_weight, grad_bias); a gradient not asked for
+// (weight_grad, bias_grad false) is an empty [0] tensor.
+#define MINILVLM_SCHEMA_LAYER_NORM "layer_norm(Tensor x, Tensor weight, Tensor? bias, float eps) -> Tensor"
+#define MINILVLM_SCHEMA_LAYER_NORM_BACKWARD                                                        \
+  "layer_norm_backward(Tensor grad_y, Tensor x, Tensor weight, float eps, bool weight_grad, "      \
+  "bool bias_grad) -> (Tensor, Tensor, Tensor)"
+
+// SwiGLU silu(gate) * up (common/activation_math.h); the backward recomputes sigmoid(gate) and
+// returns (grad_gate, grad_up).
+#define MINILVLM_SCHEMA_SWIGLU "swiglu(Tensor gate, Tensor up) -> Tensor"
+#define MINILVLM_SCHEMA_SWIGLU_BACKWARD "swiglu_backward(Tensor grad, Tensor gate, Tensor up) -> (Tensor, Tensor)"
+
+// GELU (common/activation_math.h): approximate is "none" (erf), "tanh" or "quick" (x sigmoid(1.702 x)).
+#define MINILVLM_SCHEMA_GELU "gelu(Tensor x, str approximate) -> Tensor"
+#define MINILVLM_SCHEMA_GELU_BACKWARD "gelu_backward(Tensor grad, Tensor x, str approximate) -> Tensor"

@@ -7,15 +7,25 @@ from minilvlm.ops._registry import (backend, cpu_capability, cuda_archs, has_ker
                                     reset_kernel_image_checks, use_native)
 from minilvlm.ops.fused_adamw import (fused_adamw_, fused_adamw_multi_, fused_adamw_multi_reference,
                                       fused_adamw_reference, register_fused_adamw)
+from minilvlm.ops.gelu import gelu, gelu_reference, register_gelu
+from minilvlm.ops.layer_norm import layer_norm, layer_norm_reference, register_layer_norm
 from minilvlm.ops.mm_adapter import mm_adapter, mm_adapter_reference, register_mm_adapter
 from minilvlm.ops.patch_embed import patch_embed, patch_embed_reference, register_patch_embed
+from minilvlm.ops.rms_norm import register_rms_norm, rms_norm, rms_norm_reference
+from minilvlm.ops.swiglu import register_swiglu, swiglu, swiglu_reference
 
 __all__ = ["backend", "cpu_capability", "cuda_archs", "has_kernel_image", "native_available",
            "reset_kernel_image_checks", "use_native", "fused_adamw_", "fused_adamw_reference", "fused_adamw_multi_",
            "fused_adamw_multi_reference",
            "mm_adapter", "mm_adapter_reference", "patch_embed", "patch_embed_reference"]
+__all__ += ["gelu", "gelu_reference", "layer_norm", "layer_norm_reference", "rms_norm", "rms_norm_reference",
+            "swiglu", "swiglu_reference"]
 
 if native_available():
     register_fused_adamw()
     register_patch_embed()
     register_mm_adapter()
+    register_rms_norm()
+    register_layer_norm()
+    register_swiglu()
+    register_gelu()
