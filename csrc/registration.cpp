@@ -65,6 +65,11 @@ TORCH_LIBRARY(minilvlm, m) {
   // csrc/cpu/gelu.cpp, csrc/cuda/gelu.cu
   m.def(MINILVLM_SCHEMA_GELU);
   m.def(MINILVLM_SCHEMA_GELU_BACKWARD);
+  // csrc/cpu/rope.cpp, csrc/cuda/rope.cu
+  m.def(MINILVLM_SCHEMA_ROPE);
+  m.def(MINILVLM_SCHEMA_ROPE_BACKWARD);
+  // csrc/cpu/linear_cross_entropy.cpp, csrc/cuda/linear_cross_entropy.cu
+  m.def(MINILVLM_SCHEMA_LINEAR_CROSS_ENTROPY);
 }
 
 // minilvlm._C: importing it registers the ops above. Its one Python function is a hot-path

@@ -78,3 +78,17 @@
 // GELU (common/activation_math.h): approximate is "none" (erf), "tanh" or "quick" (x sigmoid(1.702 x)).
 #define MINILVLM_SCHEMA_GELU "gelu(Tensor x, str approximate) -> Tensor"
 #define MINILVLM_SCHEMA_GELU_BACKWARD "gelu_backward(Tensor grad, Tensor x, str approximate) -> Tensor"
+// Rotary position embeddings (common/rope_host.h), in place on q [B, H, T, hd] and optionally k
+// [B, H_kv, T, hd] (float32, bfloat16, float16): channel pairs (i, i + half), i < half, rotated by
+// the angle whose cosine and sine are cos, sin [B or 1, T, half] (float32); channels from 2*half
+// on pass through. The backward is the rotation of grad by -angle, into a new tensor.
+#define MINILVLM_SCHEMA_ROPE "rope_(Tensor(a!) q, Tensor(b!)? k, Tensor cos, Tensor sin) -> ()"
+#define MINILVLM_SCHEMA_ROPE_BACKWARD "rope_backward(Tensor grad, Tensor cos, Tensor sin) -> Tensor"
+// Summed cross-entropy of the LM head (common/linear_cross_entropy_host.h): hidden [N, D] @
+// weight[V, D]^T (+ bias [V]) against targets [N] (int64 in [0, V)), computed in compute_dtype
+// chunk_rows rows at a time. Returns (loss: float32 scalar, grad_hidden [N, D] in compute_dtype,
+// grad_weight [V, D] float32, grad_bias [V] float32): the gradients of the summed loss, computed
+// in the same pass, those not asked for by output_mask (hidden, weight, bias) as empty tensors.
+#define MINILVLM_SCHEMA_LINEAR_CROSS_ENTROPY                                                          \
+  "linear_cross_entropy(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, "                 \
+  "ScalarType compute_dtype, int chunk_rows, bool[3] output_mask) -> (Tensor, Tensor, Tensor, Tensor)"

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minilvlm.ops import rope_, rope_tables
+
 
 def _stat_dtype(x):
     """fp32 for half-precision inputs; fp64 stays fp64."""
@@ -85,55 +87,19 @@ def activation(name):
 # ---- rotary position embeddings -----------------------------------------------------------------
 
 def rope_cos_sin(position_ids, rotary_dim, theta, dtype):
-    """cos and sin [B, T, rotary_dim] for integer positions [B, T]; angles computed in fp32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, device=position_ids.device).float() / rotary_dim))
-    angles = position_ids.float()[..., None] * inv_freq  # [B, T, rotary_dim/2]
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-class _RopeFunction(torch.autograd.Function):
-    """x * cos + rotate_half(x) * sin on the first d channels of x; the rest pass through. The
-    rotation is orthogonal, so the backward is the same rotation by -angle. cos and sin are
-    constants (they get no gradient)."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        ctx.x_dtype = x.dtype
-        return _rotate(x, cos, sin, sign=1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, sin, sign=-1).to(ctx.x_dtype), None, None
-
-
-def _rotate(x, cos, sin, sign):
-    """The rotate-half rotation of pairs (i, i + d/2) by sign * angle; cos, sin [B, 1, T, d]."""
-    d = cos.shape[-1]
-    half = d // 2
-    c, s_ = cos[..., :half], sin[..., :half]  # cos and sin repeat: the halves are equal
-    x1, x2 = x[..., :half], x[..., half:d]
-    out = torch.empty(torch.broadcast_shapes(x.shape, cos.shape[:-1] + (x.shape[-1],)),
-                      dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
-    o1, o2 = out[..., :half], out[..., half:d]
-    torch.mul(x1, c, out=o1)
-    o1.addcmul_(x2, s_, value=-sign)
-    torch.mul(x2, c, out=o2)
-    o2.addcmul_(x1, s_, value=sign)
-    if d < x.shape[-1]:
-        out[..., d:] = x[..., d:]
-    return out
+    """cos and sin [B, T, rotary_dim / 2] for integer positions [B, T], angles computed in fp32: the
+    tables of the rope op (minilvlm/ops/rope.py), made once per forward and shared by every layer.
+    They are fp32 whatever the model's dtype (fp64 for an fp64 model): the rotation runs in fp32."""
+    return rope_tables(position_ids, rotary_dim, theta, dtype)
 
 
 def apply_rope(x, cos, sin):
-    """Rotate the first cos.shape[-1] channels of x [B, H, T, hd] (the rest pass through, which is
-    Phi's partial rotary). Channel pairs are (i, i + d/2), the "rotate half" layout of HF checkpoints."""
-    cos, sin = cos[:, None], sin[:, None]
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _RopeFunction.apply(x, cos, sin)
-    return _rotate(x, cos, sin, sign=1)
+    """Rotate the first 2 * cos.shape[-1] channels of x [B, H, T, hd] in place (the rest pass through,
+    which is Phi's partial rotary) and return x. Channel pairs are (i, i + d/2), the "rotate half"
+    layout of HF checkpoints. One pass of the rope op; autograd saves only the tables, and the
+    gradient is the rotation by -angle."""
+    rope_(x, None, cos, sin)
+    return x
 
 
 # ---- attention masks ----------------------------------------------------------------------------

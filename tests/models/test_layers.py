@@ -12,6 +12,8 @@ def plain_rms_norm(x, weight, eps):
 
 
 def plain_rope(x, cos, sin):
+    """transformers' rotate-half composition, on the full-width [B, T, d] tables it builds."""
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
     d = cos.shape[-1]
     rot, rest = x[..., :d], x[..., d:]
     cos, sin = cos[:, None], sin[:, None]
@@ -47,25 +49,33 @@ def test_rms_norm_matches_the_composition(dtype):
     torch.testing.assert_close(dw, pw, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("head_dim, rotary_dim", [(8, 8), (10, 4), (12, 6)])
+@pytest.mark.parametrize("head_dim, rotary_dim", [(8, 8), (10, 4), (12, 6), (9, 6)])
 def test_rope_matches_the_composition_and_gradcheck(head_dim, rotary_dim):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, head_dim, dtype=torch.float64, requires_grad=True)
     cos, sin = rope_cos_sin(torch.randint(0, 50, (2, 5)), rotary_dim, 10000.0, torch.float64)
-    torch.testing.assert_close(apply_rope(x, cos, sin), plain_rope(x, cos, sin), rtol=1e-14, atol=1e-14)
-    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
+    assert cos.shape == sin.shape == (2, 5, rotary_dim // 2)
+    rotated = x.clone()  # apply_rope rotates in place (a leaf that requires grad cannot be)
+    assert apply_rope(rotated, cos, sin) is rotated
+    torch.testing.assert_close(rotated, plain_rope(x, cos, sin), rtol=1e-14, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t.clone(), cos, sin), (x,))
     with torch.no_grad():  # the no-grad path (generation) computes the same rotation
-        torch.testing.assert_close(apply_rope(x, cos, sin), plain_rope(x, cos, sin), rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(apply_rope(x.clone(), cos, sin), plain_rope(x, cos, sin), rtol=1e-14, atol=1e-14)
 
 
-def test_rope_on_bf16_queries_promotes_like_the_composition():
-    x = torch.randn(2, 4, 6, 8).bfloat16().requires_grad_()
-    cos, sin = rope_cos_sin(torch.arange(6).expand(2, 6), 8, 10000.0, torch.float32)
-    ours, plain = apply_rope(x, cos, sin), plain_rope(x, cos, sin)
-    assert ours.dtype == plain.dtype == torch.float32
-    torch.testing.assert_close(ours, plain, rtol=1e-6, atol=1e-6)
+def test_rope_on_bf16_queries_rotates_in_fp32_and_rounds_once():
+    x = torch.randn(2, 4, 6, 8).bfloat16()
+    leaf = x.clone().requires_grad_()
+    q = leaf * 1  # a projection's output, as in the decoder
+    cos, sin = rope_cos_sin(torch.arange(6).expand(2, 6), 8, 10000.0, torch.bfloat16)
+    assert cos.dtype == sin.dtype == torch.float32
+    x32 = x.float().requires_grad_()
+    plain = plain_rope(x32, cos, sin)
+    ours = apply_rope(q, cos, sin)
+    assert ours is q and ours.dtype == torch.bfloat16
+    assert torch.equal(ours, plain.bfloat16())  # the fp32 composition, rounded once
     grad = torch.randn_like(ours)
-    ours_dx, = torch.autograd.grad(ours, x, grad)
-    plain_dx, = torch.autograd.grad(plain, x, grad)
-    assert ours_dx.dtype == torch.bfloat16
-    torch.testing.assert_close(ours_dx, plain_dx, rtol=1.6e-2, atol=1e-2)
+    ours.backward(grad)
+    plain.backward(grad.float())
+    assert leaf.grad.dtype == torch.bfloat16
+    assert torch.equal(leaf.grad, x32.grad.bfloat16())
