@@ -153,7 +153,7 @@ class TrainSection:
     steps: int = 3000
     seed: int = 0
     device: str = "auto"               # "auto" (CUDA when present, else CPU) | "cpu" | "cuda" | "cuda:N" | "meta"
-    precision: str = "fp32"            # "fp32" | "bf16-autocast" | "fp16-autocast" (dynamic loss scaling)
+    precision: str = "fp32"            # "fp32" | "bf16" (pure bf16, fp32 masters) | "bf16-autocast" | "fp16-autocast"
     bf16: bool = False                 # deprecated: true means precision = "bf16-autocast"
     peak_tflops: float = 0.0           # the device's peak for MFU in metrics.jsonl; 0: from a table of GPUs
     sharding: str = "zero1"            # several processes: "zero1" (ZeroAdamW) | "fsdp" (FSDP2, ZeRO-3)

@@ -3,16 +3,20 @@ context of a precision on that device, and what the device can do (peak FLOP/s f
 
 Devices: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda", "cuda:N" and "meta"
 (no data at all: the dry run). Under torchrun "cuda" means the rank's own GPU, cuda:LOCAL_RANK.
-Precisions: "fp32"; "bf16-autocast" and "fp16-autocast" (matmuls and convolutions in half
-precision under torch.autocast, weights and the loss in fp32; fp16 needs dynamic loss scaling)."""
+Precisions: "fp32"; "bf16" (pure bf16: the model's params and activations are bf16, the optimizer
+keeps fp32 master weights and moments, and nothing is recast on each forward); "bf16-autocast" and
+"fp16-autocast" (matmuls and convolutions in half precision under torch.autocast, weights and the
+loss in fp32; fp16 needs dynamic loss scaling)."""
 import contextlib
 import os
 import resource
 
 import torch
 
-PRECISIONS = ("fp32", "bf16-autocast", "fp16-autocast")
+PRECISIONS = ("fp32", "bf16", "bf16-autocast", "fp16-autocast")
 AUTOCAST_DTYPES = {"bf16-autocast": torch.bfloat16, "fp16-autocast": torch.float16}
+# Precisions that store the model itself in a lower dtype (with fp32 masters in the optimizer).
+MODEL_DTYPES = {"bf16": torch.bfloat16}
 
 # Dense bf16/fp16 tensor-core peak, TFLOP/s, per GPU (no sparsity), by a substring of the device
 # name torch reports. train.peak_tflops overrides it for any other device.

@@ -27,7 +27,7 @@ class CudaTarget {
     int sm_count = 0;
     if (blocks_per_sm_ > 0)
       C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, x.get_device()));
-    return LaunchConfig{sm_count * blocks_per_sm_, c10::cuda::getCurrentCUDAStream().stream()};
+    return LaunchConfig{sm_count * blocks_per_sm_, c10::cuda::getCurrentCUDAStream().stream(), sm_count};
   }
 
  private:

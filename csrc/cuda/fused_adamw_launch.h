@@ -20,9 +20,12 @@
 namespace minilvlm {
 namespace cuda {
 
-// Grid-stride blocks per SM on a GPU (CudaTarget in fused_adamw.cu; EmuTarget's GPU profiles): a
-// streaming update, eight blocks per SM keep enough loads in flight.
-constexpr int kAdamwBlocksPerSm = 8;
+// The single-tensor kernel's grid on a GPU is one full wave, sized by the occupancy API at run time
+// (one_wave_blocks in cuda/launch.h): asking for a fixed 8 blocks per SM when the registers allow 5
+// left a ragged second wave. kAdamwBlocksPerSm is the fallback bound when the SMs were not queried,
+// and the emulator's GPU profiles' stand-in for that query: kAdamwMinBlocks, what __launch_bounds__
+// guarantees for every variant (the master kernels, at up to 64 registers, get exactly that many).
+constexpr int kAdamwBlocksPerSm = kAdamwMinBlocks;
 
 inline bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
@@ -52,7 +55,8 @@ void launch_fused_adamw(PT* param, const PT* grad, float* exp_avg, float* exp_av
     for (int i = count; i < kAdamwMaxSegments; ++i) table.seg[i] = AdamwSegment{0, 0, 1.0f, 0.0f, 1.0f, 0.0f};
     const int64_t per_block = static_cast<int64_t>(kAdamwThreads) * 4;
     int64_t blocks = (longest + per_block - 1) / per_block;
-    blocks = blocks < 1 ? 1 : (blocks > config.max_blocks ? config.max_blocks : blocks);
+    const int64_t wave = one_wave_blocks(kernel, kAdamwThreads, config);
+    blocks = blocks < 1 ? 1 : (blocks > wave ? wave : blocks);
     MINILVLM_LAUNCH(kernel, dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(count)), dim3(kAdamwThreads),
                     0, config.stream)(param, grad, exp_avg, exp_avg_sq, master, table, c, grad_scale, found_inf);
   }

@@ -14,11 +14,8 @@
 namespace minilvlm {
 namespace {
 
-// The grid bound of the grid-stride kernels, in blocks per SM: a few waves, to hide memory latency.
-constexpr int kBlocksPerSm = 16;
-
 at::Tensor gelu_cuda(const at::Tensor& x, c10::string_view approximate) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kGeluBlocksPerSm);
   auto out = cuda::gelu(x, std::string_view(approximate.data(), approximate.size()), target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -26,7 +23,7 @@ at::Tensor gelu_cuda(const at::Tensor& x, c10::string_view approximate) {
 
 at::Tensor gelu_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, c10::string_view approximate) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kGeluBlocksPerSm);
   auto grads = cuda::gelu_backward(grad, x, std::string_view(approximate.data(), approximate.size()), target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grads;

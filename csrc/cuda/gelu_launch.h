@@ -65,5 +65,8 @@ at::Tensor gelu_backward(const at::Tensor& grad_in, const at::Tensor& x_in, std:
   return grad_x;
 }
 
+// The grid bound of the grid-stride kernels, in blocks per SM: a few waves, to hide memory latency.
+constexpr int kGeluBlocksPerSm = 16;
+
 }  // namespace cuda
 }  // namespace minilvlm

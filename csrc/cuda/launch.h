@@ -12,6 +12,8 @@
 //   MINILVLM_HD                       // host+device inline math helpers (common/hd.h)
 #pragma once
 
+#include <cstdint>
+
 #include "common/hd.h"
 
 #if defined(__CUDACC__)
@@ -46,7 +48,27 @@ namespace cuda {
 struct LaunchConfig {
   int max_blocks;
   cudaStream_t stream;
+  int sm_count = 0;  // the device's SMs when the backend queried them (CUDA), else 0
 };
+
+// The grid bound of a grid-stride kernel that should run as exactly one full wave: on a GPU, the
+// device's SMs times the blocks of `kernel` that fit on one SM at once (the occupancy API, so the
+// registers ptxas actually gave this build decide, not a guess that leaves a ragged second wave);
+// under the emulator, or when the backend did not query the SMs, config.max_blocks.
+template <typename Kernel>
+int64_t one_wave_blocks(Kernel kernel, int threads, const LaunchConfig& config) {
+#if defined(__CUDACC__)
+  if (config.sm_count > 0) {
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0) == cudaSuccess && per_sm > 0)
+      return static_cast<int64_t>(config.sm_count) * per_sm;
+  }
+#else
+  (void)kernel;
+  (void)threads;
+#endif
+  return config.max_blocks;
+}
 
 }  // namespace cuda
 }  // namespace minilvlm

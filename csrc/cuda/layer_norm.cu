@@ -15,15 +15,9 @@
 namespace minilvlm {
 namespace {
 
-// Grid bounds in blocks per SM: the forward's grid-stride row loop gets a few waves; the backward
-// fewer, since each of its blocks writes a float32 row of the parameter gradients that
-// column_sum_kernel then reads (cuda/row_kernels.cuh).
-constexpr int kForwardBlocksPerSm = 16;
-constexpr int kBackwardBlocksPerSm = 2;
-
 at::Tensor layer_norm_cuda(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, double eps) {
-  cuda::CudaTarget target(kForwardBlocksPerSm);
+  cuda::CudaTarget target(cuda::kLayerNormForwardBlocksPerSm);
   auto out = cuda::layer_norm(x, weight, bias, eps, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -32,7 +26,7 @@ at::Tensor layer_norm_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, double eps,
     bool weight_grad, bool bias_grad) {
-  cuda::CudaTarget target(kBackwardBlocksPerSm);
+  cuda::CudaTarget target(cuda::kLayerNormBackwardBlocksPerSm);
   auto grads = cuda::layer_norm_backward(grad_y, x, weight, eps, weight_grad, bias_grad, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grads;

@@ -84,5 +84,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward(const at::Ten
   return {grad_x, grad_weight, grad_bias};
 }
 
+// Grid bounds of layer_norm on a GPU (CudaTarget in layer_norm.cu; EmuTarget's GPU profiles) in blocks per
+// SM: the forward's grid-stride row loop gets a few waves; the backward fewer, since each of its blocks
+// writes a float32 row of the parameter gradients that column_sum_kernel then reads
+// (cuda/row_kernels.cuh).
+constexpr int kLayerNormForwardBlocksPerSm = 16;
+constexpr int kLayerNormBackwardBlocksPerSm = 2;
+
 }  // namespace cuda
 }  // namespace minilvlm

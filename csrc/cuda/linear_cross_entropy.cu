@@ -17,14 +17,10 @@
 namespace minilvlm {
 namespace {
 
-// Blocks per SM: the row-statistics kernel walks rows grid-stride, and the gradient kernel's row
-// groups are sized so that its grid has about this many blocks per SM.
-constexpr int kBlocksPerSm = 8;
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cuda(
     const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& targets, at::ScalarType compute_dtype, int64_t chunk_rows, std::array<bool, 3> output_mask) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kLinearCeBlocksPerSm);
   auto out = cuda::linear_cross_entropy(hidden, weight, bias, targets, compute_dtype, chunk_rows, output_mask, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -70,5 +70,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy(
           bool write_grad) { launch_lce_softmax(logits, tgt, row_loss, grad_bias, write_grad, config); });
 }
 
+// Blocks per SM: the row-statistics kernel walks rows grid-stride, and the gradient kernel's row groups
+// are sized so that its grid has about this many blocks per SM.
+constexpr int kLinearCeBlocksPerSm = 8;
+
 }  // namespace cuda
 }  // namespace minilvlm

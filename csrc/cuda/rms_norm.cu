@@ -15,15 +15,9 @@
 namespace minilvlm {
 namespace {
 
-// Grid bounds in blocks per SM: the forward's grid-stride row loop gets a few waves; the backward
-// fewer, since each of its blocks writes a float32 row of the parameter gradients that
-// column_sum_kernel then reads (cuda/row_kernels.cuh).
-constexpr int kForwardBlocksPerSm = 16;
-constexpr int kBackwardBlocksPerSm = 2;
-
 std::tuple<at::Tensor, at::Tensor> rms_norm_cuda(
     const at::Tensor& x, const std::optional<at::Tensor>& residual, const at::Tensor& weight, double eps) {
-  cuda::CudaTarget target(kForwardBlocksPerSm);
+  cuda::CudaTarget target(cuda::kRmsNormForwardBlocksPerSm);
   auto out = cuda::rms_norm(x, residual, weight, eps, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -32,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_cuda(
 std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(
     const at::Tensor& grad_y, const std::optional<at::Tensor>& grad_s, const at::Tensor& s,
     const at::Tensor& weight, double eps, bool weight_grad) {
-  cuda::CudaTarget target(kBackwardBlocksPerSm);
+  cuda::CudaTarget target(cuda::kRmsNormBackwardBlocksPerSm);
   auto grads = cuda::rms_norm_backward(grad_y, grad_s, s, weight, eps, weight_grad, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grads;

@@ -89,5 +89,11 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& grad_y_in
   return {grad_in, grad_weight};
 }
 
+// Grid bounds of rms_norm on a GPU (CudaTarget in rms_norm.cu; EmuTarget's GPU profiles) in blocks per SM:
+// the forward's grid-stride row loop gets a few waves; the backward fewer, since each of its blocks writes
+// a float32 row of the parameter gradients that column_sum_kernel then reads (cuda/row_kernels.cuh).
+constexpr int kRmsNormForwardBlocksPerSm = 16;
+constexpr int kRmsNormBackwardBlocksPerSm = 2;
+
 }  // namespace cuda
 }  // namespace minilvlm

@@ -14,18 +14,14 @@
 namespace minilvlm {
 namespace {
 
-// Grid-stride blocks per SM: one position per block is 64 heads x 64 pairs at LLaMA-7B width
-// (q and k), a few waves of them keep the SMs' memory pipes full.
-constexpr int kBlocksPerSm = 8;
-
 void rope_cuda(const at::Tensor& q, const std::optional<at::Tensor>& k, const at::Tensor& cos, const at::Tensor& sin) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kRopeBlocksPerSm);
   cuda::rope_(q, k, cos, sin, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor rope_backward_cuda(const at::Tensor& grad, const at::Tensor& cos, const at::Tensor& sin) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kRopeBlocksPerSm);
   at::Tensor out = cuda::rope_backward(grad, cos, sin, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -64,5 +64,9 @@ at::Tensor rope_backward(const at::Tensor& grad, const at::Tensor& cos, const at
       });
 }
 
+// Grid-stride blocks per SM: one position per block is 64 heads x 64 pairs at LLaMA-7B width (q and k), a
+// few waves of them keep the SMs' memory pipes full.
+constexpr int kRopeBlocksPerSm = 8;
+
 }  // namespace cuda
 }  // namespace minilvlm

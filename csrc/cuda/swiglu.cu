@@ -14,11 +14,8 @@
 namespace minilvlm {
 namespace {
 
-// The grid bound of the grid-stride kernels, in blocks per SM: a few waves, to hide memory latency.
-constexpr int kBlocksPerSm = 16;
-
 at::Tensor swiglu_cuda(const at::Tensor& gate, const at::Tensor& up) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kSwigluBlocksPerSm);
   auto out = cuda::swiglu(gate, up, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -26,7 +23,7 @@ at::Tensor swiglu_cuda(const at::Tensor& gate, const at::Tensor& up) {
 
 std::tuple<at::Tensor, at::Tensor> swiglu_backward_cuda(
     const at::Tensor& grad, const at::Tensor& gate, const at::Tensor& up) {
-  cuda::CudaTarget target(kBlocksPerSm);
+  cuda::CudaTarget target(cuda::kSwigluBlocksPerSm);
   auto grads = cuda::swiglu_backward(grad, gate, up, target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grads;

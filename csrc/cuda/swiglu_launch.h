@@ -61,5 +61,8 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& grad_in, co
   return {grad_gate, grad_up};
 }
 
+// The grid bound of the grid-stride kernels, in blocks per SM: a few waves, to hide memory latency.
+constexpr int kSwigluBlocksPerSm = 16;
+
 }  // namespace cuda
 }  // namespace minilvlm

@@ -17,13 +17,13 @@ namespace {
 constexpr int kEmuMaxBlocks = 3;
 
 at::Tensor gelu_emu(const at::Tensor& x, c10::string_view approximate) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kGeluBlocksPerSm);
   return cuda::gelu(x, std::string_view(approximate.data(), approximate.size()), target);
 }
 
 at::Tensor gelu_backward_emu(
     const at::Tensor& grad, const at::Tensor& x, c10::string_view approximate) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kGeluBlocksPerSm);
   return cuda::gelu_backward(grad, x, std::string_view(approximate.data(), approximate.size()), target);
 }
 

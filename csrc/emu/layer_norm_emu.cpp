@@ -19,14 +19,14 @@ constexpr int kEmuMaxBlocks = 3;
 
 at::Tensor layer_norm_emu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, double eps) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kLayerNormForwardBlocksPerSm);
   return cuda::layer_norm(x, weight, bias, eps, target);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_emu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, double eps,
     bool weight_grad, bool bias_grad) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kLayerNormBackwardBlocksPerSm);
   return cuda::layer_norm_backward(grad_y, x, weight, eps, weight_grad, bias_grad, target);
 }
 

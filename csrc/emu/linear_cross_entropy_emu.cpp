@@ -23,7 +23,7 @@ constexpr int kEmuMaxBlocks = 3;
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_emu(
     const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& targets, at::ScalarType compute_dtype, int64_t chunk_rows, std::array<bool, 3> output_mask) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kLinearCeBlocksPerSm);
   return cuda::linear_cross_entropy(hidden, weight, bias, targets, compute_dtype, chunk_rows, output_mask, target);
 }
 

@@ -19,14 +19,14 @@ constexpr int kEmuMaxBlocks = 3;
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_emu(
     const at::Tensor& x, const std::optional<at::Tensor>& residual, const at::Tensor& weight, double eps) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kRmsNormForwardBlocksPerSm);
   return cuda::rms_norm(x, residual, weight, eps, target);
 }
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_backward_emu(
     const at::Tensor& grad_y, const std::optional<at::Tensor>& grad_s, const at::Tensor& s,
     const at::Tensor& weight, double eps, bool weight_grad) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kRmsNormBackwardBlocksPerSm);
   return cuda::rms_norm_backward(grad_y, grad_s, s, weight, eps, weight_grad, target);
 }
 

@@ -17,12 +17,12 @@ namespace {
 constexpr int kEmuMaxBlocks = 3;
 
 void rope_emu(const at::Tensor& q, const std::optional<at::Tensor>& k, const at::Tensor& cos, const at::Tensor& sin) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kRopeBlocksPerSm);
   cuda::rope_(q, k, cos, sin, target);
 }
 
 at::Tensor rope_backward_emu(const at::Tensor& grad, const at::Tensor& cos, const at::Tensor& sin) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kRopeBlocksPerSm);
   return cuda::rope_backward(grad, cos, sin, target);
 }
 

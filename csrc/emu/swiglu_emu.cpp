@@ -17,13 +17,13 @@ namespace {
 constexpr int kEmuMaxBlocks = 3;
 
 at::Tensor swiglu_emu(const at::Tensor& gate, const at::Tensor& up) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kSwigluBlocksPerSm);
   return cuda::swiglu(gate, up, target);
 }
 
 std::tuple<at::Tensor, at::Tensor> swiglu_backward_emu(
     const at::Tensor& grad, const at::Tensor& gate, const at::Tensor& up) {
-  const cuda::EmuTarget target(kEmuMaxBlocks);
+  const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kSwigluBlocksPerSm);
   return cuda::swiglu_backward(grad, gate, up, target);
 }
 

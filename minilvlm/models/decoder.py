@@ -12,9 +12,11 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from minilvlm.ops import swiglu
 from torch.utils.checkpoint import checkpoint
 
-from minilvlm.models.layers import activation, apply_rope, attention, causal_mask, make_norm, rope_cos_sin
+from minilvlm.models.layers import LayerNorm, activation, apply_rope, attention, causal_mask, make_norm, rope_cos_sin
 from minilvlm.models.loss import head_cross_entropy
 
 
@@ -108,8 +110,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
         self.wo = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=c.out_bias)
         if c.qk_norm:
-            self.q_norm = nn.LayerNorm(c.head_dim, eps=c.norm_eps)
-            self.k_norm = nn.LayerNorm(c.head_dim, eps=c.norm_eps)
+            self.q_norm = LayerNorm(c.head_dim, eps=c.norm_eps)
+            self.k_norm = LayerNorm(c.head_dim, eps=c.norm_eps)
 
     def forward(self, x, cos, sin, mask, cache=None):
         B, T, _ = x.shape
@@ -130,6 +132,7 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = c.mlp == "swiglu"
         self.act = activation(c.act)
+        self.fused_swiglu = self.swiglu and c.act == "silu"
         if self.swiglu:
             self.w_gate = nn.Linear(c.dim, c.mlp_dim, bias=c.mlp_bias)
         elif c.mlp != "plain":
@@ -138,7 +141,10 @@ class MLP(nn.Module):
         self.w_down = nn.Linear(c.mlp_dim, c.dim, bias=c.mlp_bias)
 
     def forward(self, x):
-        h = self.act(self.w_gate(x)) * self.w_up(x) if self.swiglu else self.act(self.w_up(x))
+        if self.fused_swiglu:   # silu(gate) * up in one pass, forward and backward (minilvlm/ops/swiglu.py)
+            h = swiglu(self.w_gate(x), self.w_up(x))
+        else:
+            h = self.act(self.w_gate(x)) * self.w_up(x) if self.swiglu else self.act(self.w_up(x))
         return self.w_down(h)
 
 
@@ -172,8 +178,9 @@ class Block(nn.Module):
             h = self.adapter(h, self.router_input(h, cache))
         if self.parallel:
             return x + self.attn(h, cos, sin, mask, cache) + self.mlp(h)
-        x = x + self.attn(h, cos, sin, mask, cache)
-        return x + self.mlp(self.mlp_norm(x))
+        # The residual add and mlp_norm in one pass: (normed, x + attention output).
+        h, x = self.mlp_norm(self.attn(h, cos, sin, mask, cache), residual=x)
+        return x + self.mlp(h)
 
 
 class Decoder(nn.Module):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minilvlm.models.decoder import Decoder, DecoderConfig
+from minilvlm.models.layers import LayerNorm
 from minilvlm.models.eve_embed import PatchEmbedder, window_attention
 from minilvlm.models.multimodal import attention_inputs, embed_with_images, make_projector
 from minilvlm.models.vision import CLIP_MEAN, CLIP_STD, VisionConfig, VisionTransformer
@@ -93,7 +94,7 @@ class Aligner(nn.Module):
     def __init__(self, lm_dim, teacher_dim, n_layers, heads):
         super().__init__()
         self.heads = heads
-        self.layer_proj = nn.ModuleList(nn.Sequential(nn.LayerNorm(lm_dim), nn.Linear(lm_dim, teacher_dim, bias=False))
+        self.layer_proj = nn.ModuleList(nn.Sequential(LayerNorm(lm_dim), nn.Linear(lm_dim, teacher_dim, bias=False))
                                         for _ in range(n_layers))
         self.direct = nn.Linear(lm_dim, teacher_dim)
         self.out = nn.Linear(teacher_dim, teacher_dim)

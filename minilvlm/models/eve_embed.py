@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minilvlm import ops
+from minilvlm.models.layers import LayerNorm
 
 
 def window_attention(q, k, v, heads):
@@ -32,7 +33,7 @@ class CrossAttentionPool(nn.Module):
     def __init__(self, dim, heads):
         super().__init__()
         self.heads = heads
-        self.q_norm, self.kv_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q_norm, self.kv_norm = LayerNorm(dim), LayerNorm(dim)
         self.q = nn.Linear(dim, dim, bias=False)
         self.kv = nn.Linear(dim, 2 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)

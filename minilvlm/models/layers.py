@@ -1,72 +1,71 @@
 """Pieces shared by the vision tower and the decoder: norms, activations, rotary embeddings and
 attention through `F.scaled_dot_product_attention`. Numerics follow the Hugging Face models we load
-(fp32 statistics in RMSNorm, rotary angles in fp32), so logits agree with `transformers`."""
+(fp32 statistics in the norms, rotary angles in fp32); the norms, activations and rotary
+embeddings run as minilvlm ops (minilvlm/ops/), so logits agree with `transformers`."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilvlm.ops import rope_, rope_tables
-
-
-def _stat_dtype(x):
-    """fp32 for half-precision inputs; fp64 stays fp64."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-class _RMSNormFunction(torch.autograd.Function):
-    """weight * (x * rsqrt(mean(x^2) + eps)) with statistics in fp32 and the scale applied after
-    casting back to x's dtype, as LLaMA and Qwen2 do. The backward is written out: autograd's
-    version of the composition saves and walks several full-size temporaries."""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        x32 = x.to(_stat_dtype(x))
-        rstd = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps))
-        ctx.save_for_backward(x, weight, rstd)
-        return weight * (x32 * rstd).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, rstd = ctx.saved_tensors
-        x32, g32 = x.to(_stat_dtype(x)), grad.to(_stat_dtype(x))
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            gw = g32 * weight.to(g32.dtype)
-            # d/dx of x * rstd: rstd * (gw - x * rstd^2 * mean(gw * x))
-            coef = torch.linalg.vecdot(gw, x32, dim=-1).unsqueeze(-1).mul_(rstd.square() / x.shape[-1])
-            dx = torch.addcmul(gw, x32, coef, value=-1).mul_(rstd).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            xhat = (x32 * rstd).to(x.dtype).to(g32.dtype)
-            dw = (g32 * xhat).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
-        return dx, dw, None
+from minilvlm.ops import gelu, layer_norm, rms_norm, rms_norm_reference, rope_, rope_tables
 
 
 class RMSNorm(nn.Module):
+    """LLaMA/Qwen2's RMSNorm through the rms_norm op (minilvlm/ops/rms_norm.py): statistics in fp32,
+    the normalized value cast back to the input's dtype before the weight scales it. `forward(x,
+    residual)` also adds the residual stream in the same pass and returns (y, x + residual)."""
+
     def __init__(self, dim, eps=1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    def forward(self, x, residual=None):
+        if x.dtype != self.weight.dtype and (residual is None or residual.dtype == x.dtype):
+            # A half-precision x beside an fp32 weight (autocast): LLaMA rounds the normalized x to
+            # x's dtype before the fp32 weight scales it, which the op (one common dtype) cannot do.
+            y, stream = rms_norm_reference(x, self.weight, self.eps, residual)
+        else:
+            y, stream = rms_norm(x, self.weight, self.eps, residual=residual)
+        return y if residual is None else (y, stream)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and checkpoint keys) through the layer_norm op
+    (minilvlm/ops/layer_norm.py): one pass forward, one backward, statistics in fp32. `forward(x,
+    residual)` adds the residual first and returns (y, x + residual), like RMSNorm; the add is a
+    separate pass here (only RMSNorm's kernel fuses it)."""
+
+    def forward(self, x, residual=None):
+        stream = x if residual is None else x + residual
+        y = layer_norm(stream, self.weight, self.bias, self.eps)
+        return y if residual is None else (y, stream)
+
+
+class GELU(nn.Module):
+    """nn.GELU (exact, erf form) through the gelu op: one pass forward, one backward."""
+
     def forward(self, x):
-        return _RMSNormFunction.apply(x, self.weight, self.eps)
+        return gelu(x)
 
 
 def make_norm(kind, dim, eps):
     if kind == "rms":
         return RMSNorm(dim, eps)
     if kind == "layer":
-        return nn.LayerNorm(dim, eps=eps)
+        return LayerNorm(dim, eps=eps)
     raise ValueError(f"unknown norm {kind!r}: expected 'rms' or 'layer'")
 
 
 def quick_gelu(x):
-    return x * torch.sigmoid(1.702 * x)
+    return gelu(x, "quick")
 
 
+# Each through the gelu op (minilvlm/ops/gelu.py), one pass forward and one backward, except silu,
+# whose one use (SwiGLU) goes through the swiglu op (models/decoder.py, MLP).
 ACTIVATIONS = {
     "silu": F.silu,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": gelu,
+    "gelu_tanh": lambda x: gelu(x, "tanh"),
     "quick_gelu": quick_gelu,
 }
 

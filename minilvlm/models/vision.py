@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from minilvlm import ops
-from minilvlm.models.layers import activation, attention
+from minilvlm.models.layers import LayerNorm, activation, attention
 
 # CLIP's image normalisation (its preprocessor's image_mean and image_std).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -98,9 +98,9 @@ class VisionAttention(nn.Module):
 class VisionBlock(nn.Module):
     def __init__(self, c: VisionConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.norm1 = LayerNorm(c.dim, eps=c.norm_eps)
         self.attn = VisionAttention(c)
-        self.norm2 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.norm2 = LayerNorm(c.dim, eps=c.norm_eps)
         self.fc1 = nn.Linear(c.dim, c.mlp_dim)
         self.fc2 = nn.Linear(c.mlp_dim, c.dim)
         self.act = activation(c.act)
@@ -122,9 +122,9 @@ class VisionTransformer(nn.Module):
         self.patch_bias = nn.Parameter(torch.zeros(c.dim)) if c.stem_bias else None
         self.cls_token = nn.Parameter(torch.zeros(c.dim)) if c.class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(c.n_positions, c.dim))
-        self.pre_norm = nn.LayerNorm(c.dim, eps=c.norm_eps) if c.pre_norm else None
+        self.pre_norm = LayerNorm(c.dim, eps=c.norm_eps) if c.pre_norm else None
         self.layers = nn.ModuleList(VisionBlock(c) for _ in range(c.n_layers))
-        self.post_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.post_norm = LayerNorm(c.dim, eps=c.norm_eps)
         nn.init.normal_(self.patch_weight, std=c.dim ** -0.5)
 
     def embed(self, images):

@@ -18,6 +18,7 @@ from minilvlm.data.dataset import SFTDataset
 from minilvlm.data.errors import DataError, SkipCounter
 from minilvlm.data.loader import ResumableLoader
 from minilvlm.data.sampler import ResumableBatchSampler
+from minilvlm.device import MODEL_DTYPES
 from minilvlm.data.templates import chat_template
 from minilvlm.io import atomic_write_json
 from minilvlm.recipes.base import Recipe
@@ -137,6 +138,8 @@ def setup_run(cfg, device, rank, world, run_dir=None, resume=False, stream=None)
             summary["vision_pretrain"] = tower
     recipe.set_stage(model, cfg)
     model.lm.activation_checkpointing = cfg.train.activation_checkpointing
+    if cfg.train.precision in MODEL_DTYPES:   # pure bf16: cast once, before sharding and the optimizer
+        model.to(MODEL_DTYPES[cfg.train.precision])
     fsdp = uses_fsdp(cfg, world)
     if fsdp:
         shard_model(model, cfg)

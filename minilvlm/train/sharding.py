@@ -14,7 +14,7 @@ One process always uses FusedAdamW over flat buffers."""
 import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from minilvlm.device import AUTOCAST_DTYPES
+from minilvlm.device import AUTOCAST_DTYPES, MODEL_DTYPES
 from minilvlm.optim import FusedAdamW, ZeroAdamW
 
 
@@ -42,7 +42,10 @@ def shard_model(model, cfg):
 def make_optimizer(cfg, model, world):
     o = cfg.optim
     groups = model.param_groups(o.lr, o.projector_lr, o.vision_lr)
-    options = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    # Pure bf16 (train.precision = "bf16"): the update runs on fp32 master weights, so small steps
+    # are not rounded away in the bf16 params.
+    options = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                   master_weights=cfg.train.precision in MODEL_DTYPES)
     if uses_fsdp(cfg, world):
         return FusedAdamW(groups, flat=False, **options)
     return (ZeroAdamW if world > 1 else FusedAdamW)(groups, **options)

@@ -47,7 +47,9 @@ def test_packed_sequences_match_separate_runs(name):
     with torch.no_grad():
         together = model(packed, position_ids=positions, segment_ids=segments)
         apart = torch.cat((model(a), model(b)), dim=1)
-    assert (together - apart).abs().max() < 1e-5
+    # fp32 rounding only (the GEMMs block 12 rows differently from 7 and 5): relative to the logits'
+    # scale (up to ~60 here); a mask or position bug moves logits by O(1).
+    assert (together - apart).abs().max() < 1e-6 * apart.abs().max()
 
 
 def test_left_padding_with_positions_matches_unpadded():
