@@ -65,8 +65,9 @@ at::Tensor gelu_backward(const at::Tensor& grad_in, const at::Tensor& x_in, std:
   return grad_x;
 }
 
-// The grid bound of the grid-stride kernels, in blocks per SM: a few waves, to hide memory latency.
-constexpr int kGeluBlocksPerSm = 16;
+// The grid bound of the grid-stride kernels, in blocks per SM: one full wave, since eight blocks of
+// kElementwiseThreads (256) fill an SM's 2,048 threads; more would only queue a second wave.
+constexpr int kGeluBlocksPerSm = 8;
 
 }  // namespace cuda
 }  // namespace minilvlm

@@ -61,8 +61,9 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& grad_in, co
   return {grad_gate, grad_up};
 }
 
-// The grid bound of the grid-stride kernels, in blocks per SM: a few waves, to hide memory latency.
-constexpr int kSwigluBlocksPerSm = 16;
+// The grid bound of the grid-stride kernels, in blocks per SM: one full wave, since eight blocks of
+// kElementwiseThreads (256) fill an SM's 2,048 threads; more would only queue a second wave.
+constexpr int kSwigluBlocksPerSm = 8;
 
 }  // namespace cuda
 }  // namespace minilvlm
