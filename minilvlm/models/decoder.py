@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilvlm.ops import swiglu
+from minilvlm.ops import rope_heads_, swiglu
 from torch.utils.checkpoint import checkpoint
 
-from minilvlm.models.layers import LayerNorm, activation, apply_rope, attention, causal_mask, make_norm, rope_cos_sin
+from minilvlm.models.layers import LayerNorm, activation, attention, causal_mask, make_norm, rope_cos_sin
 from minilvlm.models.loss import head_cross_entropy
 
 
@@ -115,12 +115,14 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache=None):
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, -1, self.c.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, -1, self.c.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, -1, self.c.head_dim).transpose(1, 2)
-        if self.c.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        hd = self.c.head_dim
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        if self.c.qk_norm:   # per head, over head_dim
+            q = self.q_norm(q.view(B, T, -1, hd)).view(B, T, -1)
+            k = self.k_norm(k.view(B, T, -1, hd)).view(B, T, -1)
+        # Rotated as the projections lie ([B, T, H * hd]), then viewed as heads [B, H, T, hd].
+        q, k = rope_heads_(q, cos, sin, hd), rope_heads_(k, cos, sin, hd)
+        q, k, v = (t.view(B, T, -1, hd).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         out = attention(q, k, v, mask, causal=True)

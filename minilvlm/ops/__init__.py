@@ -14,7 +14,7 @@ from minilvlm.ops.linear_cross_entropy import (linear_cross_entropy, linear_cros
 from minilvlm.ops.mm_adapter import mm_adapter, mm_adapter_reference, register_mm_adapter
 from minilvlm.ops.patch_embed import patch_embed, patch_embed_reference, register_patch_embed
 from minilvlm.ops.rms_norm import register_rms_norm, rms_norm, rms_norm_reference
-from minilvlm.ops.rope import register_rope, rope_, rope_reference, rope_tables
+from minilvlm.ops.rope import register_rope, rope_, rope_heads_, rope_reference, rope_tables
 from minilvlm.ops.swiglu import register_swiglu, swiglu, swiglu_reference
 
 __all__ = ["backend", "cpu_capability", "cuda_archs", "has_kernel_image", "native_available",
@@ -23,7 +23,7 @@ __all__ = ["backend", "cpu_capability", "cuda_archs", "has_kernel_image", "nativ
            "mm_adapter", "mm_adapter_reference", "patch_embed", "patch_embed_reference"]
 __all__ += ["gelu", "gelu_reference", "layer_norm", "layer_norm_reference", "rms_norm", "rms_norm_reference",
             "swiglu", "swiglu_reference"]
-__all__ += ["rope_", "rope_reference", "rope_tables", "linear_cross_entropy", "linear_cross_entropy_reference"]
+__all__ += ["rope_", "rope_heads_", "rope_reference", "rope_tables", "linear_cross_entropy", "linear_cross_entropy_reference"]
 
 if native_available():
     register_fused_adamw()

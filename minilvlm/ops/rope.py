@@ -1,6 +1,8 @@
 """rope: rotary position embeddings, applied to q and k in place.
 
     rope_(q, k, cos, sin) -> (q, k)
+    rope_heads_(x, cos, sin, head_dim) -> x    x [B, T, H * head_dim]: a projection's output, rotated
+                                               where it lies (see the function)
     rope_tables(position_ids, rotary_dim, theta, dtype=torch.float32) -> (cos, sin)
 
   q         [B, H, T, head_dim], float32, bfloat16 or float16 (float64 through the reference); any
@@ -147,6 +149,40 @@ def rope_(q, k, cos, sin):
         if x is not None:
             _RotateInPlace.apply(x, cos, sin, _reference_rotate, _reference_rotate_back)
     return q, k
+
+
+def rope_heads_(x, cos, sin, head_dim):
+    """Rotate x [B, T, H * head_dim] in place, each row's heads side by side as a q or k projection
+    returns them; returns x. The same rotation as rope_ on the [B, H, T, head_dim] view of x, but
+    under autograd the rotation is recorded on x itself: rotating that view in place would make
+    autograd rebuild x's gradient through a copy of the whole projection in backward (CopySlices:
+    a clone, a zero fill and two strided copies per call). x must not itself be a view; when it
+    is, or nothing needs its gradient, this is rope_ on the view."""
+    if x.dim() != 3 or head_dim <= 0 or x.shape[-1] % head_dim:
+        raise ValueError(f"rope_heads_: x must be [B, T, H * head_dim] with head_dim = {head_dim}, got {list(x.shape)}")
+
+    def heads(t):
+        return t.view(t.shape[0], t.shape[1], -1, head_dim).transpose(1, 2)
+
+    if x._is_view() or not (torch.is_grad_enabled() and x.requires_grad):
+        rope_(heads(x), None, cos, sin)
+        return x
+    _check(heads(x), None, cos, sin)
+    native = use_native(x.device) and x.dtype in _NATIVE_DTYPES and cos.dtype == torch.float32
+    ops = torch.ops.minilvlm
+
+    def rotate(t, c, s):
+        if native:
+            ops.rope_(heads(t), None, c, s)   # grad mode is off inside forward: the kernel alone runs
+        else:
+            _reference_rotate(heads(t), c, s)
+
+    def rotate_back(grad, c, s):
+        back = ops.rope_backward(heads(grad.contiguous()), c, s) if native else _reference_rotate_back(
+            heads(grad.contiguous()), c, s)
+        return back.transpose(1, 2).reshape(grad.shape)
+
+    return _RotateInPlace.apply(x, cos, sin, rotate, rotate_back)
 
 
 def register_rope(namespace="minilvlm"):

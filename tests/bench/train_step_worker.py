@@ -1,10 +1,13 @@
 """One implementation's training step, timed in a fresh process (so that peak memory is its own and
 MINILVLM_BACKEND applies from import). Prints one JSON line. Used by test_train_step.py.
 
-    python -m tests.bench.train_step_worker minilvlm|transformers|mma|mma-free-adapters fp32|bf16 STEPS [DROPOUT]
+    python -m tests.bench.train_step_worker minilvlm|transformers|mma|mma-free-adapters PRECISION STEPS [DROPOUT]
+        [--profile]
 
-minilvlm and mma run the trainer's own step (`model.batch_loss`, bf16 autocast as train.precision = "bf16-autocast" sets
-it, FusedAdamW); transformers runs LlavaForConditionalGeneration with torch.optim.AdamW(fused=True).
+PRECISION: fp32, bf16-autocast (both stacks), or bf16 (minilvlm's pure bf16, train.precision = "bf16": the
+model in bf16, fp32 masters in FusedAdamW). minilvlm and mma run the trainer's own step (`model.batch_loss`,
+FusedAdamW); transformers runs LlavaForConditionalGeneration with torch.optim.AdamW(fused=True). --profile
+adds the step's GEMM / attention / other split (tests/bench/step_profile.py) to the JSON line.
 """
 import contextlib
 import json
@@ -14,6 +17,7 @@ import sys
 import torch
 
 from tests.bench.common import median_ms
+from tests.bench.step_profile import profile_step
 
 # A small llava: CLIP-style ViT (112 px, 14-px patches: 64 image tokens) + LLaMA-style LM.
 VISION = dict(image_size=112, patch_size=14, dim=256, n_layers=4, n_heads=4, mlp_dim=1024)
@@ -41,10 +45,13 @@ def token_batch(n_image_tokens, with_image):
     return batch, images
 
 
-def trainer_step(model, batch, images, autocast):
-    """The trainer's micro-step: summed CE / count, backward, FusedAdamW step."""
+def trainer_step(model, batch, images, autocast, pure_bf16=False):
+    """The trainer's micro-step: summed CE / count, backward, FusedAdamW step. pure_bf16: the model in
+    bf16 and fp32 masters in the optimizer, as minilvlm/train/run.py sets up train.precision = "bf16"."""
     from minilvlm.optim import FusedAdamW
-    opt = FusedAdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    if pure_bf16:
+        model.to(torch.bfloat16)
+    opt = FusedAdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, master_weights=pure_bf16)
 
     def step():
         with autocast():
@@ -55,7 +62,7 @@ def trainer_step(model, batch, images, autocast):
     return step, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def minilvlm_step(autocast, dropout):
+def minilvlm_step(autocast, dropout, pure_bf16=False):
     from minilvlm.models.decoder import DecoderConfig
     from minilvlm.models.llava import LLaVA, LLaVAConfig
     from minilvlm.models.vision import VisionConfig
@@ -63,10 +70,10 @@ def minilvlm_step(autocast, dropout):
                               projector="mlp2x_gelu", image_token_id=IMAGE_TOKEN))
     model.set_stage("finetune")
     model.train()
-    return trainer_step(model, *token_batch(N_IMAGE, torch.ones(BATCH, dtype=torch.bool)), autocast)
+    return trainer_step(model, *token_batch(N_IMAGE, torch.ones(BATCH, dtype=torch.bool)), autocast, pure_bf16)
 
 
-def mma_step(autocast, dropout):
+def mma_step(autocast, dropout, pure_bf16=False):
     """LaVIN's recipe on the same ViT and LM: both frozen, MM-Adapters in every block, half the batch
     text-only (no image tokens), as LaVIN mixes them."""
     from minilvlm.models.decoder import DecoderConfig
@@ -79,19 +86,21 @@ def mma_step(autocast, dropout):
     for adapter in model.adapters():  # not the identity LaVIN starts from
         torch.nn.init.normal_(adapter.up_w, std=0.02)
     with_image = torch.arange(BATCH) % 2 == 0
-    return trainer_step(model, *token_batch(len(MMA_LAYERS), with_image), autocast)
+    return trainer_step(model, *token_batch(len(MMA_LAYERS), with_image), autocast, pure_bf16)
 
 
-def mma_free_adapters_step(autocast, dropout):
+def mma_free_adapters_step(autocast, dropout, pure_bf16=False):
     """The mma step with adapters that cost nothing (out = x, their parameters still in the graph):
     the floor no adapter kernel can beat, which bounds the native backend's possible speed-up."""
     from minilvlm.models import adapters
     adapters._SharedDownAdapter._run = lambda self, x, *args: x + 0 * (self.down_w.sum() + self.up_b.sum())
-    return mma_step(autocast, dropout)
+    return mma_step(autocast, dropout, pure_bf16)
 
 
-def transformers_step(autocast, dropout):
+def transformers_step(autocast, dropout, pure_bf16=False):
     import transformers
+    if pure_bf16:
+        raise SystemExit("transformers: the standard bf16 training is autocast (bf16-autocast)")
     vision = transformers.CLIPVisionConfig(
         image_size=VISION["image_size"], patch_size=VISION["patch_size"], hidden_size=VISION["dim"],
         num_hidden_layers=VISION["n_layers"], num_attention_heads=VISION["n_heads"],
@@ -124,20 +133,24 @@ def transformers_step(autocast, dropout):
 
 
 def main():
-    which, precision, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    dropout = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-    if precision not in ("fp32", "bf16"):
-        raise SystemExit(f"precision {precision!r}: expected fp32 or bf16")
-    autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16"
+    args = [a for a in sys.argv[1:] if a != "--profile"]
+    which, precision, steps = args[0], args[1], int(args[2])
+    dropout = float(args[3]) if len(args) > 3 else 0.0
+    if precision not in ("fp32", "bf16", "bf16-autocast"):
+        raise SystemExit(f"precision {precision!r}: expected fp32, bf16 or bf16-autocast")
+    autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16-autocast"
                 else contextlib.nullcontext)
     torch.manual_seed(0)
     build = {"minilvlm": minilvlm_step, "transformers": transformers_step, "mma": mma_step,
              "mma-free-adapters": mma_free_adapters_step}[which]
-    step, trained = build(autocast, dropout)
+    step, trained = build(autocast, dropout, pure_bf16=precision == "bf16")
     median = median_ms(step, reps=steps, warmup=2) / 1e3
-    print(json.dumps({"median_s": median, "samples_per_s": BATCH / median, "tokens_per_s": BATCH * SEQ / median,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "trained_params": trained}))
+    result = {"median_s": median, "samples_per_s": BATCH / median, "tokens_per_s": BATCH * SEQ / median,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "trained_params": trained}
+    if "--profile" in sys.argv:
+        gemm_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        result.update(profile_step(step, 2, gemm_dtype))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

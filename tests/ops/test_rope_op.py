@@ -307,3 +307,62 @@ def test_every_cpu_path_matches_reference():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                             env=dict(os.environ, MINILVLM_CPU_CAPABILITY="default"))
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+# ---- rope_heads_: a projection's output rotated where it lies --------------------------------------
+
+def graph_nodes(t):
+    """The names of every autograd node behind t."""
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_heads_matches_rope_on_the_view_without_copy_slices(monkeypatch, backend, dtype):
+    """Same values and gradients as rope_ on the [B, H, T, hd] view, and autograd records the rotation
+    on the projection itself: no CopySlices node (a copy of the whole projection in backward)."""
+    if backend == "reference":
+        monkeypatch.setattr("minilvlm.ops.rope.use_native", lambda device: False)
+    from minilvlm.ops import rope_heads_
+    B, T, H, hd = 2, 7, 3, 10
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(H * hd, 16, generator=g).to(dtype).requires_grad_()
+    x = torch.randn(B, T, 16, generator=g).to(dtype)
+    cos, sin = rope_tables(torch.randint(0, 500, (B, T), generator=g), 8, 10000.0)
+    grad = torch.randn(B, H, T, hd, generator=g).to(dtype)
+
+    ours = rope_heads_(x @ weight.t(), cos, sin, hd).view(B, T, H, hd).transpose(1, 2)
+    assert "CopySlices" not in graph_nodes(ours)
+    (d_ours,) = torch.autograd.grad(ours, weight, grad)
+    view = (x @ weight.t()).view(B, T, H, hd).transpose(1, 2)
+    rope_(view, None, cos, sin)
+    assert "CopySlices" in graph_nodes(view)          # what rope_heads_ avoids
+    (d_view,) = torch.autograd.grad(view, weight, grad)
+    torch.testing.assert_close(ours, view, rtol=0, atol=0)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(d_ours, d_view, **tol)
+
+
+def test_rope_heads_on_a_view_or_without_grad_and_bad_shapes():
+    from minilvlm.ops import rope_heads_
+    B, T, H, hd = 1, 4, 2, 8
+    cos, sin = rope_tables(torch.arange(T)[None], hd, 10000.0)
+    base = torch.randn(B, T, H * hd)
+    expected = rope_reference(base.view(B, T, H, hd).transpose(1, 2), cos, sin)
+    plain = base.clone()
+    assert rope_heads_(plain, cos, sin, hd) is plain                       # no grad needed: rope_ on the view
+    torch.testing.assert_close(plain.view(B, T, H, hd).transpose(1, 2), expected)
+    leaf = base.clone().requires_grad_()
+    viewed = leaf.view(B, T, H * hd)[:, :]                                 # a view: rope_ on its view
+    rotated = rope_heads_(viewed * 1, cos, sin, hd)
+    torch.testing.assert_close(rotated.view(B, T, H, hd).transpose(1, 2), expected)
+    with pytest.raises(ValueError, match=r"rope_heads_: x must be \[B, T, H \* head_dim\] with head_dim = 5"):
+        rope_heads_(base, cos, sin, 5)
