@@ -118,7 +118,7 @@ def test_device_and_precision_settings():
         assert load_config(None, [f"train.device={device}"]).train.device == device
     with pytest.raises(ConfigError, match="train.device: 'gpu' is not a device; expected auto, cpu, cuda, cuda:N or meta"):
         load_config(None, ["train.device=gpu"])
-    with pytest.raises(ConfigError, match="train.precision: expected one of fp32, bf16-autocast, fp16-autocast, got 'fp8'"):
+    with pytest.raises(ConfigError, match="train.precision: expected one of fp32, bf16, bf16-autocast, fp16-autocast, got 'fp8'"):
         load_config(None, ["train.precision=fp8"])
     with pytest.raises(ConfigError, match="train.peak_tflops = -1.0: expected a finite number >= 0"):
         load_config(None, ["train.peak_tflops=-1"])

@@ -19,6 +19,7 @@ import torch
 
 from minilvlm import recipes
 from minilvlm.data.tokenizer import Tokenizer
+from minilvlm.device import MODEL_DTYPES
 from minilvlm.optim import FusedAdamW
 
 STAND_IN_VOCAB = 512   # a run that builds its tokenizer from its data (the demo) has no size yet
@@ -102,9 +103,11 @@ def dry_run(cfg, nproc=1):
         model = recipe.build_model(cfg, tokenizer, load_weights=False)
     recipe.set_stage(model, cfg)
     model.train()
+    dtype = MODEL_DTYPES.get(cfg.train.precision, torch.float32)   # pure bf16: the model in bf16, fp32 masters
+    model.to(dtype)
     o = cfg.optim
     optimizer = FusedAdamW(model.param_groups(o.lr, o.projector_lr, o.vision_lr), lr=o.lr, betas=tuple(o.betas),
-                           eps=o.eps, weight_decay=o.weight_decay)
+                           eps=o.eps, weight_decay=o.weight_decay, master_weights=dtype != torch.float32)
     batch = synthetic_batch(cfg, recipe, model, torch.device("meta"))
     saved = SavedActivations(model)
     try:
@@ -116,7 +119,7 @@ def dry_run(cfg, nproc=1):
     objective.backward()
     norm, scale = optimizer.clip_scale(o.clip) if o.clip > 0 else (optimizer.grad_norm(), None)
     optimizer.step(grad_scale=scale)
-    block_input = batch["input_ids"].numel() * cfg.model.decoder.dim * 4
+    block_input = batch["input_ids"].numel() * cfg.model.decoder.dim * dtype.itemsize
     activations, checkpointed = saved.estimate(block_input)
     return _report(cfg, model, optimizer, nproc, activations, checkpointed, vocab_source, batch)
 
@@ -129,7 +132,7 @@ def _report(cfg, model, optimizer, nproc, activations, checkpointed, vocab_sourc
     sharding = cfg.train.sharding if nproc > 1 else "none"
     # ZeRO-1 splits the optimizer state over the ranks; FSDP the weights and grads as well.
     split = nproc if sharding == "fsdp" else 1
-    return {"recipe": cfg.model.recipe, "stage": cfg.train.stage, "vocab": vocab_source,
+    return {"recipe": cfg.model.recipe, "stage": cfg.train.stage, "vocab": vocab_source, "precision": cfg.train.precision,
             "parameters": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in trained),
             "batch": {"rows": batch["input_ids"].shape[0], "tokens": batch["input_ids"].shape[1],
                       "images": batch["images"].shape[0]},
@@ -152,7 +155,8 @@ def format_report(report, source):
         f"({100 * report['trainable'] / max(report['parameters'], 1):.2f}%)",
         f"  one training step of {batch['rows']} x {batch['tokens']} tokens with {batch['images']} images: "
         f"forward, backward and the optimizer's update ran on meta",
-        f"  memory per rank at {report['nproc']} process(es) ({report['sharding']}; activations of one micro-batch, fp32):",
+        f"  memory per rank at {report['nproc']} process(es) ({report['sharding']}; activations of one micro-batch, "
+        f"{'bf16' if report['precision'] == 'bf16' else 'fp32'}):",
         f"    {'':24}{'no act. ckpt':>14}{'act. ckpt':>14}",
     ]
     for name, value in (("weights", b["weights"]), ("grads", b["grads"]), ("optimizer state", b["optimizer_state"])):

@@ -124,3 +124,15 @@ def test_a_gpu_asked_for_where_there_is_none_stops_before_any_work(tmp_path, cap
     assert len(err) == 1 and err[0].startswith("error: train.device: 'cuda' was asked for, but torch sees no CUDA")
     assert not run.exists()   # nothing generated, nothing written
     assert tool_main()(["train.device=cpu", "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_pure_bf16_dry_runs_on_meta_with_half_the_weights_and_fp32_masters(config):
+    """train.precision = "bf16" on meta: the whole step runs with the model in bf16; weights and grads
+    take half the bytes of fp32, and the optimizer state gains the fp32 masters of what trains."""
+    fp32 = dry_run(load_config(config, check_paths=False))
+    bf16 = dry_run(load_config(config, ["train.precision=bf16"], check_paths=False))
+    a, b = fp32["bytes_per_rank"], bf16["bytes_per_rank"]
+    assert b["weights"] * 2 == a["weights"] and b["grads"] * 2 == a["grads"]
+    assert b["optimizer_state"] == a["optimizer_state"] + 4 * bf16["trainable"]
+    assert 0 < b["activations"] < a["activations"]

@@ -118,3 +118,28 @@ def test_fp16_autocast_scales_the_loss_and_resumes_with_its_scale(tmp_path, rest
     assert read_state(latest(split))["loss_scaler"]["scale"] == scales[2]
     assert tool_main()(["--resume", str(split), "train.stop_at=0"]) == 0
     assert losses(split) == losses(full)
+
+
+def test_pure_bf16_keeps_the_model_in_bf16_with_fp32_masters_and_resumes_bitwise(tmp_path, restore_determinism):
+    """train.precision = "bf16": every parameter is bf16 (no autocast recasting), the optimizer holds
+    fp32 master weights and moments, the checkpoint stores both, and a resume at step 3 gives the
+    uninterrupted run's losses bit for bit."""
+    from safetensors.torch import load_file
+    from minilvlm.train.run import setup_run
+    bf16 = TINY + ["train.precision=bf16", "train.eval_every=0"]
+    full = tmp_path / "full"
+    probe = tmp_path / "probe"
+    run = setup_run(load_config(None, bf16 + [f"train.run_dir={json.dumps(str(probe))}"]), torch.device("cpu"), 0, 1)
+    assert {p.dtype for p in run.model.parameters()} == {torch.bfloat16}
+    assert run.optimizer.master_weights
+    train(load_config(None, bf16 + [f"train.run_dir={json.dumps(str(full))}"]))
+    model_file, optim_file = latest(full) / "model.safetensors", latest(full) / "optim.safetensors"
+    assert {t.dtype for t in load_file(model_file).values()} == {torch.bfloat16}
+    optim = load_file(optim_file)
+    masters = [k for k in optim if k.endswith(".master")]
+    assert masters and all(optim[k].dtype == torch.float32 for k in masters), sorted(optim)[:8]
+
+    split = tmp_path / "split"
+    train(load_config(None, bf16 + [f"train.run_dir={json.dumps(str(split))}", "train.stop_at=3"]))
+    assert tool_main()(["--resume", str(split), "train.stop_at=0"]) == 0
+    assert losses(split) == losses(full) and len(losses(full)) == 6
