@@ -120,10 +120,15 @@ def register_linear_cross_entropy(namespace="minilvlm"):
         hidden, weight, bias = inputs[:3]
         _, grad_hidden, grad_weight, grad_bias = output
         ctx.mark_non_differentiable(grad_hidden, grad_weight, grad_bias)
+        # The three saved-gradient outputs never get a gradient: without this, autograd would fill a
+        # zero tensor of each (one the size of the LM head) on every backward, only to ignore it.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.inputs = [None if t is None else (t.shape, t.dtype) for t in (hidden, weight, bias)]
 
     def _backward(ctx, grad_loss, *unused):
+        if grad_loss is None:   # the loss itself was not used (set_materialize_grads(False) above)
+            return (None,) * 7
         grads = []
         for i, (name, saved, meta) in enumerate(zip(("hidden", "weight", "bias"), ctx.saved_tensors, ctx.inputs)):
             if meta is None or not ctx.needs_input_grad[i]:

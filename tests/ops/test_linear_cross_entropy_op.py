@@ -268,3 +268,19 @@ def test_every_cpu_path_matches_reference():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                             env=dict(os.environ, MINILVLM_CPU_CAPABILITY="default"))
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_backward_fills_no_zero_gradients_for_the_saved_outputs():
+    """The op's three saved-gradient outputs get no gradient; autograd must not materialise zeros of
+    them (one the size of the LM head) on every backward."""
+    from torch.profiler import profile
+    from minilvlm.ops import linear_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(64, 32, generator=g, requires_grad=True)
+    weight = torch.randn(100, 32, generator=g, requires_grad=True)
+    targets = torch.randint(0, 100, (64,), generator=g)
+    loss = linear_cross_entropy(hidden, weight, None, targets)
+    with profile() as prof:
+        loss.backward()
+    assert not [e.key for e in prof.key_averages() if e.key in ("aten::zeros", "aten::zeros_like")]
+    assert hidden.grad is not None and weight.grad is not None
