@@ -5,7 +5,8 @@
 #   2. every CUDA kernel against its reference on the device, FusedAdamW and ZeroAdamW against
 #      torch.optim.AdamW (ZeroAdamW over NCCL when two GPUs are present), 200 demo steps on CUDA
 #      against the CPU, fp16 with loss scaling, a GPU run resumed on the CPU (pytest -m gpu);
-#   3. the kernel benchmarks, with achieved GB/s against the device's peak.
+#   3. the kernel benchmarks (tests/gpu/bench_kernels.py, bench_block_kernels.py), with achieved
+#      GB/s against the device's peak.
 # About 8 minutes on one H100. Usage: bash tools/gpu_check.sh [--no-install]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,6 @@ python -m pytest -q -m gpu -rs tests/gpu
 
 stamp "kernel benchmarks"
 python -m tests.gpu.bench_kernels
+python -m tests.gpu.bench_block_kernels
 
 stamp "done"
