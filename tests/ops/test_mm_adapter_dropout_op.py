@@ -70,7 +70,7 @@ def test_same_seed_same_mask_other_seed_or_offset_another():
 def grads_with_mask(ops, a, tau, scale, groups, p, grad_out, dtype):
     """(kernel out, kernel grads, reference out, reference grads in `dtype`) with one Philox mask."""
     B, T, _ = a["x"].shape
-    keep = dropout_keep_mask(SEED, OFFSET, (B, T, a["down_w"].shape[0]), p)
+    keep = dropout_keep_mask(SEED, OFFSET, (B, T, a["down_w"].shape[0]), p, a["x"].device)
     leaves = {k: (None if v is None else v.detach().to(dtype).requires_grad_()) for k, v in a.items()}
     ref_out = mm_adapter_reference(**leaves, temperature=tau, scale=scale, groups=groups, dropout=p, dropout_mask=keep)
     ref_out.backward(grad_out.to(dtype))
@@ -81,11 +81,11 @@ def grads_with_mask(ops, a, tau, scale, groups, p, grad_out, dtype):
     return out, got, ref_out.detach(), ref
 
 
-def check_dropout_parity(ops, shape, p=0.3, dtype=torch.float32):
+def check_dropout_parity(ops, shape, p=0.3, dtype=torch.float32, device="cpu"):
     """fp32: within 1e-5 of the fp64 reference (or twice the fp32 reference's error); bf16: the 2x rule."""
     B, T, D, r, groups, P = shape
-    a = make_inputs(*shape, dtype=dtype)
-    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1)).to(dtype)
+    a = make_inputs(*shape, dtype=dtype, device=device)
+    grad_out = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
     exact_dtype = torch.float64 if dtype == torch.float32 else torch.float32
     out, got, exact_out, exact = grads_with_mask(ops, a, 5.0, 0.7, groups, p, grad_out, exact_dtype)
     _, _, low_out, low = grads_with_mask(ops, a, 5.0, 0.7, groups, p, grad_out, dtype)
