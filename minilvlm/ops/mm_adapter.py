@@ -36,6 +36,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensor
 
 from minilvlm.ops._registry import autocast_off, check_same_device, use_native
 
@@ -82,6 +83,10 @@ def dropout_keep_mask(seed, offset, shape, dropout, device="cpu"):
     counter = (block & _U32, block >> 32, torch.full_like(block, offset & _U32), torch.full_like(block, offset >> 32))
     words = torch.stack(philox4x32_10(counter, (seed & _U32, seed >> 32)), dim=1).reshape(-1)[:n]
     return ((words >> 8) < int((1.0 - dropout) * 16777216.0 + 0.5)).reshape(shape)
+
+
+def _without_data(x):
+    return x.device.type == "meta" or isinstance(x, FakeTensor)
 
 
 def draw_dropout_seed():
@@ -140,7 +145,9 @@ def mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, temperat
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"mm_adapter: dropout must lie in [0, 1), got {dropout}")
     if dropout > 0 and seed is None:
-        seed = draw_dropout_seed()
+        # Meta and fake tensors hold no data, so no mask to draw: no CPU tensor is made for them (what
+        # tests/train/test_devices.py checks of a step on meta or fake CUDA tensors).
+        seed = 0 if _without_data(x) else draw_dropout_seed()
     seed = 0 if seed is None else int(seed)
     if x.dtype in _NATIVE_DTYPES.get(x.device.type, ()) and use_native(x.device):
         if router_w is None:  # RepAdapter: an empty router gives w_0 = softmax of one logit = 1
