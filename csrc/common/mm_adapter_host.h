@@ -15,6 +15,8 @@
 #include <ATen/ops/softmax.h>
 #include <c10/util/Exception.h>
 
+#include "common/philox.h"
+
 #include <cmath>
 #include <tuple>
 
@@ -76,6 +78,12 @@ inline MmAdapterShape check_mm_adapter(const at::Tensor& x, const at::Tensor& t,
   check_mm_tensor(up_w, "up_w", {s.P, s.D, s.rg}, x);
   check_mm_tensor(up_b, "up_b", {s.P, s.D}, x);
   return s;
+}
+
+// The dropout on h: p in [0, 1); the mask of element (b, t, k) of h is dropout_keep(keys, (b*T + t)*r + k).
+inline DropoutKeys check_mm_dropout(double dropout, int64_t seed, int64_t offset) {
+  TORCH_CHECK(dropout >= 0.0 && dropout < 1.0, "mm_adapter: dropout must lie in [0, 1), got ", dropout);
+  return dropout_keys(dropout, seed, offset);
 }
 
 // mm_adapter_backward's arguments: those of mm_adapter, plus grad_out shaped, typed and placed like x.

@@ -42,14 +42,19 @@
 // LaVIN's MM-Adapter (common/mm_adapter_host.h): out = x + scale * sum_i w_i (U_i h + c_i) with
 // h = down_w x + down_b and w = softmax((router_w t + router_b) / temperature). t may be [B, 0]
 // (no router; then up_w has one path and w = 1). The backward returns the gradients of
-// (x, t, router_w, router_b, down_w, down_b, up_w, up_b).
+// (x, t, router_w, router_b, down_w, down_b, up_w, up_b). dropout > 0 drops elements of h with
+// probability `dropout` (and scales the kept ones by 1 / (1 - dropout)); the mask is a pure function
+// of (seed, offset, element index of h as [B,T,r]) (common/philox.h), so the backward, given the
+// same three, regenerates it.
 #define MINILVLM_SCHEMA_MM_ADAPTER                                                                   \
   "mm_adapter(Tensor x, Tensor t, Tensor router_w, Tensor router_b, Tensor down_w, Tensor down_b, "   \
-  "Tensor up_w, Tensor up_b, float temperature, float scale, int groups) -> Tensor"
+  "Tensor up_w, Tensor up_b, float temperature, float scale, int groups, float dropout=0., int seed=0, "  \
+  "int offset=0) -> Tensor"
 #define MINILVLM_SCHEMA_MM_ADAPTER_BACKWARD                                                          \
   "mm_adapter_backward(Tensor grad_out, Tensor x, Tensor t, Tensor router_w, Tensor router_b, "       \
   "Tensor down_w, Tensor down_b, Tensor up_w, Tensor up_b, float temperature, float scale, "          \
-  "int groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+  "int groups, float dropout=0., int seed=0, int offset=0) "                                          \
+  "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 
 // RMSNorm with the residual add of LLaMA/Qwen2 blocks (common/rms_norm_host.h): s = x + residual
 // (the next residual stream), y = weight * to_dtype(s * rsqrt(mean(s^2) + eps)), statistics in

@@ -8,7 +8,10 @@
 // parameter sums live in per-thread buffers that are added up at the end. SIMD, chosen at run time
 // (cpu/capability.h; MINILVLM_CPU_CAPABILITY caps it): the bf16 forward takes bf16 dot products (cpu/mm_adapter_bf16.h) on CPUs with
 // AVX512_BF16; otherwise fp32/bf16/fp16 tokens take AVX-512F fp32 arithmetic where the CPU has it;
-// float64 and other CPUs take the portable loops.
+// float64 and other CPUs take the portable loops. Dropout on h (cpu/mm_adapter_tokens.h) is
+// regenerated in the backward from (seed, offset, token index): one Philox block per four entries
+// of h, r/4 per token, next to the r*D multiply-adds of the token's own down-projection, so
+// recomputing it is cheaper than writing and reading a stored mask.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -30,15 +33,16 @@ namespace minilvlm {
 namespace {
 
 template <typename Acc>
-mm::TokenArgs<Acc> token_args(const MmAdapterShape& s, const MmRouting& m) {
+mm::TokenArgs<Acc> token_args(const MmAdapterShape& s, const MmRouting& m, const DropoutKeys& dropout) {
   return {m.A.data_ptr<Acc>(), m.bA.data_ptr<Acc>(), m.UsT.data_ptr<Acc>(), m.cs.data_ptr<Acc>(),
-          s.D, s.r, s.rg, s.Dg, s.groups};
+          s.D, s.r, s.rg, s.Dg, s.groups, dropout};
 }
 
 #ifdef MINILVLM_HAVE_AVX512BF16_PATH
 // The bf16 forward on bf16 dot products (cpu/mm_adapter_bf16.h), in tiles of tokens of one sample.
-void forward_bf16_dot(const MmAdapterShape& s, const MmRouting& m, const at::Tensor& x, at::Tensor& out) {
-  const auto a = token_args<float>(s, m);
+void forward_bf16_dot(const MmAdapterShape& s, const MmRouting& m, const DropoutKeys& dropout, const at::Tensor& x,
+                      at::Tensor& out) {
+  const auto a = token_args<float>(s, m, dropout);
   const mm::Bf16Operands ops = mm::pack_bf16(m.A, m.UsT, s.B, s.D, s.rg);
   const auto* xp = x.data_ptr<c10::BFloat16>();
   auto* op = out.data_ptr<c10::BFloat16>();
@@ -51,15 +55,16 @@ void forward_bf16_dot(const MmAdapterShape& s, const MmRouting& m, const at::Ten
       const int64_t b = job / tiles_per_sample;
       const int64_t t0 = (job % tiles_per_sample) * tile, nt = std::min(tile, s.T - t0);
       const int64_t off = (b * s.T + t0) * D;
-      mm::forward_tile_bf16(xp + off, op + off, nt, a, ops, b, h.data(), hp.data());
+      mm::forward_tile_bf16(xp + off, op + off, nt, a, ops, b, b * s.T + t0, h.data(), hp.data());
     }
   });
 }
 #endif
 
 template <typename T, typename Acc>
-void forward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tensor& x, at::Tensor& out) {
-  const auto a = token_args<Acc>(s, m);
+void forward_typed(const MmAdapterShape& s, const MmRouting& m, const DropoutKeys& dropout, const at::Tensor& x,
+                   at::Tensor& out) {
+  const auto a = token_args<Acc>(s, m, dropout);
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const int64_t D = s.D, tile = mm::kTileTokens, tiles_per_sample = (s.T + tile - 1) / tile;
@@ -73,12 +78,13 @@ void forward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tensor
 #ifdef MINILVLM_HAVE_AVX512_PATH
       if constexpr (!std::is_same_v<Acc, double>) {
         if (avx512_enabled()) {
-          mm::forward_tile_avx512(xp + off, op + off, nt, a, b, h.data());
+          mm::forward_tile_avx512(xp + off, op + off, nt, a, b, b * s.T + t0, h.data());
           continue;
         }
       }
 #endif
-      for (int64_t i = 0; i < nt; ++i) mm::forward_token_portable(xp + off + i * D, op + off + i * D, a, b, h.data());
+      for (int64_t i = 0; i < nt; ++i)
+        mm::forward_token_portable(xp + off + i * D, op + off + i * D, a, b, b * s.T + t0 + i, h.data());
     }
   });
 }
@@ -102,8 +108,9 @@ void advise_huge_pages(const at::Tensor& fresh) {
 at::Tensor mm_adapter_cpu(const at::Tensor& x_in, const at::Tensor& t, const at::Tensor& router_w,
                           const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
                           const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
-                          int64_t groups) {
+                          int64_t groups, double dropout, int64_t seed, int64_t offset) {
   const MmAdapterShape s = check_mm_adapter(x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  const DropoutKeys keys = check_mm_dropout(dropout, seed, offset);
   TORCH_CHECK(x_in.device().is_cpu(), "mm_adapter (CPU kernel): tensors must be on the CPU, got ", x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x);
@@ -113,13 +120,13 @@ at::Tensor mm_adapter_cpu(const at::Tensor& x_in, const at::Tensor& t, const at:
 #ifdef MINILVLM_HAVE_AVX512BF16_PATH
   static const bool bf16_dot = capability() >= Capability::kAvx512Bf16;
   if (x.scalar_type() == at::kBFloat16 && bf16_dot) {
-    forward_bf16_dot(s, m, x, out);
+    forward_bf16_dot(s, m, keys, x, out);
     return out;
   }
 #endif
   dispatch_dtype<float, c10::BFloat16, c10::Half, double>(x.scalar_type(), "mm_adapter", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    forward_typed<T, acc_t<T>>(s, m, x, out);
+    forward_typed<T, acc_t<T>>(s, m, keys, x, out);
   });
   return out;
 }
@@ -128,9 +135,9 @@ at::Tensor mm_adapter_cpu(const at::Tensor& x_in, const at::Tensor& t, const at:
 int64_t tile_tokens(int64_t D) { return std::clamp<int64_t>(32768 / std::max<int64_t>(D, 1), 2, 32); }
 
 template <typename T, typename Acc>
-void backward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tensor& x, const at::Tensor& dy,
-                    at::Tensor& dx, at::Tensor& dA, at::Tensor& dbA, at::Tensor& G, at::Tensor& S) {
-  const auto a = token_args<Acc>(s, m);
+void backward_typed(const MmAdapterShape& s, const MmRouting& m, const DropoutKeys& dropout, const at::Tensor& x,
+                    const at::Tensor& dy, at::Tensor& dx, at::Tensor& dA, at::Tensor& dbA, at::Tensor& G, at::Tensor& S) {
+  const auto a = token_args<Acc>(s, m, dropout);
   const T* xp = x.data_ptr<T>();
   const T* gp = dy.data_ptr<T>();
   T* dxp = dx.data_ptr<T>();
@@ -152,14 +159,14 @@ void backward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tenso
 #ifdef MINILVLM_HAVE_AVX512_PATH
       if constexpr (!std::is_same_v<Acc, double>) {
         if (avx512_enabled()) {
-          mm::backward_tile_avx512(xp + off, gp + off, dxp + off, nt, a, b, sums, h.data(), dh.data());
+          mm::backward_tile_avx512(xp + off, gp + off, dxp + off, nt, a, b, b * s.T + t0, sums, h.data(), dh.data());
           continue;
         }
       }
 #endif
       for (int64_t i = 0; i < nt; ++i)
-        mm::backward_token_portable(xp + off + i * D, gp + off + i * D, dxp + off + i * D, a, b, sums, h.data(),
-                                    dh.data());
+        mm::backward_token_portable(xp + off + i * D, gp + off + i * D, dxp + off + i * D, a, b, b * s.T + t0 + i,
+                                    sums, h.data(), dh.data());
     }
   });
   const at::Tensor total = partial.sum(0);
@@ -172,9 +179,11 @@ void backward_typed(const MmAdapterShape& s, const MmRouting& m, const at::Tenso
 MmAdapterGrads mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& t,
                                        const at::Tensor& router_w, const at::Tensor& router_b,
                                        const at::Tensor& down_w, const at::Tensor& down_b, const at::Tensor& up_w,
-                                       const at::Tensor& up_b, double temperature, double scale, int64_t groups) {
+                                       const at::Tensor& up_b, double temperature, double scale, int64_t groups,
+                                       double dropout, int64_t seed, int64_t offset) {
   const MmAdapterShape s =
       check_mm_adapter_backward(grad_out, x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
+  const DropoutKeys keys = check_mm_dropout(dropout, seed, offset);
   TORCH_CHECK(x_in.device().is_cpu(), "mm_adapter_backward (CPU kernel): tensors must be on the CPU, got ",
               x_in.device());
   const at::Tensor x = x_in.contiguous(), dy = grad_out.contiguous();
@@ -187,7 +196,7 @@ MmAdapterGrads mm_adapter_backward_cpu(const at::Tensor& grad_out, const at::Ten
   if (x.numel() > 0) {
     dispatch_dtype<float, c10::BFloat16, c10::Half, double>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
       using T = typename decltype(tag)::type;
-      backward_typed<T, acc_t<T>>(s, m, x, dy, dx, dA, dbA, G, S);
+      backward_typed<T, acc_t<T>>(s, m, keys, x, dy, dx, dA, dbA, G, S);
     });
   }
   auto [dt, drw, drb, ddw, ddb, duw, dub] =

@@ -108,17 +108,21 @@ inline void up_rows_bf16(const c10::BFloat16* x, c10::BFloat16* out, int64_t D, 
   }
 }
 
-// A tile of nt consecutive tokens of sample b. h is [nt, r] fp32 scratch, hp [nt, groups * rp].
+// A tile of nt consecutive tokens of sample b, the first with flat index token0. h is [nt, r] fp32
+// scratch, hp [nt, groups * rp].
 inline void forward_tile_bf16(const c10::BFloat16* x, c10::BFloat16* out, int64_t nt, const TokenArgs<float>& a,
-                              const Bf16Operands& p, int64_t b, float* h, uint32_t* hp) {
+                              const Bf16Operands& p, int64_t b, uint64_t token0, float* h, uint32_t* hp) {
   const int64_t D = a.D, r = a.r, rg = a.rg, rp = p.rp, ldh = a.groups * rp;
   down_tile_bf16(x, D, nt, p.A.data_ptr<c10::BFloat16>(), r, p.r4, h);
+  for (int64_t t = 0; t < nt; ++t)
+    for (int64_t k = 0; k < r; ++k) h[t * r + k] += a.bA[k];
+  drop_rows(h, nt, token0, a);  // in fp32, before h is rounded to bf16 pairs
   for (int64_t t = 0; t < nt; ++t)
     for (int64_t g = 0; g < a.groups; ++g)
       for (int64_t q = 0; q < rp; ++q) {  // pair q of group g: (h[2q], h[2q+1]) of the group, 0 past rg
         const int64_t k = g * rg + 2 * q;
-        const uint32_t lo = c10::BFloat16(h[t * r + k] + a.bA[k]).x;
-        const uint32_t hi = 2 * q + 1 < rg ? c10::BFloat16(h[t * r + k + 1] + a.bA[k + 1]).x : 0u;
+        const uint32_t lo = c10::BFloat16(h[t * r + k]).x;
+        const uint32_t hi = 2 * q + 1 < rg ? c10::BFloat16(h[t * r + k + 1]).x : 0u;
         hp[t * ldh + g * rp + q] = lo | (hi << 16);
       }
   const auto* Up = reinterpret_cast<const uint32_t*>(p.Up.data_ptr<c10::BFloat16>()) + b * rp * D;

@@ -7,12 +7,16 @@
 // Backward, per token: dh = UsT dy (grouped);  dx = dy + A^T dh;  and the sums
 //   dA += dh x^T,  db_A += dh,  G[b] += h dy^T (grouped),  S[b] += dy,
 // from which the host derives dU_i, dc_i and the router's gradients.
+// With dropout, h (after its bias) is masked and scaled where it is formed, and so is dh (the same
+// mask: h's gradient passes the mask and the scale); the mask is regenerated from the token's
+// index (common/philox.h), never stored.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
 
+#include "common/philox.h"
 #include "cpu/simd.h"
 
 namespace minilvlm {
@@ -26,7 +30,15 @@ struct TokenArgs {
   const Acc* UsT;  // [B, rg, D]
   const Acc* cs;   // [B, D]
   int64_t D, r, rg, Dg, groups;
+  DropoutKeys dropout;  // on h; element (token, k) has flat index token * r + k
 };
+
+// Dropout on the rows of nt consecutive tokens, the first with flat token index token0 (b*T + t).
+template <typename Acc>
+inline void drop_rows(Acc* v, int64_t nt, uint64_t token0, const TokenArgs<Acc>& a) {
+  if (!a.dropout.active) return;
+  for (int64_t t = 0; t < nt; ++t) dropout_row(v + t * a.r, a.r, (token0 + t) * a.r, a.dropout);
+}
 
 // Per-thread sums of the backward pass (one sample's G and S are selected by the caller).
 template <typename Acc>
@@ -46,13 +58,14 @@ inline double to_acc(double v, double) { return v; }
 // portable loops (float64, and float32/bf16/fp16 on CPUs without AVX-512)
 
 template <typename T, typename Acc>
-void forward_token_portable(const T* x, T* out, const TokenArgs<Acc>& a, int64_t b, Acc* h) {
+void forward_token_portable(const T* x, T* out, const TokenArgs<Acc>& a, int64_t b, uint64_t token, Acc* h) {
   const int64_t D = a.D;
   for (int64_t k = 0; k < a.r; ++k) {
     Acc acc = 0;
     for (int64_t d = 0; d < D; ++d) acc += a.A[k * D + d] * to_acc(x[d], Acc());
     h[k] = acc + a.bA[k];
   }
+  drop_rows(h, 1, token, a);
   const Acc* UsT = a.UsT + b * a.rg * D;
   const Acc* cs = a.cs + b * D;
   for (int64_t d = 0; d < D; ++d) {
@@ -64,7 +77,7 @@ void forward_token_portable(const T* x, T* out, const TokenArgs<Acc>& a, int64_t
 }
 
 template <typename T, typename Acc>
-void backward_token_portable(const T* x, const T* dy, T* dx, const TokenArgs<Acc>& a, int64_t b,
+void backward_token_portable(const T* x, const T* dy, T* dx, const TokenArgs<Acc>& a, int64_t b, uint64_t token,
                              const Sums<Acc>& sums, Acc* h, Acc* dh) {
   const int64_t D = a.D;
   const Acc* UsT = a.UsT + b * a.rg * D;
@@ -78,6 +91,8 @@ void backward_token_portable(const T* x, const T* dy, T* dx, const TokenArgs<Acc
     Acc* dhg = dh + (d / a.Dg) * a.rg;
     for (int64_t j = 0; j < a.rg; ++j) dhg[j] += UsT[j * D + d] * to_acc(dy[d], Acc());
   }
+  drop_rows(h, 1, token, a);
+  drop_rows(dh, 1, token, a);
   for (int64_t k = 0; k < a.r; ++k) sums.dbA[k] += dh[k];
   for (int64_t d = 0; d < D; ++d) {
     const Acc xd = to_acc(x[d], Acc()), gd = to_acc(dy[d], Acc());
@@ -180,11 +195,13 @@ inline void accumulate_rows(float* sums, int64_t D, int64_t nk, const float* coe
 // A tile of nt consecutive tokens of sample b: h for the whole tile, then out column block by
 // column block, so each block of UsT and cs is loaded once per tile. h is [nt, r] scratch.
 template <typename T>
-void forward_tile_avx512(const T* x, T* out, int64_t nt, const TokenArgs<float>& a, int64_t b, float* h) {
+void forward_tile_avx512(const T* x, T* out, int64_t nt, const TokenArgs<float>& a, int64_t b, uint64_t token0,
+                         float* h) {
   const int64_t D = a.D, r = a.r, rg = a.rg;
   dot_tile(a.A, D, r, x, D, nt, D, h, r);
   for (int64_t t = 0; t < nt; ++t)
     for (int64_t k = 0; k < r; ++k) h[t * r + k] += a.bA[k];
+  drop_rows(h, nt, token0, a);
   const float* UsT = a.UsT + b * rg * D;
   const float* cs = a.cs + b * D;
   for (int64_t g = 0; g < a.groups; ++g) {
@@ -202,16 +219,17 @@ void forward_tile_avx512(const T* x, T* out, int64_t nt, const TokenArgs<float>&
 // h and dh are [nt, r] scratch.
 template <typename T>
 void backward_tile_avx512(const T* x, const T* dy, T* dx, int64_t nt, const TokenArgs<float>& a, int64_t b,
-                          const Sums<float>& sums, float* h, float* dh) {
+                          uint64_t token0, const Sums<float>& sums, float* h, float* dh) {
   const int64_t D = a.D, r = a.r, rg = a.rg;
   const float* UsT = a.UsT + b * rg * D;
   dot_tile(a.A, D, r, x, D, nt, D, h, r);
   for (int64_t g = 0; g < a.groups; ++g) dot_tile(UsT + g * a.Dg, D, rg, dy + g * a.Dg, D, nt, a.Dg, dh + g * rg, r);
   for (int64_t t = 0; t < nt; ++t)
-    for (int64_t k = 0; k < r; ++k) {
-      h[t * r + k] += a.bA[k];
-      sums.dbA[k] += dh[t * r + k];
-    }
+    for (int64_t k = 0; k < r; ++k) h[t * r + k] += a.bA[k];
+  drop_rows(h, nt, token0, a);
+  drop_rows(dh, nt, token0, a);
+  for (int64_t t = 0; t < nt; ++t)
+    for (int64_t k = 0; k < r; ++k) sums.dbA[k] += dh[t * r + k];
   for (int64_t g = 0; g < a.groups; ++g) {
     const int64_t hi = (g + 1) * a.Dg;
     for (int64_t d = g * a.Dg; d < hi; d += 16) {

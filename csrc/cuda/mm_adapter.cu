@@ -17,10 +17,10 @@ namespace {
 at::Tensor mm_adapter_cuda(const at::Tensor& x, const at::Tensor& t, const at::Tensor& router_w,
                            const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
                            const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
-                           int64_t groups) {
+                           int64_t groups, double dropout, int64_t seed, int64_t offset) {
   cuda::CudaTarget target(cuda::kMmBlocksPerSm);
-  at::Tensor out =
-      cuda::mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups, target);
+  at::Tensor out = cuda::mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups,
+                                    check_mm_dropout(dropout, seed, offset), target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -28,10 +28,12 @@ at::Tensor mm_adapter_cuda(const at::Tensor& x, const at::Tensor& t, const at::T
 MmAdapterGrads mm_adapter_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& t,
                                         const at::Tensor& router_w, const at::Tensor& router_b,
                                         const at::Tensor& down_w, const at::Tensor& down_b, const at::Tensor& up_w,
-                                        const at::Tensor& up_b, double temperature, double scale, int64_t groups) {
+                                        const at::Tensor& up_b, double temperature, double scale, int64_t groups,
+                                        double dropout, int64_t seed, int64_t offset) {
   cuda::CudaTarget target(cuda::kMmBlocksPerSm);
   MmAdapterGrads grads = cuda::mm_adapter_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b,
-                                                   temperature, scale, groups, target);
+                                                   temperature, scale, groups,
+                                                   check_mm_dropout(dropout, seed, offset), target);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grads;
 }

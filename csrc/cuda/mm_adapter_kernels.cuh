@@ -4,13 +4,18 @@
 // under test is the code that ships.
 //
 // The host has folded the router into per-sample UsT [B, rg, D] = s * sum_i w_i U_i (transposed)
-// and cs [B, D] = s * sum_i w_i c_i (common/mm_adapter_host.h). Tiles are kMmTileTokens tokens of
-// one sample. The forward's grid is (tiles, B), one block per tile; the backward's is (blocks per
-// sample, B), bounded by the GPU's size, and block (i, b) takes the tiles i, i + gridDim.x, ... of
+// and cs [B, D] = s * sum_i w_i c_i (common/mm_adapter_host.h). Tiles are consecutive tokens of
+// one sample. The forward's grid is (tiles, B), one block per tile of `tile` <= kMmTileTokens
+// tokens, the tile sized by the host from B*T; the backward's is (blocks per sample, B), bounded by
+// the GPU's size, and block (i, b) takes the tiles i, i + gridDim.x, ... (kMmTileTokens each) of
 // sample b. For each tile
-//   phase 1  each warp takes whole tokens and forms their r dot products (h = A x + b_A; in the
-//            backward also dh = UsT dy per group) with lane-strided loads and __shfl_xor_sync
-//            reductions; the results go to shared memory;
+//   phase 1  the r dot products of each token (h = A x + b_A; in the backward also dh = UsT dy per
+//            group), reduced with __shfl_xor_sync into shared memory. The forward splits the
+//            channels among all threads and takes the tile's tokens kMmDotTokens at a time, so one
+//            load of A serves several tokens; the backward gives each warp whole tokens;
+//   dropout  h (after b_A) and, in the backward, dh are masked and scaled per entry by
+//            dropout_keep(seed, offset, flat index in h [B,T,r]) (common/philox.h): the backward
+//            regenerates the forward's mask in a pass of its own (mm_factor_bias_kernel);
 //   phase 2  threads own channels d and walk the tile's tokens: the forward writes
 //            out = x + cs + UsT^T h, the backward writes dx = dy + A^T dh and adds the tile's
 //            dA += dh x^T, db_A += dh, G += h dy^T, S += dy to its block's own slot of a workspace.
@@ -24,6 +29,7 @@
 
 #include <cstdint>
 
+#include "common/philox.h"
 #include "cuda/convert.cuh"
 #include "cuda/launch.h"
 
@@ -34,6 +40,10 @@ constexpr int kMmThreads = 256;
 constexpr int kMmWarps = kMmThreads / 32;
 constexpr int kMmTileTokens = 16;
 constexpr int kMmChunk = 8;  // dot products per pass over a row: the register array size
+constexpr int kMmDotTokens = 4;  // tokens per forward register block: each load of A feeds four tokens
+// The backward's register budget: two blocks per SM, 128 registers a thread. Under a bare
+// __launch_bounds__ ptxas budgeted 64 and spilled the fp32 kernel once dropout came in.
+constexpr int kMmBackwardMinBlocks = 2;
 
 struct MmDims {
   int64_t T, D;
@@ -74,26 +84,75 @@ __device__ __forceinline__ void warp_dot_rows(const float* __restrict__ rows, in
   }
 }
 
-__device__ __forceinline__ int mm_tile_tokens(const MmDims& dims, int64_t t0) {
-  return static_cast<int>(dims.T - t0 < kMmTileTokens ? dims.T - t0 : kMmTileTokens);
+__device__ __forceinline__ int mm_tile_tokens(const MmDims& dims, int64_t t0, int tile) {
+  return static_cast<int>(dims.T - t0 < tile ? dims.T - t0 : tile);
 }
 
+// Dropout on one entry of h (or of its gradient): index is the entry's flat index in h [B, T, r].
+__device__ __forceinline__ float mm_drop(float v, const DropoutKeys& drop, uint64_t index) {
+  if (!drop.active) return v;
+  return dropout_keep(drop, index) ? v * static_cast<float>(drop.scale) : 0.0f;
+}
+
+// Forward phase 1 for a tile of nt <= kMmTileTokens tokens: part[w][t][k] = the dot product of A's
+// row k with token t over the channels i = 32 w + lane (mod kMmThreads). Every thread takes the same
+// channels of all the tile's tokens, so each element of A is loaded once per kMmDotTokens tokens
+// (one register block of kMmChunk rows by kMmDotTokens tokens) rather than once per token.
+template <typename T>
+__device__ __forceinline__ void mm_tile_dots(const float* __restrict__ A, const T* __restrict__ xs, int64_t D, int r,
+                                             int nt, float* part) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int j0 = 0; j0 < r; j0 += kMmChunk) {
+    for (int t0 = 0; t0 < nt; t0 += kMmDotTokens) {
+      float acc[kMmChunk][kMmDotTokens];
+#pragma unroll
+      for (int j = 0; j < kMmChunk; ++j)
+#pragma unroll
+        for (int t = 0; t < kMmDotTokens; ++t) acc[j][t] = 0.0f;
+      for (int64_t i = threadIdx.x; i < D; i += kMmThreads) {
+        float xv[kMmDotTokens];
+#pragma unroll
+        for (int t = 0; t < kMmDotTokens; ++t) xv[t] = t0 + t < nt ? load_token(xs + (t0 + t) * D + i) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < kMmChunk; ++j) {
+          const float a = j0 + j < r ? __ldg(A + (j0 + j) * D + i) : 0.0f;
+#pragma unroll
+          for (int t = 0; t < kMmDotTokens; ++t) acc[j][t] = fmaf(a, xv[t], acc[j][t]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kMmChunk; ++j)
+#pragma unroll
+        for (int t = 0; t < kMmDotTokens; ++t) {
+          const float total = warp_sum(acc[j][t]);
+          if (lane == 0 && j0 + j < r && t0 + t < nt) part[(warp * kMmTileTokens + t0 + t) * r + j0 + j] = total;
+        }
+    }
+  }
+}
+
+// The forward: one block per tile of `tile` tokens of one sample (tile <= kMmTileTokens, chosen by the
+// host from B*T so that the grid covers the GPU several times over, cuda/mm_adapter_launch.h).
 template <typename T>
 __global__ void __launch_bounds__(kMmThreads)
     mm_adapter_forward_kernel(const T* __restrict__ x, T* __restrict__ out, const float* __restrict__ A,
                               const float* __restrict__ bA, const float* __restrict__ UsT,
-                              const float* __restrict__ cs, MmDims dims) {
-  MINILVLM_DYNAMIC_SMEM(float, h);  // [kMmTileTokens, r]
-  const int64_t b = blockIdx.y, t0 = static_cast<int64_t>(blockIdx.x) * kMmTileTokens;
-  const int nt = mm_tile_tokens(dims, t0);
+                              const float* __restrict__ cs, MmDims dims, int tile, DropoutKeys drop) {
+  MINILVLM_DYNAMIC_SMEM(float, h);  // h [kMmTileTokens, r], then the partial dots [kMmWarps, kMmTileTokens, r]
+  const int r = dims.r;
+  float* part = h + kMmTileTokens * r;
+  const int64_t b = blockIdx.y, t0 = static_cast<int64_t>(blockIdx.x) * tile;
+  const int nt = mm_tile_tokens(dims, t0, tile);
   const int64_t D = dims.D;
   const T* xs = x + (b * dims.T + t0) * D;
   T* os = out + (b * dims.T + t0) * D;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int t = warp; t < nt; t += kMmWarps) {
-    warp_dot_rows(A, D, xs + t * D, D, dims.r, h + t * dims.r, lane);
-    __syncwarp();
-    for (int k = lane; k < dims.r; k += 32) h[t * dims.r + k] += bA[k];
+  mm_tile_dots(A, xs, D, r, nt, part);
+  __syncthreads();
+  for (int e = threadIdx.x; e < nt * r; e += kMmThreads) {  // h = the warps' partials, in warp order, + b_A
+    const int k = e % r;
+    float v = bA[k];
+    for (int w = 0; w < kMmWarps; ++w) v += part[w * kMmTileTokens * r + e];
+    h[e] = mm_drop(v, drop, static_cast<uint64_t>(b * dims.T + t0) * r + e);
   }
   __syncthreads();
   const float* u = UsT + b * dims.rg * D;
@@ -102,7 +161,7 @@ __global__ void __launch_bounds__(kMmThreads)
     const float c = __ldg(cs + b * D + d);
     for (int t = 0; t < nt; ++t) {
       float v = c;
-      for (int j = 0; j < dims.rg; ++j) v = fmaf(__ldg(u + j * D + d), h[t * dims.r + hg + j], v);
+      for (int j = 0; j < dims.rg; ++j) v = fmaf(__ldg(u + j * D + d), h[t * r + hg + j], v);
       store(os + t * D + d, load_token(xs + t * D + d) + v);
     }
   }
@@ -111,13 +170,14 @@ __global__ void __launch_bounds__(kMmThreads)
 // *p = v for a block's first tile, *p += v after: a slot of the workspace that only this thread writes.
 __device__ __forceinline__ void mm_accumulate(float* p, float v, bool first) { *p = first ? v : *p + v; }
 
-// Pass 1 of the backward. Workspace slots, written (not added to) by the block's first tile:
+// Pass 1 of the backward; factor_bias holds (f, f b_A) per entry of h (mm_factor_bias_kernel).
+// Workspace slots, written (not added to) by the block's first tile:
 //   dA_part [gridDim.y * gridDim.x][r*D + r]  per block: dA [r, D] then db_A [r]
 //   GS_part [gridDim.x][B][rg*D + D]           per block: G_b [rg, D] then S_b [D] of its sample
 template <typename T>
-__global__ void __launch_bounds__(kMmThreads)
+__global__ void __launch_bounds__(kMmThreads, kMmBackwardMinBlocks)
     mm_adapter_backward_kernel(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx,
-                               const float* __restrict__ A, const float* __restrict__ bA,
+                               const float* __restrict__ A, const float* __restrict__ factor_bias,
                                const float* __restrict__ UsT, float* __restrict__ dA_part,
                                float* __restrict__ GS_part, MmDims dims) {
   MINILVLM_DYNAMIC_SMEM(float, h);  // [kMmTileTokens, r], then dh [kMmTileTokens, r]
@@ -133,7 +193,7 @@ __global__ void __launch_bounds__(kMmThreads)
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const bool first = tile == blockIdx.x;
     const int64_t t0 = tile * kMmTileTokens, offset = (b * dims.T + t0) * D;
-    const int nt = mm_tile_tokens(dims, t0);
+    const int nt = mm_tile_tokens(dims, t0, kMmTileTokens);
     const T* xs = x + offset;
     const T* gs = dy + offset;
     T* dxs = dx + offset;
@@ -142,7 +202,11 @@ __global__ void __launch_bounds__(kMmThreads)
       for (int g = 0; g < dims.groups; ++g)
         warp_dot_rows(u + g * dims.Dg, D, gs + t * D + g * dims.Dg, dims.Dg, rg, dh + t * r + g * rg, lane);
       __syncwarp();
-      for (int k = lane; k < r; k += 32) h[t * r + k] += bA[k];
+      const float* fb = factor_bias + 2 * (b * dims.T + t0 + t) * r;  // pairs (f, f b_A)
+      for (int k = lane; k < r; k += 32) {  // h = f (A x + b_A), dh = f dh
+        h[t * r + k] = fmaf(h[t * r + k], fb[2 * k], fb[2 * k + 1]);
+        dh[t * r + k] *= fb[2 * k];
+      }
     }
     __syncthreads();
     for (int k = threadIdx.x; k < r; k += kMmThreads) {
@@ -191,6 +255,22 @@ __global__ void __launch_bounds__(kMmThreads)
       }
     }
     __syncthreads();  // the next tile overwrites h and dh
+  }
+}
+
+// The backward's per-entry (factor, bias) pairs for h [B,T,r]: fb[2e] = f_e, fb[2e+1] = f_e b_A[k],
+// with f_e = kept ? 1 / (1 - p) : 0 under dropout (the forward's Philox bits) and 1 without (then
+// fmaf(h, 1, b_A) is exactly h + b_A). Grid-stride. A pass of its own because Philox inside the
+// backward kernel made nvcc spill registers there; the pairs are 8r bytes per token, next to the
+// token's 2 * D elements of x and dy.
+static __global__ void __launch_bounds__(kMmThreads)
+    mm_factor_bias_kernel(DropoutKeys drop, const float* __restrict__ bA, float* __restrict__ fb, int64_t n, int r) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const float scale = static_cast<float>(drop.scale);
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
+    const float f = !drop.active ? 1.0f : (dropout_keep(drop, static_cast<uint64_t>(e)) ? scale : 0.0f);
+    fb[2 * e] = f;
+    fb[2 * e + 1] = f * bA[e % r];
   }
 }
 

@@ -31,11 +31,23 @@ inline MmDims mm_dims(const MmAdapterShape& s, const char* op) {
 // two, since each block owns a workspace slot of (r + rg + 1) * D floats.
 constexpr int kMmBlocksPerSm = 2;
 
-inline int64_t mm_tiles(int64_t T) { return (T + kMmTileTokens - 1) / kMmTileTokens; }
+// The forward's grid aims at kMmForwardWaves x max_blocks blocks (4 per SM on a GPU): each block
+// reads A once per tile, so larger tiles save L2 traffic, but at LaVIN's B*T = 2048 tiles of 16
+// tokens gave one block per SM of an H100, too few to keep its memory system busy.
+constexpr int kMmForwardWaves = 2;
 
-// The forward: one block per tile of kMmTileTokens tokens of one sample.
-inline dim3 mm_forward_grid(int64_t B, int64_t T) {
-  return dim3(static_cast<unsigned>(mm_tiles(T)), static_cast<unsigned>(B));
+inline int64_t mm_tiles(int64_t T, int64_t tile = kMmTileTokens) { return (T + tile - 1) / tile; }
+
+// Tokens per forward block: B*T spread over the target block count, at most kMmTileTokens.
+inline int mm_forward_tile(int64_t B, int64_t T, int64_t max_blocks) {
+  const int64_t target = max_blocks * kMmForwardWaves;
+  const int64_t tile = target > 0 ? (B * T + target - 1) / target : kMmTileTokens;
+  return static_cast<int>(tile < 1 ? 1 : (tile > kMmTileTokens ? kMmTileTokens : tile));
+}
+
+// The forward: one block per tile of `tile` tokens of one sample.
+inline dim3 mm_forward_grid(int64_t B, int64_t T, int tile) {
+  return dim3(static_cast<unsigned>(mm_tiles(T, tile)), static_cast<unsigned>(B));
 }
 
 // The backward: (blocks per sample, B) within max_blocks; each block loops over the tiles of its
@@ -57,6 +69,18 @@ inline void mm_sum_slots(const at::Tensor& part, const at::Tensor& out, int64_t 
       part.data_ptr<float>(), out.data_ptr<float>(), slots, n);
 }
 
+// The backward's (factor, bias) pairs for the entries of h (mm_factor_bias_kernel): [B*T*r, 2].
+inline at::Tensor mm_factor_bias(const DropoutKeys& drop, const at::Tensor& bA, int64_t n, int r,
+                                 const LaunchConfig& config) {
+  at::Tensor fb = at::empty({n, 2}, bA.options());
+  int64_t blocks = (n + kMmThreads - 1) / kMmThreads;
+  blocks = blocks < 1 ? 1 : (blocks > config.max_blocks ? config.max_blocks : blocks);
+  auto* kernel = &mm_factor_bias_kernel;
+  MINILVLM_LAUNCH(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kMmThreads), 0, config.stream)(
+      drop, bA.data_ptr<float>(), fb.data_ptr<float>(), n, r);
+  return fb;
+}
+
 inline void check_mm_kernel_dtype(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
               " (CUDA kernel): x must be float32, bfloat16 or float16, got ", x.scalar_type(),
@@ -72,7 +96,7 @@ template <typename Target>
 at::Tensor mm_adapter(const at::Tensor& x_in, const at::Tensor& t, const at::Tensor& router_w,
                       const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
                       const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale, int64_t groups,
-                      Target& target) {
+                      const DropoutKeys& drop, Target& target) {
   const MmAdapterShape s =
       check_mm_adapter(x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
   const LaunchConfig config = target(x_in, "mm_adapter");
@@ -82,13 +106,14 @@ at::Tensor mm_adapter(const at::Tensor& x_in, const at::Tensor& t, const at::Ten
   if (x.numel() == 0) return out;
   const MmRouting m = mm_route(s, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale);
   const MmDims dims = mm_dims(s, "mm_adapter");
+  const int tile = mm_forward_tile(s.B, s.T, config.max_blocks);
   dispatch_dtype<float, c10::BFloat16, c10::Half>(x.scalar_type(), "mm_adapter", [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto* kernel = &mm_adapter_forward_kernel<cuda_scalar_t<T>>;
-    const size_t smem = sizeof(float) * kMmTileTokens * dims.r;  // h
-    MINILVLM_LAUNCH(kernel, mm_forward_grid(s.B, s.T), dim3(kMmThreads), smem, config.stream)(
+    const size_t smem = sizeof(float) * (1 + kMmWarps) * kMmTileTokens * dims.r;  // h, the warps' partial dots
+    MINILVLM_LAUNCH(kernel, mm_forward_grid(s.B, s.T, tile), dim3(kMmThreads), smem, config.stream)(
         cuda_data<T>(x), cuda_data<T>(out), m.A.data_ptr<float>(), m.bA.data_ptr<float>(), m.UsT.data_ptr<float>(),
-        m.cs.data_ptr<float>(), dims);
+        m.cs.data_ptr<float>(), dims, tile, drop);
   });
   return out;
 }
@@ -97,7 +122,8 @@ template <typename Target>
 MmAdapterGrads mm_adapter_backward(const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& t,
                                    const at::Tensor& router_w, const at::Tensor& router_b, const at::Tensor& down_w,
                                    const at::Tensor& down_b, const at::Tensor& up_w, const at::Tensor& up_b,
-                                   double temperature, double scale, int64_t groups, Target& target) {
+                                   double temperature, double scale, int64_t groups, const DropoutKeys& drop,
+                                   Target& target) {
   const MmAdapterShape s =
       check_mm_adapter_backward(grad_out, x_in, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, groups);
   const LaunchConfig config = target(x_in, "mm_adapter_backward");
@@ -115,12 +141,13 @@ MmAdapterGrads mm_adapter_backward(const at::Tensor& grad_out, const at::Tensor&
     const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y;
     at::Tensor dA_part = at::empty({blocks, s.r * s.D + s.r}, opts);
     at::Tensor GS_part = at::empty({static_cast<int64_t>(grid.x), s.B, s.rg * s.D + s.D}, opts);
+    const at::Tensor factor_bias = mm_factor_bias(drop, m.bA, s.B * s.T * s.r, dims.r, config);
     dispatch_dtype<float, c10::BFloat16, c10::Half>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
       using T = typename decltype(tag)::type;
       auto* kernel = &mm_adapter_backward_kernel<cuda_scalar_t<T>>;
       const size_t smem = 2 * sizeof(float) * kMmTileTokens * dims.r;  // h and dh
       MINILVLM_LAUNCH(kernel, grid, dim3(kMmThreads), smem, config.stream)(
-          cuda_data<T>(x), cuda_data<T>(dy), cuda_data<T>(dx), m.A.data_ptr<float>(), m.bA.data_ptr<float>(),
+          cuda_data<T>(x), cuda_data<T>(dy), cuda_data<T>(dx), m.A.data_ptr<float>(), factor_bias.data_ptr<float>(),
           m.UsT.data_ptr<float>(), dA_part.data_ptr<float>(), GS_part.data_ptr<float>(), dims);
     });
     mm_sum_slots(dA_part, dA_dbA, blocks, dA_dbA.numel(), config);

@@ -20,18 +20,20 @@ constexpr int kEmuMaxBlocks = 4;
 at::Tensor mm_adapter_emu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& router_w,
                           const at::Tensor& router_b, const at::Tensor& down_w, const at::Tensor& down_b,
                           const at::Tensor& up_w, const at::Tensor& up_b, double temperature, double scale,
-                          int64_t groups) {
+                          int64_t groups, double dropout, int64_t seed, int64_t offset) {
   const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kMmBlocksPerSm);
-  return cuda::mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups, target);
+  return cuda::mm_adapter(x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature, scale, groups,
+                          check_mm_dropout(dropout, seed, offset), target);
 }
 
 MmAdapterGrads mm_adapter_backward_emu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& t,
                                        const at::Tensor& router_w, const at::Tensor& router_b,
                                        const at::Tensor& down_w, const at::Tensor& down_b, const at::Tensor& up_w,
-                                       const at::Tensor& up_b, double temperature, double scale, int64_t groups) {
+                                       const at::Tensor& up_b, double temperature, double scale, int64_t groups,
+                                       double dropout, int64_t seed, int64_t offset) {
   const cuda::EmuTarget target(kEmuMaxBlocks, cuda::kMmBlocksPerSm);
   return cuda::mm_adapter_backward(grad_out, x, t, router_w, router_b, down_w, down_b, up_w, up_b, temperature,
-                                   scale, groups, target);
+                                   scale, groups, check_mm_dropout(dropout, seed, offset), target);
 }
 
 }  // namespace

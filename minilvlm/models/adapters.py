@@ -6,16 +6,17 @@ fresh adapter is the identity) and, for the MM-Adapter, a router that mixes the 
 from the sample's modality token:
     w = softmax((W_r t + b_r) / temperature),   out = x + scale * sum_i w_i (U_i (A x + b_A) + c_i).
 
-Dropout on h (LaVIN trains with 0.1) is not fused: while the module is training with dropout > 0
-it runs the plain-PyTorch reference composition with dropout on h; in eval mode, or with
-dropout = 0, it runs the fused kernels.
+Dropout on h (LaVIN trains with 0.1) is part of the fused op: while the module is training, each call
+draws a fresh seed from torch's default CPU generator and the op masks h with the counter-based
+Philox mask of that seed (minilvlm/ops/mm_adapter.py), so a training run is reproducible from its
+seed and a resumed run (the trainer checkpoints the generator) repeats the masks bitwise.
 """
 import math
 
 import torch
 from torch import nn
 
-from minilvlm.ops import mm_adapter, mm_adapter_reference
+from minilvlm.ops import mm_adapter
 from minilvlm.ops.mm_adapter import routing_weights
 
 
@@ -49,13 +50,9 @@ class _SharedDownAdapter(nn.Module):
 
     def _run(self, x, t, router_w, router_b, temperature):
         weights = (self.down_w, self.down_b, self.up_w, self.up_b)
-        if self.training and self.dropout > 0:
-            # Reference composition with dropout on h, in x's dtype (the parameters may be fp32 beside bf16 x).
-            cast = [None if v is None else v.to(x.dtype) for v in (t, router_w, router_b, *weights)]
-            return mm_adapter_reference(x, *cast, temperature=temperature, scale=self.scale, groups=self.groups,
-                                        dropout=self.dropout)
+        dropout = self.dropout if self.training else 0.0
         return mm_adapter(x, t, router_w, router_b, *weights, temperature=temperature, scale=self.scale,
-                          groups=self.groups)
+                          groups=self.groups, dropout=dropout)
 
     def extra_repr(self):
         return f"dim={self.dim}, hidden={self.hidden}, groups={self.groups}, scale={self.scale}, dropout={self.dropout}"

@@ -15,11 +15,14 @@ Baselines, measured in the same run:
 LaVIN's composition is timed backward in fp32 only (see below).
 Targets (issue 4): forward >= 2x the best composition, forward+backward >= 1.5x, forward within
 2x of (copy x + down matmul).
+test_mm_adapter_dropout_speed (issue 20): forward+backward with LaVIN's training dropout 0.1 on h at
+LaVIN's shape, the op's Philox mask against the compositions with F.dropout on h.
 """
 import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minilvlm.ops import mm_adapter, mm_adapter_reference
 from tests.bench.common import print_table
@@ -36,7 +39,8 @@ def make_inputs(B, T, D, r, groups, P=2, dtype=torch.float32):
                 up_b=rand(P, D, s=0.1))
 
 
-def matmul_composition(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, temperature, scale, groups):
+def matmul_composition(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, temperature, scale, groups,
+                       dropout=0.0):
     B, T, D = x.shape
     P, _, rg = up_w.shape
     r = down_w.shape[0]
@@ -46,6 +50,8 @@ def matmul_composition(x, t, router_w, router_b, down_w, down_b, up_w, up_b, *, 
     u_full = torch.einsum("bgdk,gh->bgkhd", u_eff, eye).reshape(B, r, D)                     # block diagonal
     c_eff = (w @ up_b)[:, None, :]                                                            # [B, 1, D]
     h = torch.addmm(down_b, x.reshape(B * T, D), down_w.t()).view(B, T, r)
+    if dropout > 0:
+        h = F.dropout(h, p=dropout, training=True)
     h1 = torch.cat([h, torch.ones(B, T, 1, dtype=x.dtype)], dim=-1)                          # [B, T, r+1]
     return torch.baddbmm(x, h1, torch.cat([u_full, c_eff], dim=1), alpha=scale)
 
@@ -132,3 +138,20 @@ def test_mm_adapter_speed(dtype):
     print_table(f"MM-Adapter, {torch.get_num_threads()} threads (ms, best of interleaved rounds)",
                 ["case", "implementation", "fwd ms", "fwd+bwd ms", "fwd vs best", "fwd+bwd vs best",
                  "fwd / (clone+down)", "fwd / (copy into buffer+down)"], rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mm_adapter_dropout_speed(dtype):
+    """Forward+backward in training mode, dropout 0.1, B=4 T=512 D=4096 r=8: the fused op against the best of
+    the matmul and einsum compositions with F.dropout on h (each draws its own mask every call)."""
+    hyper = dict(temperature=10.0, scale=1.0, groups=2, dropout=0.1)
+    a = make_inputs(4, 512, 4096, 8, 2, dtype=dtype)
+    impls = (ours, matmul_composition, mm_adapter_reference)
+    bwd = best_interleaved_ms({f.__name__: runner(f, a, hyper, True) for f in impls}, 5, 3)
+    best = min(bwd["matmul_composition"], bwd["mm_adapter_reference"])
+    label = f"B=4 T=512 D=4096 r=8 dropout=0.1 {str(dtype).replace('torch.', '')}"
+    rows = [[label, "minilvlm mm_adapter (Philox mask in the op)", f"{bwd['ours']:.2f}", f"{best / bwd['ours']:.2f}x"],
+            [label, "torch matmul composition + F.dropout", f"{bwd['matmul_composition']:.2f}", ""],
+            [label, "torch einsum composition (reference) + F.dropout", f"{bwd['mm_adapter_reference']:.2f}", ""]]
+    print_table(f"MM-Adapter training step with dropout, {torch.get_num_threads()} threads (ms, best of interleaved "
+                "rounds)", ["case", "implementation", "fwd+bwd ms", "vs best composition"], rows)

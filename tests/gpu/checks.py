@@ -10,6 +10,7 @@ import torch
 from minilvlm.ops import patch_embed_reference
 from tests.ops import test_fused_adamw_multi_op as adamw_multi_op
 from tests.ops import test_fused_adamw_op as adamw_op
+from tests.ops import test_mm_adapter_dropout_op as mm_dropout_op
 from tests.ops import test_mm_adapter_op as mm_op
 from tests.ops import test_patch_embed_op as pe_op
 
@@ -47,12 +48,14 @@ def check_patch_embed(case, dtype, device):
 
 def check_mm_adapter(shape, dtype, device):
     """Forward and all eight gradients on `device` (fp32 against float64; bf16/fp16 by the 2x rule,
-    the forward also with float32 parameters and with small tokens)."""
+    the forward also with float32 parameters and with small tokens), without and with dropout (the
+    reference given the Philox mask that the kernels make)."""
     if dtype == torch.float32:
         mm_op.check_parity(torch.ops.minilvlm, shape, 5.0, device=device)
     else:
         mm_op.check_low_precision_grads(torch.ops.minilvlm, shape, dtype, device=device, exact_dtype=torch.float64)
         mm_op.check_bf16_forward(torch.ops.minilvlm, shape, 5.0, dtype=dtype, device=device)
+    mm_dropout_op.check_dropout_parity(torch.ops.minilvlm, shape, dtype=dtype, device=device)
 
 
 def check_fused_adamw(n, dtype, device):

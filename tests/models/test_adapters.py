@@ -1,10 +1,12 @@
-"""RepAdapter and MMAdapter: the fused op inside the modules, the dropout fallback, LaVIN's
+"""RepAdapter and MMAdapter: the fused op inside the modules, with and without dropout, LaVIN's
 conv composition, and a router that learns to tell the two modalities apart."""
 import pytest
 import torch
 
 from minilvlm.models import MMAdapter, ModalityToken, RepAdapter
 from minilvlm.ops import mm_adapter_reference
+from minilvlm.ops.mm_adapter import draw_dropout_seed, dropout_keep_mask
+from tests.ops.dispatch_log import DispatchLog
 from tests.models.lavin_composition import lavin_composition
 
 
@@ -62,15 +64,33 @@ def test_gradients_through_the_module_match_reference():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_training_with_dropout_uses_the_reference_with_dropout_on_h():
-    m = randomise(MMAdapter(32, dropout=0.5)).train()
-    x, t = torch.randn(2, 9, 32), torch.randn(2, 32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_with_dropout_runs_the_fused_op_with_its_philox_mask(dtype):
+    """LaVIN's setting (dropout 0.1, training): the native op runs (not a fallback composition), its mask is
+    the Philox mask of a seed drawn from torch's default generator, and that seed repeats under manual_seed."""
+    m = randomise(MMAdapter(32, dropout=0.1)).train()
+    x, t = torch.randn(2, 9, 32).to(dtype), torch.randn(2, 32).to(dtype)
     torch.manual_seed(7)
-    out = m(x, t)
+    with DispatchLog() as log:
+        out = m(x, t)
+    assert log.ran("minilvlm.mm_adapter.default") and not log.ran("aten.native_dropout")
     torch.manual_seed(7)
-    expected = mm_adapter_reference(x, t, **params(m), temperature=10.0, scale=1.0, groups=2, dropout=0.5)
-    assert torch.equal(out, expected)
-    assert not torch.allclose(out, m.eval()(x, t))  # dropout was active
+    seed = draw_dropout_seed()
+    keep = dropout_keep_mask(seed, 0, (2, 9, 8), 0.1)
+    assert 0 < int(keep.sum()) < keep.numel()
+    cast = {k: v.to(dtype) for k, v in params(m).items()}
+    expected = mm_adapter_reference(x, t.to(dtype), **cast, temperature=10.0, scale=1.0, groups=2, dropout=0.1,
+                                    dropout_mask=keep)
+    exact = mm_adapter_reference(x.double(), t.double(), **{k: v.double() for k, v in params(m).items()},
+                                 temperature=10.0, scale=1.0, groups=2, dropout=0.1, dropout_mask=keep)
+    error = (out.double() - exact).abs().max().item()
+    if dtype == torch.float32:
+        assert error <= 1e-5 * exact.abs().max().item()
+    else:  # the 2x rule: at most twice the error of the plain-PyTorch bf16 computation
+        assert error <= 2 * (expected.double() - exact).abs().max().item()
+    torch.manual_seed(7)
+    assert torch.equal(m(x, t), out)  # same generator state, same mask
+    assert not torch.allclose(out.float(), m.eval()(x, t).float())  # dropout was active
 
 
 def test_bfloat16_tokens_with_float32_parameters_in_both_modes():

@@ -369,7 +369,7 @@ def launched_grid(emu, kernel):
 
 def test_emulated_backward_more_tiles_than_blocks(emu):
     """T = 100 is 7 tiles of 16 tokens per sample (the last a partial one); the forward takes one block per
-    tile, the backward's grid (4 blocks under the emulator) gives each sample 2 blocks, which take 4 and 3 tiles."""
+    tile (the emulator's small grid bound asks for full tiles), the backward's grid (4 blocks under the emulator) gives each sample 2 blocks, which take 4 and 3 tiles."""
     emu.clear_recent_launches()
     check_parity(emu, (2, 100, 74, 8, 2, 2), 5.0)
     assert launched_grid(emu, "mm_adapter_forward_kernel") == "(7,2,1)"
@@ -378,9 +378,10 @@ def test_emulated_backward_more_tiles_than_blocks(emu):
 
 def test_emulated_kernels_on_the_a100_grid(emu):
     """The backward's grid on an A100 (108 SMs x kMmBlocksPerSm = 216 blocks) divided among 80 samples of 3
-    tiles: 2 blocks per sample, so the blocks loop over tiles on the GPU's grid too."""
+    tiles: 2 blocks per sample, so the blocks loop over tiles on the GPU's grid too. The forward spreads the
+    3840 tokens over about 2 x 216 blocks: tiles of 9 tokens, 6 per sample (the last one of 3 tokens)."""
     emu.set_gpu("A100")
     emu.clear_recent_launches()
     check_parity(emu, (80, 48, 24, 8, 2, 2), 5.0)
-    assert launched_grid(emu, "mm_adapter_forward_kernel") == "(3,80,1)"
+    assert launched_grid(emu, "mm_adapter_forward_kernel") == "(6,80,1)"
     assert launched_grid(emu, "mm_adapter_backward_kernel") == "(2,80,1)"

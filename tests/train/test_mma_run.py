@@ -77,10 +77,19 @@ def test_mma_trains_adapters_on_the_frozen_base_and_resumes_bitwise(base_run, tm
         assert evaluate_tool([str(run), "--data", str(full / "data"), "--split", "val", "--out", str(out)]) == 0
         assert "task/count_left" in json.loads(out.read_text())["accuracy"]
 
+    # Resume at step 3 with LaVIN's dropout 0.1 (the default), which runs inside the fused mm_adapter op with
+    # seeds from torch's checkpointed generator: the same losses and the same adapter weights, bit for bit.
+    assert cfg.model.mma.dropout == 0.1
     split = tmp_path / "split"
     train(load_config(None, mma_overrides(base_run, split) + ["train.stop_at=3"]))
     train(load_config(None, mma_overrides(base_run, split)), resume=True)
     assert losses(split) == losses(full)
+    assert latest(split).name == folder.name
+    with safe_open(str(folder / "model.safetensors"), "pt") as f, \
+            safe_open(str(latest(split) / "model.safetensors"), "pt") as g:
+        assert sorted(f.keys()) == sorted(g.keys())
+        for key in keys:
+            assert torch.equal(f.get_tensor(key), g.get_tensor(key)), key
 
 
 def test_mma_config_errors(base_run, tmp_path):
