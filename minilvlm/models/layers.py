@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilvlm.ops import gelu, layer_norm, rms_norm, rms_norm_reference, rope_, rope_tables
+from minilvlm.ops import gelu, rms_norm, rms_norm_reference, rope_, rope_tables
 
 
 class RMSNorm(nn.Module):
@@ -30,22 +30,23 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameters and checkpoint keys) through the layer_norm op
-    (minilvlm/ops/layer_norm.py): one pass forward, one backward, statistics in fp32. `forward(x,
-    residual)` adds the residual first and returns (y, x + residual), like RMSNorm; the add is a
-    separate pass here (only RMSNorm's kernel fuses it)."""
+    """nn.LayerNorm (same parameters and checkpoint keys). `forward(x, residual)` adds the residual
+    first and returns (y, x + residual), like RMSNorm. It runs torch's own layer_norm, not our
+    layer_norm op: on the CPU, torch's fused kernel is the faster of the two at the models' widths
+    (docs/benchmarks.md: ours is 0.53-1.14x of it), and on CUDA both are one pass each way."""
 
     def forward(self, x, residual=None):
         stream = x if residual is None else x + residual
-        y = layer_norm(stream, self.weight, self.bias, self.eps)
+        y = F.layer_norm(stream, self.normalized_shape, self.weight, self.bias, self.eps)
         return y if residual is None else (y, stream)
 
 
 class GELU(nn.Module):
-    """nn.GELU (exact, erf form) through the gelu op: one pass forward, one backward."""
+    """nn.GELU, exact (erf) form. torch's own kernel: for the erf form it is faster than our gelu op
+    on the CPU (docs/benchmarks.md), unlike the tanh and quick forms below."""
 
     def forward(self, x):
-        return gelu(x)
+        return F.gelu(x)
 
 
 def make_norm(kind, dim, eps):
@@ -60,11 +61,13 @@ def quick_gelu(x):
     return gelu(x, "quick")
 
 
-# Each through the gelu op (minilvlm/ops/gelu.py), one pass forward and one backward, except silu,
-# whose one use (SwiGLU) goes through the swiglu op (models/decoder.py, MLP).
+# The tanh and quick forms through the gelu op (minilvlm/ops/gelu.py), one pass forward and one
+# backward, where it beats torch's composition; the erf form through torch's own F.gelu, which is
+# faster than our op for it on the CPU; silu's one use (SwiGLU) goes through the swiglu op
+# (models/decoder.py, MLP).
 ACTIVATIONS = {
     "silu": F.silu,
-    "gelu": gelu,
+    "gelu": F.gelu,
     "gelu_tanh": lambda x: gelu(x, "tanh"),
     "quick_gelu": quick_gelu,
 }
