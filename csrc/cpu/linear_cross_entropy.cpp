@@ -24,6 +24,7 @@
 #include "common/linear_cross_entropy_host.h"
 #include "cpu/capability.h"
 #include "cpu/simd.h"
+#include "cpu/vec_math.h"
 
 namespace minilvlm {
 namespace {
@@ -63,27 +64,7 @@ void row_grad_default(T* x, int64_t vocab, float lse, int64_t target, float* gra
 #ifdef MINILVLM_HAVE_AVX512_PATH
 MINILVLM_AVX512_BEGIN
 
-// exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] with ln 2 split in
-// two (the high part has trailing zero bits, so k * high is exact), exp(r) by its Taylor series to
-// degree 7 (truncation below 6e-9 relative), 2^k applied by vscalefps, which also gives the
-// denormals and 0 below them. Inputs under -104 (exp underflows to 0 from about -103.97) are
-// clamped so that k stays finite; a NaN passes through (max_ps returns its second operand then).
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, k);
-}
+// e^x is vec::exp (cpu/vec_math.h): its arguments here, x - max and x - lse, are never positive.
 
 // The lanes of v combined in lane order (GCC 12's _mm512_reduce_* trip -Wuninitialized in its
 // own header).
@@ -108,7 +89,7 @@ float row_lse_avx512(const T* x, int64_t vocab) {
   __m512 sv = _mm512_setzero_ps();
   for (int64_t i = 0; i < vocab; i += 16) {
     const __mmask16 m = lanes(vocab - i);
-    sv = _mm512_mask_add_ps(sv, m, sv, exp16(_mm512_sub_ps(load16(x + i, m), shift)));
+    sv = _mm512_mask_add_ps(sv, m, sv, vec::exp(_mm512_sub_ps(load16(x + i, m), shift)));
   }
   return mx + std::log(reduce16(sv, [](float a, float b) { return a + b; }));
 }
@@ -118,7 +99,7 @@ void row_grad_avx512(T* x, int64_t vocab, float lse, int64_t target, float* grad
   const __m512 shift = _mm512_set1_ps(lse);
   for (int64_t i = 0; i < vocab; i += 16) {
     const __mmask16 m = lanes(vocab - i);
-    __m512 g = exp16(_mm512_sub_ps(load16(x + i, m), shift));
+    __m512 g = vec::exp(_mm512_sub_ps(load16(x + i, m), shift));
     if (static_cast<uint64_t>(target - i) < 16)  // the one-hot lane is in this step
       g = _mm512_mask_sub_ps(g, __mmask16(1u << (target - i)), g, _mm512_set1_ps(1.0f));
     store16(x + i, g, m);
