@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilvlm.ops import gelu, rms_norm, rms_norm_reference, rope_, rope_tables
+from minilvlm.ops import gelu, rms_norm, rms_norm_reference, rope_tables
 
 
 class RMSNorm(nn.Module):
@@ -39,14 +39,6 @@ class LayerNorm(nn.LayerNorm):
         stream = x if residual is None else x + residual
         y = F.layer_norm(stream, self.normalized_shape, self.weight, self.bias, self.eps)
         return y if residual is None else (y, stream)
-
-
-class GELU(nn.Module):
-    """nn.GELU, exact (erf) form. torch's own kernel: for the erf form it is faster than our gelu op
-    on the CPU (docs/benchmarks.md), unlike the tanh and quick forms below."""
-
-    def forward(self, x):
-        return F.gelu(x)
 
 
 def make_norm(kind, dim, eps):
@@ -93,15 +85,6 @@ def rope_cos_sin(position_ids, rotary_dim, theta, dtype):
     tables of the rope op (minilvlm/ops/rope.py), made once per forward and shared by every layer.
     They are fp32 whatever the model's dtype (fp64 for an fp64 model): the rotation runs in fp32."""
     return rope_tables(position_ids, rotary_dim, theta, dtype)
-
-
-def apply_rope(x, cos, sin):
-    """Rotate the first 2 * cos.shape[-1] channels of x [B, H, T, hd] in place (the rest pass through,
-    which is Phi's partial rotary) and return x. Channel pairs are (i, i + d/2), the "rotate half"
-    layout of HF checkpoints. One pass of the rope op; autograd saves only the tables, and the
-    gradient is the rotation by -angle."""
-    rope_(x, None, cos, sin)
-    return x
 
 
 # ---- attention masks ----------------------------------------------------------------------------

@@ -7,8 +7,6 @@ the order their runs appear when reading `input_ids` row by row (minilvlm.data.b
 import torch
 from torch import nn
 
-from minilvlm.models.layers import GELU
-
 PROJECTORS = ("linear", "mlp2x_gelu")
 
 
@@ -16,7 +14,7 @@ def make_projector(kind, in_dim, lm_dim):
     if kind == "linear":
         return nn.Linear(in_dim, lm_dim)
     if kind == "mlp2x_gelu":
-        return nn.Sequential(nn.Linear(in_dim, lm_dim), GELU(), nn.Linear(lm_dim, lm_dim))
+        return nn.Sequential(nn.Linear(in_dim, lm_dim), nn.GELU(), nn.Linear(lm_dim, lm_dim))
     raise ValueError(f"unknown projector {kind!r}; known: {', '.join(PROJECTORS)}")
 
 

@@ -27,10 +27,8 @@ def _is_attention(name):
 def _gemm_dims(name, shapes):
     """(batch, M, K, N) of a GEMM event from its input shapes, or None when they are not recorded."""
     shapes = [s for s in shapes if s]
-    if name == "aten::addmm" or name == "aten::_addmm_activation":
-        shapes = shapes[1:]   # (bias, a, b)
-    elif name == "aten::baddbmm":
-        shapes = shapes[1:]
+    if name in ("aten::addmm", "aten::_addmm_activation", "aten::baddbmm"):
+        shapes = shapes[1:]   # (bias or input, a, b)
     if len(shapes) < 2:
         return None
     a, b = shapes[0], shapes[1]
