@@ -3,13 +3,21 @@ records with their JSON objects, score them with a reference model (the records 
 over torchrun ranks), keep the lowest-scoring ones, and write the kept records, the scores, the
 statistics and a histogram."""
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from minilvlm.curation.filter_output import plot_histogram, read_with_objects, write_subset
+from minilvlm import recipes
+from minilvlm.config import apply_overrides, to_dict
+from minilvlm.curation.filter_output import (
+    plot_histogram,
+    read_with_objects,
+    write_subset,
+)
 from minilvlm.curation.perplexity import score_records, select, stats
+from minilvlm.curation.trials import Trial, run_trials
 from minilvlm.data.errors import SkipCounter, check_most_not_skipped
 from minilvlm.data.formats import detect_format
 from minilvlm.eval.load import LoadError, load_model, resolve_checkpoint
@@ -100,3 +108,80 @@ def run_filter(job, rank=0, world=1):
                               for (r, _), s, f in zip(pairs, scores, flags)), scores_path)
     plot_histogram(scores, cut_value, hist_path)
     return summary
+
+
+@dataclass
+class CompareJob:
+    config: str               # the TOML config trained on both sets (its held-out split scores them)
+    folder: str               # where the runs go: full@seedN/, kept@seedN/, compare.json
+    steps: int = 0            # 0: the config's train.steps
+    seeds: int = 1
+    jobs: int = 1
+    overrides: tuple = ()
+
+
+def _train_on(run, data, root):
+    """Point a run config at one training file: as data.dataset when its pictures lie beside it (the
+    run is then the very config a reference model may have been trained with), else as a one-set
+    data.mixture naming the input's image folder (data.image_root would move the held-out file's too)."""
+    if Path(data).resolve().parent == Path(root):
+        run.data.mixture = []
+        apply_overrides(run, [f"data.dataset={json.dumps(str(Path(data).resolve()))}"])   # as a run saves it
+    else:
+        run.data.mixture = [{"path": str(Path(data).resolve()), "format": "auto", "image_root": str(root), "weight": 1.0}]
+        apply_overrides(run, ["data.dataset=demo"])
+
+
+def _reference_as(trial, model, report):
+    """When the reference run trained exactly this trial's config and finished, it is this trial: its
+    summary is taken instead of training the same run again. Returns its run folder, or None."""
+    try:
+        _, run_dir = resolve_checkpoint(model)
+        saved = json.loads((Path(run_dir) / "config.json").read_text())
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (LoadError, OSError, ValueError):
+        return None
+    strip = lambda c: {**c, "train": {k: v for k, v in c["train"].items() if k not in ("run_dir", "threads")}}  # noqa: E731
+    if strip(saved) != strip(trial.config) or summary.get("step") != trial.config["train"]["steps"] \
+            or "accuracy" not in summary:
+        return None
+    trial.summary, trial.reused = summary, True
+    report(f"  reused   {trial.label}: the reference model {run_dir} is this run")
+    return Path(run_dir)
+
+
+def compare_runs(job, compare, report=None):
+    """Train `compare.config` for the same steps on the full input and on the kept records, over
+    `compare.seeds` seeds (separate processes, reused when finished: minilvlm/curation/trials.py; the
+    reference model stands for the full set's seed 0 when it is that very run), and return
+    {arm: {mean, spread, values, runs}} of held-out accuracy; written to FOLDER/compare.json."""
+    report = report or (lambda line: print(line, flush=True))
+    cfg = recipes.load_config(compare.config, list(compare.overrides), check_paths=False)
+    steps = compare.steps or cfg.train.steps
+    root = Path(job.image_root or Path(job.data).parent).resolve()
+    folder = Path(compare.folder)
+    trials = {}
+    for arm, data in (("full", job.data), ("kept", job.out)):
+        for seed in range(compare.seeds):
+            run = recipes.config_from_dict(to_dict(cfg), str(compare.config))
+            _train_on(run, data, root)
+            where = folder / f"{arm}@seed{seed}"
+            apply_overrides(run, [f"train.steps={steps}", f"train.seed={seed}", "train.stop_at=0",
+                                  f"train.run_dir={json.dumps(str(where / 'run'))}"])
+            recipes.validate(run, check_paths=True)
+            trials[arm, seed] = Trial(where, json.loads(json.dumps(to_dict(run))), label=f"{arm} set (seed {seed})")
+    report(f"compare: {compare.config} for {steps} steps on the full and the kept set, {compare.seeds} seed(s)")
+    runs = {key: trial.run_dir for key, trial in trials.items()}
+    runs["full", 0] = _reference_as(trials["full", 0], job.model, report) or runs["full", 0]
+    run_trials(list(trials.values()), compare.jobs, report=report)
+    result = {"config": compare.config, "steps": steps, "seeds": compare.seeds, "arms": {}}
+    for arm, data in (("full", job.data), ("kept", job.out)):
+        values = [trials[arm, s].accuracy for s in range(compare.seeds)]
+        done = [v for v in values if v is not None]
+        result["arms"][arm] = {"data": data, "values": values,
+                               "mean": statistics.fmean(done) if done else None,
+                               "spread": (max(done) - min(done)) / 2 if done else None,
+                               "runs": [str(runs[arm, s]) for s in range(compare.seeds)]}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(result, folder / "compare.json")
+    return result

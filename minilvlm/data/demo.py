@@ -2,6 +2,7 @@
 
     python -m minilvlm.data.demo OUT_DIR [--seed 0] [--train 3000] [--val 300] [--test 300]
                                          [--image-size 32] [--mc-fraction 0.5]
+    python -m minilvlm.data.demo OUT_DIR --data-efficiency [--seed 0]
 
 writes OUT_DIR/{train,val,test}.json in LLaVA's conversation format (so it doubles as a format
 example) and OUT_DIR/images/<split>/<id>.png; the records name their images relative to the JSON
@@ -14,7 +15,9 @@ question text the answers cycle through shuffled rounds of that text's options, 
 are balanced to within one, and a model that sees only the text cannot beat chance. Text-only
 records (arithmetic, word tasks) are mixed in, as LaVIN mixes Alpaca into its batches. Each
 record carries evaluator metadata: question_type, task, subject, category, has_image, answer,
-choices. Generation is deterministic in the seed and takes a few seconds.
+choices. Generation is deterministic in the seed and takes a few seconds. `--data-efficiency` writes
+the data-efficiency demo instead (a polluted caption set and candidate instruction sets:
+minilvlm/data/demo_efficiency.py).
 """
 import argparse
 import json
@@ -22,131 +25,15 @@ import random
 import time
 from pathlib import Path
 
-from minilvlm.data.demo_shapes import COLOURS, SHAPES, Shape, draw_scene, place
+from minilvlm.data import demo_efficiency
+from minilvlm.data.demo_questions import (  # noqa: F401  (the question sets are part of this module's interface)
+    ALL_QUESTIONS, COLOUR_NAMES, COUNTS, MC_TASKS, MMA_QUESTIONS, QUESTIONS, TASK_SETS, TASK_WEIGHTS, WORDS,
+    BalancedChooser, build_scene, image_question, text_task, turns)
+from minilvlm.data.demo_shapes import draw_scene
 from minilvlm.data.records import read_records
-from minilvlm.data.scienceqa import LETTERS, mc_answer, mc_prompt
+from minilvlm.data.scienceqa import LETTERS
 
-COLOUR_NAMES = tuple(COLOURS)
-COUNTS = ("1", "2", "3", "4")
-QUESTIONS = {   # task: (question, answer options)
-    "colour": ("What colour is the shape?", COLOUR_NAMES),
-    "shape": ("What shape is in the picture?", SHAPES),
-    "count": ("How many shapes are in the picture?", COUNTS),
-    "position": ("What colour is the shape on the left?", COLOUR_NAMES),
-    "comparison": ("What colour is the larger shape?", COLOUR_NAMES),
-    "same_colour": ("Are the two shapes the same colour?", ("yes", "no")),
-}
-MC_TASKS = ("colour", "shape", "count", "position", "comparison")
-# The mma demo's question types, new to a model trained on QUESTIONS but worded only with words
-# QUESTIONS already use (a frozen LM cannot learn new words): tasks="mma".
-MMA_QUESTIONS = {
-    "shape_left": ("What shape is on the left?", SHAPES),
-    "larger_shape": ("What is the larger shape?", SHAPES),
-    "count_left": ("How many shapes are on the left?", ("1", "2", "3")),
-}
-TASK_SETS = {"shapes": QUESTIONS, "mma": MMA_QUESTIONS}
-ALL_QUESTIONS = {**QUESTIONS, **MMA_QUESTIONS}
-# How often each image task is asked: shape and count take a small tower longest to learn (colour
-# questions are answered near perfectly long before), so they get twice the share.
-TASK_WEIGHTS = {"colour": 1, "shape": 2, "count": 2, "position": 1, "comparison": 1, "same_colour": 1}
-WORDS = ("apple", "river", "stone", "cloud", "tiger", "lemon", "chair", "grape", "plant", "music",
-         "ocean", "pencil", "garden", "rabbit", "window", "silver", "candle", "forest", "button",
-         "kite", "moon", "star", "book", "lamp", "frog", "bread", "horse", "sugar", "paper", "train")
 SPLIT_SIZES = {"train": 3000, "val": 300, "test": 300}
-
-
-class BalancedChooser:
-    """Per key, hands out options in shuffled rounds: after any number of draws, the counts of
-    a key's options differ by at most one."""
-
-    def __init__(self, rng):
-        self.rng, self.rounds = rng, {}
-
-    def draw(self, key, options):
-        pending = self.rounds.setdefault(key, [])
-        if not pending:
-            pending.extend(self.rng.sample(list(options), len(options)))
-        return pending.pop()
-
-
-def _others(rng, options, exclude):
-    return rng.choice([o for o in options if o != exclude])
-
-
-def build_scene(task, answer, size, rng):
-    """Shapes for which `answer` is the right answer to `task`'s question."""
-    kind = lambda: rng.choice(SHAPES)          # noqa: E731
-    colour = lambda: rng.choice(COLOUR_NAMES)  # noqa: E731
-    radius = lambda lo, hi: rng.uniform(lo * size, hi * size)  # noqa: E731
-    if task == "colour":
-        specs, x_ranges = [(kind(), answer, radius(0.12, 0.3))], None
-    elif task == "shape":
-        specs, x_ranges = [(answer, colour(), radius(0.22, 0.38))], None   # big enough to see the outline
-    elif task == "count":
-        specs, x_ranges = [(kind(), colour(), radius(0.08, 0.13)) for _ in range(int(answer))], None
-    elif task == "position":
-        specs = [(kind(), answer, radius(0.1, 0.18)),
-                 (kind(), _others(rng, COLOUR_NAMES, answer), radius(0.1, 0.18))]
-        x_ranges = [(0.0, 0.42), (0.58, 1.0)]
-    elif task == "comparison":
-        specs = [(kind(), answer, radius(0.2, 0.26)),
-                 (kind(), _others(rng, COLOUR_NAMES, answer), radius(0.08, 0.12))]
-        x_ranges = None
-    elif task == "same_colour":
-        first = colour()
-        second = first if answer == "yes" else _others(rng, COLOUR_NAMES, first)
-        specs, x_ranges = [(kind(), first, radius(0.1, 0.18)), (kind(), second, radius(0.1, 0.18))], None
-    elif task == "shape_left":
-        specs = [(answer, colour(), radius(0.1, 0.18)), (_others(rng, SHAPES, answer), colour(), radius(0.1, 0.18))]
-        x_ranges = [(0.0, 0.42), (0.58, 1.0)]
-    elif task == "larger_shape":
-        specs = [(answer, colour(), radius(0.2, 0.26)), (_others(rng, SHAPES, answer), colour(), radius(0.08, 0.12))]
-        x_ranges = None
-    elif task == "count_left":
-        right = rng.randint(0, 2)
-        specs = [(kind(), colour(), radius(0.07, 0.09)) for _ in range(int(answer) + right)]
-        x_ranges = [(0.0, 0.42)] * int(answer) + [(0.58, 1.0)] * right
-    else:
-        raise ValueError(f"unknown task {task!r}")
-    if x_ranges is None and len(specs) == 2 and rng.random() < 0.5:
-        specs.reverse()   # the answer's shape is not always drawn first
-    centres = place(rng, [r for _, _, r in specs], size, x_ranges)
-    return [Shape(k, c, x, y, r) for (k, c, r), (x, y) in zip(specs, centres)]
-
-
-def image_question(task, rng, chooser, multiple_choice):
-    """(prompt, reply, answer, choices) with the answer drawn in balanced rounds per prompt."""
-    question, options = ALL_QUESTIONS[task]
-    if not multiple_choice:
-        answer = chooser.draw(question, options)
-        return f"<image>\n{question}", answer, answer, list(options)
-    # A random subset of 2 or more options, always listed in the options' own order: the model
-    # still has to find what it sees among them, with one fewer thing to learn than shuffled lists.
-    picked = set(rng.sample(list(options), rng.randint(2, len(options))))
-    choices = [o for o in options if o in picked]
-    prompt = mc_prompt(question, choices, has_image=True)
-    index = chooser.draw(prompt, range(len(choices)))
-    return prompt, mc_answer(index), LETTERS[index], choices
-
-
-def text_task(rng):
-    """(task, subject, prompt, reply) of a text-only instruction."""
-    kind = rng.choice(("add", "subtract", "multiply", "reverse", "upper", "length"))
-    a, b = rng.randint(1, 50), rng.randint(1, 50)
-    word = rng.choice(WORDS)
-    if kind == "add":
-        return kind, "arithmetic", f"What is {a} + {b}?", str(a + b)
-    if kind == "subtract":
-        a, b = max(a, b), min(a, b)
-        return kind, "arithmetic", f"What is {a} - {b}?", str(a - b)
-    if kind == "multiply":
-        a, b = a % 9 + 2, b % 9 + 2
-        return kind, "arithmetic", f"What is {a} times {b}?", str(a * b)
-    if kind == "reverse":
-        return kind, "language", f"Reverse the letters of the word '{word}'.", word[::-1]
-    if kind == "upper":
-        return kind, "language", f"Write the word '{word}' in capital letters.", word.upper()
-    return kind, "language", f"How many letters are in the word '{word}'?", str(len(word))
 
 
 def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fraction=0.5, tasks="shapes"):
@@ -161,7 +48,7 @@ def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fr
         record_id = f"{split}-{i:05d}"
         if rng.random() < text_fraction:
             task, subject, prompt, reply = text_task(rng)
-            records.append({"id": record_id, "conversations": _turns(prompt, reply),
+            records.append({"id": record_id, "conversations": turns(prompt, reply),
                             "question_type": "text_instruction", "task": task, "subject": subject,
                             "category": task, "has_image": False, "answer": reply, "choices": []})
             continue
@@ -175,17 +62,13 @@ def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fr
         draw_scene(build_scene(task, value, image_size, rng), image_size, rng).save(
             folder / f"{record_id}.png", optimize=False)
         records.append({"id": record_id, "image": f"images/{split}/{record_id}.png",
-                        "conversations": _turns(prompt, reply),
+                        "conversations": turns(prompt, reply),
                         "question_type": "multiple_choice" if multiple_choice else "free_form",
                         "task": task, "subject": "vision", "category": task, "has_image": True,
                         "answer": answer, "choices": choices})
     with open(out_dir / f"{split}.json", "w") as f:
         json.dump(records, f, indent=1)
     return records
-
-
-def _turns(prompt, reply):
-    return [{"from": "human", "value": prompt}, {"from": "gpt", "value": reply}]
 
 
 def generate(out_dir, seed=0, sizes=None, image_size=32, mc_fraction=0.5, tasks="shapes"):
@@ -211,10 +94,17 @@ def main(argv=None):
     parser.add_argument("--mc-fraction", type=float, default=0.5,
                         help="share of the colour/shape/count/position/comparison questions asked as multiple choice")
     parser.add_argument("--tasks", choices=sorted(TASK_SETS), default="shapes", help="question set")
+    parser.add_argument("--data-efficiency", action="store_true",
+                        help="write the data-efficiency demo (pretrain.json, sets/, val.json, test.json, tokenizer.json)")
     for split, n in SPLIT_SIZES.items():
         parser.add_argument(f"--{split}", type=int, default=n, help=f"records in {split} (default {n})")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.data_efficiency:
+        files = demo_efficiency.generate(args.out_dir, args.seed, image_size=args.image_size)
+        print(f"wrote {', '.join(f'{name} ({len(r)})' for name, r in files.items())} and tokenizer.json to "
+              f"{args.out_dir} in {time.perf_counter() - start:.1f} s")
+        return
     counts = generate(args.out_dir, args.seed, {s: getattr(args, s) for s in SPLIT_SIZES}, args.image_size,
                       args.mc_fraction, args.tasks)
     print(f"wrote {counts} to {args.out_dir} in {time.perf_counter() - start:.1f} s")

@@ -15,7 +15,7 @@ import pytest
 from tests.tools_main import TOOLS, tool_main
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL_NAMES = ("train", "eval", "generate", "soup", "ppl_filter", "export_hf", "consolidate")
+TOOL_NAMES = ("train", "eval", "generate", "soup", "ppl_filter", "select_data", "export_hf", "consolidate")
 
 
 def check_one_error_line(capsys, rc, needle):
@@ -180,7 +180,7 @@ def kind_matrix(tiny_run, damaged, tmp_path):
     bad.write_text(json.dumps([{"id": f"x{i}", "conversations": "not a list"} for i in range(4)]))
     text_png = tmp_path / "text.png"
     text_png.write_text("not a picture")
-    broken, out = str(damaged["model"]), str(tmp_path / "out")
+    broken, out, data = str(damaged["model"]), str(tmp_path / "out"), tiny_run / "data"
     ppl = ["--keep", "0.5", "--out", str(tmp_path / "k.json")]
     return {
         "eval": {"config": ([str(tiny_run), "--batch", "0"], "--batch must be at least 1"),
@@ -199,13 +199,24 @@ def kind_matrix(tiny_run, damaged, tmp_path):
                        "data": ([str(bad), "--model", str(tiny_run), *ppl], "wrong_type"),
                        "weights": ([str(tiny_run / "data" / "val.json"), "--model", broken, *ppl], "model.safetensors"),
                        "missing": ([str(tmp_path / "none.json"), "--model", str(tiny_run), *ppl], "none.json")},
+        "select_data": {"config": ([*select_base(tiny_run, data), "--steps", "0", "--out", out], "at least 1"),
+                        "data": ([*select_base(tiny_run, data, bad), "--steps", "2", "--out", out], "wrong_type"),
+                        "weights": ([*select_base(broken, data), "--steps", "2", "--out", out], "model.safetensors"),
+                        "missing": ([*select_base(tiny_run, data, tmp_path / "none.json"), "--steps", "2", "--out",
+                                     out], "none.json")},
         "export_hf": {"config": ([str(tiny_run), "--out", out, "--max-shard-size", "lots"], "--max-shard-size"),
                       "weights": ([broken, "--out", out], "model.safetensors"),
                       "missing": ([str(tmp_path / "nowhere"), "--out", out], "nowhere")},
     }
 
 
-@pytest.mark.parametrize("tool", ["eval", "generate", "soup", "ppl_filter", "export_hf"])
+def select_base(base, data, second=None):
+    """tools/select_data.py's arguments up to --steps: two sets of the tiny run's data (or one and `second`)."""
+    return ["--base", str(base), "--sets", f"a={data / 'train.json'}", f"b={second or data / 'val.json'}",
+            "--heldout", str(data / "val.json")]
+
+
+@pytest.mark.parametrize("tool", ["eval", "generate", "soup", "ppl_filter", "select_data", "export_hf"])
 def test_each_tool_with_one_bad_input_of_each_kind(tool, tiny_run, damaged, tmp_path, capsys):
     """Issue 16: every tool, one bad input of each kind that it takes: exit code 2, one error line
     naming what is wrong, no traceback and nothing written (export_hf reads no records)."""

@@ -1,0 +1,136 @@
+"""Fine-tuning trials as separate processes: each trial is one training run from a shared base config,
+in a folder of its own, run by `python -m minilvlm.cli.trial TRIAL_DIR` (minilvlm/cli/trial.py). A trial that crashes
+only fails itself (its log says why); a finished trial is reused when its spec has not changed, so a
+pipeline that stopped halfway picks up where it was (tools/select_data.py, tools/ppl_filter.py
+--compare).
+
+A trial folder holds trial.json (the full run config, as a dict), log.txt (everything the run printed)
+and run/ (the run folder: summary.json, metrics.jsonl, the final checkpoint)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minilvlm.io import atomic_write_json
+
+
+@dataclass
+class Trial:
+    folder: Path
+    config: dict                     # the run's full config (minilvlm.config.to_dict), run_dir inside folder
+    label: str = ""                  # for progress lines
+    summary: dict = None             # the run's summary.json once it finished
+    error: str = ""                  # why it failed (the end of its log)
+    reused: bool = False
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def run_dir(self):
+        return self.folder / "run"
+
+    @property
+    def ok(self):
+        return self.summary is not None and not self.error
+
+    @property
+    def accuracy(self):
+        return overall_accuracy(self.summary) if self.summary else None
+
+
+def overall_accuracy(summary):
+    """The share of all held-out questions answered right, from a run's summary.json (question types
+    partition the questions; task keys count them again)."""
+    acc, count = summary.get("accuracy") or {}, summary.get("count") or {}
+    types = [k for k in count if not k.startswith("task/")]
+    total = sum(count[k] for k in types)
+    return sum(acc[k] * count[k] for k in types) / total if total else None
+
+
+def _finished(trial):
+    """The trial's summary.json when an earlier run of the same spec finished it, else None."""
+    spec, summary = trial.folder / "trial.json", trial.run_dir / "summary.json"
+    try:
+        if not _same_run(json.loads(spec.read_text()), trial.config):
+            return None
+        done = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None
+    steps = trial.config["train"]["steps"]
+    return done if done.get("step") == steps and "accuracy" in done else None
+
+
+def say(line):
+    print(line, flush=True)   # progress shows as it happens, also when stdout is a file
+
+
+def _same_run(a, b):
+    """Whether two trial configs train the same run (the thread count may differ: --jobs changed)."""
+    strip = lambda c: {**c, "train": {k: v for k, v in c.get("train", {}).items() if k != "threads"}}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def _start(trial, threads):
+    trial.folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(trial.config, trial.folder / "trial.json")
+    log = open(trial.folder / "log.txt", "w")   # noqa: SIM115  (the child writes it; closed when it ends)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    process = subprocess.Popen([sys.executable, "-m", "minilvlm.cli.trial", str(trial.folder)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    return process, log, time.perf_counter()
+
+
+def _tail(path, lines=6):
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(line.strip() for line in text[-lines:] if line.strip()) or "empty log"
+
+
+def run_trials(trials, jobs=1, threads=None, report=None):
+    """Run the trials that have not finished, `jobs` at a time, each with `threads` intra-op threads
+    (default: the cores over jobs). A trial fails alone: its error is the end of its log. Returns the
+    trials, each with summary or error set."""
+    report = report or say
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    pending, seen = [], set()
+    for trial in trials:
+        if trial.folder in seen or trial.ok:   # listed twice, or finished earlier in this process
+            continue
+        seen.add(trial.folder)
+        trial.config["train"]["threads"] = threads
+        trial.config["train"]["run_dir"] = str(trial.run_dir)
+        done = _finished(trial)
+        if done is not None:
+            trial.summary, trial.reused = done, True
+            report(f"  reused   {trial.label}: accuracy {100 * trial.accuracy:.1f}%")
+        else:
+            pending.append(trial)
+    running = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            trial = pending.pop(0)
+            running.append((trial, *_start(trial, threads)))
+        time.sleep(0.2)
+        for entry in list(running):
+            trial, process, log, started = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            log.close()
+            trial.seconds = time.perf_counter() - started
+            try:
+                trial.summary = json.loads((trial.run_dir / "summary.json").read_text())
+            except (OSError, ValueError):
+                trial.summary = None
+            if process.returncode != 0 or trial.summary is None or trial.accuracy is None:
+                trial.error = f"exit {process.returncode}: {_tail(trial.folder / 'log.txt')}"
+                trial.summary = None
+                report(f"  FAILED   {trial.label} ({trial.seconds:.0f} s): {trial.error}")
+            else:
+                report(f"  finished {trial.label}: accuracy {100 * trial.accuracy:.1f}% ({trial.seconds:.0f} s)")
+    return trials
