@@ -140,9 +140,16 @@ class Pipeline:
         apply_overrides(self.cfg, list(job.overrides))
         self.candidates = read_candidates(parse_sets(job.sets), self.cfg)
         self.by_name = {c.name: c for c in self.candidates}
-        for file in (job.heldout, job.test):
-            if file and not Path(file).exists():
-                raise ConfigError(f"{file}: no such held-out file")
+        for file in (job.heldout, job.test):   # read once here, so a bad one fails before any trial
+            if not file:
+                continue
+            if not Path(file).exists():
+                raise ConfigError(f"{file}: no such held-out file or folder")
+            skips = SkipCounter()
+            records, _ = read_data(file, "auto", None, "test", "skip", skips)
+            check_most_not_skipped(skips.counts, len(records) + skips.total, file, skips.examples)
+            if not records:
+                raise ConfigError(f"{file}: no held-out records to score trials on")
         self.trials = {}    # folder -> Trial, every trial this pipeline made
 
     def tokens(self, names):

@@ -206,6 +206,8 @@ def test_select_data_refuses_bad_input(tiny_data, tmp_path, capsys):
     config = _tiny_config(tmp_path, tiny_data, tiny_data / "sets" / "colour.json")
     colour, shape = str(tiny_data / "sets" / "colour.json"), str(tiny_data / "sets" / "shape.json")
     common = ["--heldout", str(tiny_data / "val.json"), "--steps", "2", "--out", str(tmp_path / "o")]
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
     cases = [
         (["--base", str(config), "--sets", colour, colour, *common], "two sets are named 'colour'"),
         (["--base", str(config), "--sets", colour, str(tmp_path / "nope.json"), *common], "no such file"),
@@ -215,6 +217,9 @@ def test_select_data_refuses_bad_input(tiny_data, tmp_path, capsys):
         (["--base", str(config), "--sets", colour, shape, *common, "--set", "optim.lrr=1"], "optim.lr"),
         (["--base", str(config), "--sets", colour, shape, *common[:-4], "--steps", "0", "--out", "o"],
          "at least 1"),
+        (["--base", str(config), "--sets", colour, shape, "--heldout", str(tmp_path / "no_val.json"), *common[2:]],
+         "no such held-out file"),
+        (["--base", str(config), "--sets", colour, shape, *common, "--test", str(empty)], "holds no records"),
     ]
     for args, message in cases:
         assert tool_main("select_data")(args) == 2, args
