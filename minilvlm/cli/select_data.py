@@ -17,7 +17,8 @@ import sys
 
 from minilvlm.cli.common import parser_for, run
 from minilvlm.config import ConfigError
-from minilvlm.curation.selection import SelectJob, format_table, select
+from minilvlm.curation.selection import SelectJob, select
+from minilvlm.curation.selection_report import format_table
 
 
 def _parser():
