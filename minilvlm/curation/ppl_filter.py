@@ -3,7 +3,6 @@ records with their JSON objects, score them with a reference model (the records 
 over torchrun ranks), keep the lowest-scoring ones, and write the kept records, the scores, the
 statistics and a histogram."""
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from minilvlm.curation.filter_output import (
     write_subset,
 )
 from minilvlm.curation.perplexity import score_records, select, stats
-from minilvlm.curation.trials import Trial, run_trials
+from minilvlm.curation.trials import Trial, mean_and_spread, run_trials, same_run, say
 from minilvlm.data.errors import SkipCounter, check_most_not_skipped
 from minilvlm.data.formats import detect_format
 from minilvlm.eval.load import LoadError, load_model, resolve_checkpoint
@@ -141,9 +140,8 @@ def _reference_as(trial, model, report):
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
     except (LoadError, OSError, ValueError):
         return None
-    strip = lambda c: {**c, "train": {k: v for k, v in c["train"].items() if k not in ("run_dir", "threads")}}  # noqa: E731
-    if strip(saved) != strip(trial.config) or summary.get("step") != trial.config["train"]["steps"] \
-            or "accuracy" not in summary:
+    if not same_run(saved, trial.config, ignore=("run_dir", "threads")) \
+            or summary.get("step") != trial.config["train"]["steps"] or "accuracy" not in summary:
         return None
     trial.summary, trial.reused = summary, True
     report(f"  reused   {trial.label}: the reference model {run_dir} is this run")
@@ -155,7 +153,7 @@ def compare_runs(job, compare, report=None):
     `compare.seeds` seeds (separate processes, reused when finished: minilvlm/curation/trials.py; the
     reference model stands for the full set's seed 0 when it is that very run), and return
     {arm: {mean, spread, values, runs}} of held-out accuracy; written to FOLDER/compare.json."""
-    report = report or (lambda line: print(line, flush=True))
+    report = report or say
     cfg = recipes.load_config(compare.config, list(compare.overrides), check_paths=False)
     steps = compare.steps or cfg.train.steps
     root = Path(job.image_root or Path(job.data).parent).resolve()
@@ -177,10 +175,7 @@ def compare_runs(job, compare, report=None):
     result = {"config": compare.config, "steps": steps, "seeds": compare.seeds, "arms": {}}
     for arm, data in (("full", job.data), ("kept", job.out)):
         values = [trials[arm, s].accuracy for s in range(compare.seeds)]
-        done = [v for v in values if v is not None]
-        result["arms"][arm] = {"data": data, "values": values,
-                               "mean": statistics.fmean(done) if done else None,
-                               "spread": (max(done) - min(done)) / 2 if done else None,
+        result["arms"][arm] = {"data": data, **mean_and_spread(values),
                                "runs": [str(runs[arm, s]) for s in range(compare.seeds)]}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(result, folder / "compare.json")

@@ -13,7 +13,6 @@ reported and its set leaves the selection, and a rerun reuses every finished tri
 import hashlib
 import json
 import re
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +20,12 @@ from minilvlm import recipes
 from minilvlm.config import ConfigError, apply_overrides, to_dict
 from minilvlm.curation.selection_report import mixture_snippet, plot_selection
 from minilvlm.curation.soup import SoupError, soup_of, write_soup
-from minilvlm.curation.trials import Trial, run_trials, say
+from minilvlm.curation.trials import Trial, mean_and_spread, run_trials, say
 from minilvlm.data.errors import SkipCounter, check_most_not_skipped
 from minilvlm.data.formats import read_data
 from minilvlm.data.tokenizer import Tokenizer
 from minilvlm.eval.benchmark import eval_records, load_split
-from minilvlm.eval.load import LoadError, load_model, load_weights, resolve_checkpoint
+from minilvlm.eval.load import LoadError, load_model, resolve_checkpoint
 from minilvlm.io import atomic_write_json, atomic_write_text, read_json_object, read_safetensors_header
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -228,38 +227,36 @@ def forward_selection(p):
 
 
 def leave_one_out(p, names):
-    """{name: accuracy(all) - accuracy(all without name)} and the all-sets trial; a positive loss means
+    """({name: accuracy(all) - accuracy(all without name)}, the all-sets trial); a positive loss means
     the set helps the all-sets model."""
     everything = p.trial(names)
     without = {n: p.trial([m for m in names if m != n]) for n in names}
     p.report(f"leave-one-out: all {len(names)} sets, and each left out")
     p.run([everything] + list(without.values()))
     losses = {n: (everything.accuracy - t.accuracy if everything.ok and t.ok else None) for n, t in without.items()}
-    return losses, everything, without
+    return losses, everything
 
 
 # ---- the final comparison ------------------------------------------------------------------------
 
-def _test_accuracy(p, folder_or_tensors, loaded=None):
-    """Accuracy on the test file of a trial's model (its run folder), or of soup tensors loaded into
-    `loaded`; cached in the trial folder."""
-    test = p.job.test or p.job.heldout
-    if loaded is None:
-        cache = Path(folder_or_tensors) / "test_accuracy.json"
-        try:
-            saved = json.loads(cache.read_text())
-            if saved.get("file") == str(Path(test).resolve()):
-                return saved["accuracy"]
-        except (OSError, ValueError):
-            pass
-        loaded = load_model(Path(folder_or_tensors) / "run", device="cpu")
-        records, _ = load_split(loaded, "test", test)
-        accuracy = eval_records(loaded, records)["average"]
-        atomic_write_json({"file": str(Path(test).resolve()), "accuracy": accuracy}, cache)
-        return accuracy
-    load_weights(loaded, folder_or_tensors, "the soup")
-    records, _ = load_split(loaded, "test", test)
+def _test_accuracy(p, loaded):
+    """The loaded model's accuracy on the test file (the held-out file when none is given)."""
+    records, _ = load_split(loaded, "test", p.job.test or p.job.heldout)
     return eval_records(loaded, records)["average"]
+
+
+def _trial_test_accuracy(p, trial):
+    """_test_accuracy of a finished trial's model, cached in its folder (a rerun evaluates nothing again)."""
+    test, cache = str(Path(p.job.test or p.job.heldout).resolve()), trial.folder / "test_accuracy.json"
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("file") == test:
+            return saved["accuracy"]
+    except (OSError, ValueError):
+        pass
+    accuracy = _test_accuracy(p, load_model(trial.run_dir, device="cpu"))
+    atomic_write_json({"file": test, "accuracy": accuracy}, cache)
+    return accuracy
 
 
 def _soup(p, names, seed):
@@ -278,15 +275,7 @@ def _soup(p, names, seed):
         p.report(f"soup of seed {seed}: {err}")
         return None, {"ingredients": [], "note": str(err)}
     write_soup(out, tensors, loaded_members, info)
-    loaded = load_model(out, device="cpu")
-    return _test_accuracy(p, tensors, loaded), info
-
-
-def _spread(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "spread": None, "values": values}
-    return {"mean": statistics.fmean(values), "spread": (max(values) - min(values)) / 2, "values": values}
+    return _test_accuracy(p, load_model(out, device="cpu")), info
 
 
 def final_comparison(p, chosen, everything, best_single):
@@ -302,8 +291,8 @@ def final_comparison(p, chosen, everything, best_single):
     p.run(trials)
     table = {}
     for arm, names in arms.items():
-        accs = [_test_accuracy(p, p.trial(names, s).folder) if p.trial(names, s).ok else None for s in seeds]
-        table[arm] = {"sets": names, "tokens": p.tokens(names), **_spread(accs)}
+        accs = [_trial_test_accuracy(p, p.trial(names, s)) if p.trial(names, s).ok else None for s in seeds]
+        table[arm] = {"sets": names, "tokens": p.tokens(names), **mean_and_spread(accs)}
     if job.soup:
         accs, infos = [], []
         for s in seeds:
@@ -311,7 +300,7 @@ def final_comparison(p, chosen, everything, best_single):
             accs.append(acc)
             infos.append(info)
         table["greedy soup of the chosen sets' models"] = {"sets": chosen, "tokens": p.tokens(chosen),
-                                                            **_spread(accs), "soups": infos}
+                                                            **mean_and_spread(accs), "soups": infos}
     return table
 
 
@@ -329,7 +318,7 @@ def select(job, report=None):
         raise ConfigError("no candidate set gained enough to be chosen (or every trial failed); see "
                           f"{p.out / 'trials'} and lower --min-gain or raise --steps")
     usable = [c.name for c in p.candidates if c.name not in failed]
-    losses, everything, _ = leave_one_out(p, usable)
+    losses, everything = leave_one_out(p, usable)
     round_one = [r for r in rows if r["round"] == 1 and r["accuracy"] is not None]
     best_single = max(round_one, key=lambda r: r["accuracy"])["candidate"]
     comparison = final_comparison(p, chosen, usable, best_single)

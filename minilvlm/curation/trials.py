@@ -8,6 +8,7 @@ A trial folder holds trial.json (the full run config, as a dict), log.txt (every
 and run/ (the run folder: summary.json, metrics.jsonl, the final checkpoint)."""
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def _finished(trial):
     """The trial's summary.json when an earlier run of the same spec finished it, else None."""
     spec, summary = trial.folder / "trial.json", trial.run_dir / "summary.json"
     try:
-        if not _same_run(json.loads(spec.read_text()), trial.config):
+        if not same_run(json.loads(spec.read_text()), trial.config):
             return None
         done = json.loads(summary.read_text())
     except (OSError, ValueError):
@@ -67,15 +68,25 @@ def say(line):
     print(line, flush=True)   # progress shows as it happens, also when stdout is a file
 
 
-def _same_run(a, b):
-    """Whether two trial configs train the same run (the thread count may differ: --jobs changed)."""
-    strip = lambda c: {**c, "train": {k: v for k, v in c.get("train", {}).items() if k != "threads"}}  # noqa: E731
+def same_run(a, b, ignore=("threads",)):
+    """Whether two run configs (dicts) train the same run, apart from the `train` keys in `ignore` (the
+    thread count may differ when --jobs changed; a run folder's own name, where asked)."""
+    strip = lambda c: {**c, "train": {k: v for k, v in c.get("train", {}).items() if k not in ignore}}  # noqa: E731
     return strip(a) == strip(b)
+
+
+def mean_and_spread(values):
+    """{mean, spread (half the range), values} of the values that are not None (failed runs)."""
+    done = [v for v in values if v is not None]
+    if not done:
+        return {"mean": None, "spread": None, "values": list(values)}
+    return {"mean": statistics.fmean(done), "spread": (max(done) - min(done)) / 2, "values": list(values)}
 
 
 def _start(trial, threads):
     trial.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(trial.config, trial.folder / "trial.json")
+    (trial.run_dir / "summary.json").unlink(missing_ok=True)   # an older spec's result never passes for this one
     log = open(trial.folder / "log.txt", "w")   # noqa: SIM115  (the child writes it; closed when it ends)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     process = subprocess.Popen([sys.executable, "-m", "minilvlm.cli.trial", str(trial.folder)],

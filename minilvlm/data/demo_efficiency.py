@@ -99,6 +99,8 @@ def question_records(name, tasks, count, out_dir, rng, size, text_fraction=0.0, 
     pictures go to out_dir/images/name (out_dir: the folder of the file the records go into)."""
     chooser = BalancedChooser(rng)
     folder = out_dir / "images" / name
+    if tasks:
+        folder.mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(count):
         record_id = f"{name}-{i:05d}"
@@ -114,7 +116,6 @@ def question_records(name, tasks, count, out_dir, rng, size, text_fraction=0.0, 
         if reword and task in reword:
             prompt = prompt.replace(ALL_QUESTIONS[task][0], reword[task])
         value = choices[LETTERS.index(answer)] if multiple_choice else answer
-        folder.mkdir(parents=True, exist_ok=True)
         draw_scene(build_scene(task, value, size, rng), size, rng).save(folder / f"{record_id}.png", optimize=False)
         records.append({"id": record_id, "image": f"images/{name}/{record_id}.png", "conversations": turns(prompt, reply),
                         "question_type": "multiple_choice" if multiple_choice else "free_form", "task": task,
