@@ -68,6 +68,12 @@ class MMASection:
     dropout: float = 0.1
     vision_layers: list = field(default_factory=list)   # [] = every 4th block: [4, 8, ..., n_layers]
     visual_hidden: int = 128
+    # "router": LaVIN's MM-Adapter; the ablations: "fixed" (one path, no router: RepAdapters) and
+    # "no_token" (the router stays but its token is the same for every sample: no modality signal)
+    routing: str = "router"
+    # "class" (LaVIN): the chosen layers' class tokens; "patches": a diagnostic past the paper, the
+    # deepest chosen layer's patch tokens instead (is MMA bounded by what class tokens carry?)
+    visual_tokens: str = "class"
     text_only_prefix: str = "Image: N/A\n"   # put before the first question of records without images
 
 
@@ -112,7 +118,7 @@ class DataSection:
     on_error: str = "raise"            # a bad record or image: "raise" | "skip" (counted by reason)
     demo_sizes: dict = field(default_factory=lambda: {"train": 16000, "val": 300, "test": 600})
     demo_seed: int = 0
-    demo_tasks: str = "shapes"         # demo question set: "shapes" | "mma" (new types for the mma demo)
+    demo_tasks: str = "shapes"         # demo question set: "shapes" | "mma" (new types for the mma demo) | "captions"
     demo_mc_fraction: float = 0.5      # share of the demo's colour/shape/count/position/comparison questions asked as multiple choice
     tokenizer: str = ""                # a tokenizer.json or model folder; "" builds one from the demo texts
     template: str = "auto"             # plain | vicuna_v1 | chatml | phi; auto: from the tokenizer or the LM

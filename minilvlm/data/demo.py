@@ -28,7 +28,7 @@ from pathlib import Path
 from minilvlm.data import demo_efficiency
 from minilvlm.data.demo_questions import (  # noqa: F401  (the question sets are part of this module's interface)
     ALL_QUESTIONS, COLOUR_NAMES, COUNTS, MC_TASKS, MMA_QUESTIONS, QUESTIONS, TASK_SETS, TASK_WEIGHTS, WORDS,
-    BalancedChooser, build_scene, image_question, text_task, turns)
+    CAPTION_PROMPT, BalancedChooser, build_scene, image_question, picture_caption, text_task, turns)
 from minilvlm.data.demo_shapes import draw_scene
 from minilvlm.data.records import read_records
 from minilvlm.data.scienceqa import LETTERS
@@ -46,6 +46,9 @@ def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fr
     records = []
     for i in range(count):
         record_id = f"{split}-{i:05d}"
+        if tasks == "captions":
+            records.append(_caption_record(record_id, split, folder, image_size, rng))
+            continue
         if rng.random() < text_fraction:
             task, subject, prompt, reply = text_task(rng)
             records.append({"id": record_id, "conversations": turns(prompt, reply),
@@ -71,9 +74,21 @@ def make_split(split, count, out_dir, seed, image_size, text_fraction=0.2, mc_fr
     return records
 
 
+def _caption_record(record_id, split, folder, image_size, rng):
+    """A captioned picture (tasks="captions"): one to four shapes, named left to right or counted."""
+    shapes = demo_efficiency.caption_scene(rng, image_size)
+    draw_scene(shapes, image_size, rng).save(folder / f"{record_id}.png", optimize=False)
+    caption = picture_caption(shapes)
+    return {"id": record_id, "image": f"images/{split}/{record_id}.png",
+            "conversations": turns(f"<image>\n{CAPTION_PROMPT}", caption), "question_type": "caption",
+            "task": "caption", "subject": "vision", "category": "caption", "has_image": True, "answer": caption,
+            "choices": []}
+
+
 def generate(out_dir, seed=0, sizes=None, image_size=32, mc_fraction=0.5, tasks="shapes"):
     """Write the demo data set to out_dir; returns {split: number of records}. tasks="mma" asks
-    the MMA_QUESTIONS instead of QUESTIONS (text-only records are mixed in either way)."""
+    the MMA_QUESTIONS instead of QUESTIONS (text-only records are mixed in either way); tasks="captions"
+    captions pictures instead (no text-only records)."""
     out_dir = Path(out_dir)
     sizes = dict(SPLIT_SIZES if sizes is None else sizes)
     return {split: len(make_split(split, n, out_dir, seed, image_size, mc_fraction=mc_fraction, tasks=tasks))

@@ -22,7 +22,10 @@ MMA_QUESTIONS = {
     "larger_shape": ("What is the larger shape?", SHAPES),
     "count_left": ("How many shapes are on the left?", ("1", "2", "3")),
 }
-TASK_SETS = {"shapes": QUESTIONS, "mma": MMA_QUESTIONS}
+# tasks="captions": every record asks CAPTION_PROMPT of a scene and is answered by picture_caption, the
+# caption-style data of LLaVA's first stage (configs/compare/llava_stages.toml), in the demo's own words.
+CAPTION_PROMPT = "What is in the picture?"
+TASK_SETS = {"shapes": QUESTIONS, "mma": MMA_QUESTIONS, "captions": {"caption": (CAPTION_PROMPT, ())}}
 ALL_QUESTIONS = {**QUESTIONS, **MMA_QUESTIONS}
 # How often each image task is asked: shape and count take a small tower longest to learn (colour
 # questions are answered near perfectly long before), so they get twice the share.
@@ -89,6 +92,14 @@ def build_scene(task, answer, size, rng):
         specs.reverse()   # the answer's shape is not always drawn first
     centres = place(rng, [r for _, _, r in specs], size, x_ranges)
     return [Shape(k, c, x, y, r) for (k, c, r), (x, y) in zip(specs, centres)]
+
+
+def picture_caption(shapes):
+    """The shapes left to right, "red circle . blue square", or "3 shapes" for three or more (only words
+    of the demo's questions and answers, so a tokenizer built from them covers the captions)."""
+    if len(shapes) > 2:
+        return f"{len(shapes)} shapes"
+    return " . ".join(f"{s.colour} {s.kind}" for s in sorted(shapes, key=lambda s: s.x))
 
 
 def image_question(task, rng, chooser, multiple_choice):

@@ -21,16 +21,17 @@ from minilvlm.ops.mm_adapter import routing_weights
 
 
 class ModalityToken(nn.Module):
-    """The learned modality token t: one embedding for "text only" (0) and one for "has image" (1)."""
+    """The learned modality token t: one embedding for "text only" (0) and one for "has image" (1).
+    kinds=1 (the routing ablation "no_token"): one embedding for every sample, which tells nothing."""
 
-    def __init__(self, dim):
+    def __init__(self, dim, kinds=2):
         super().__init__()
-        self.embedding = nn.Embedding(2, dim)
+        self.embedding = nn.Embedding(kinds, dim)
         nn.init.normal_(self.embedding.weight, std=1.0)
 
     def forward(self, has_image):
         """has_image: [B] bool or 0/1 tensor -> [B, dim]."""
-        return self.embedding(has_image.long())
+        return self.embedding(has_image.long().clamp(max=self.embedding.num_embeddings - 1))
 
 
 class _SharedDownAdapter(nn.Module):
@@ -64,8 +65,9 @@ class RepAdapter(_SharedDownAdapter):
     def __init__(self, dim, hidden=8, groups=2, scale=1.0, dropout=0.1):
         super().__init__(dim, hidden, groups, scale, dropout, paths=1)
 
-    def forward(self, x):
-        """x: [B, T, dim] -> [B, T, dim]."""
+    def forward(self, x, t=None):
+        """x: [B, T, dim] -> [B, T, dim]. t (a router's input) is ignored: one path needs no router, and
+        taking it lets a RepAdapter fill the blocks' (h, t) adapter slot (the mma "fixed" ablation)."""
         return self._run(x, None, None, None, 1.0)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from minilvlm.models.adapters import MMAdapter, ModalityToken
+from minilvlm.models.adapters import MMAdapter, ModalityToken, RepAdapter
 from minilvlm.models.decoder import Decoder, DecoderConfig
 from minilvlm.models.multimodal import embed_with_images
 from minilvlm.models.state import mismatch
@@ -37,6 +37,14 @@ _OWN_PARTS = ("modality_token.", "visual_adapter.")
 # Checkpoints written before the adapters moved into the blocks' slots named them this way.
 _LEGACY_PREFIXES = {"vision_adapters.": "vision.layers.{}.adapter.", "lm_adapters.": "lm.layers.{}.adapter."}
 
+
+# LaVIN's routing (the MM-Adapter) and the two ablations of it (docs/recipes.md): "fixed" puts a
+# single-path RepAdapter where each MM-Adapter was (no router); "no_token" keeps the routers but gives
+# every sample the same modality token, so they cannot tell a text-only sample from one with an image.
+ROUTINGS = ("router", "fixed", "no_token")
+# What the LM sees of an image: LaVIN's class tokens, or (a diagnostic, not the paper) the patch tokens
+# of the deepest chosen layer, to measure what the class-token bottleneck costs (docs/recipes.md).
+VISUAL_TOKENS = ("class", "patches")
 
 PACKED_ERROR = ("the mma recipe puts one modality token in front of each row, but this batch packs several "
                 "samples per row; turn packing off")
@@ -59,8 +67,14 @@ class MMAConfig:
     vision_layers: tuple = (4, 8, 12, 16, 20, 24)   # hidden-state indices whose class tokens feed the LM
     visual_hidden: int = 128          # the visual adapter's width ("visual neck" 128)
     image_token_id: int = -1
+    routing: str = "router"           # or the ablations "fixed" and "no_token" (ROUTINGS)
+    visual_tokens: str = "class"      # or the diagnostic "patches" (VISUAL_TOKENS)
 
     def __post_init__(self):
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing {self.routing!r}: one of {', '.join(ROUTINGS)}")
+        if self.visual_tokens not in VISUAL_TOKENS:
+            raise ValueError(f"visual_tokens {self.visual_tokens!r}: one of {', '.join(VISUAL_TOKENS)}")
         if not self.vision.class_token:
             raise ValueError("the mma recipe reads the ViT's class tokens; this tower has none (SigLIP?)")
         n = self.vision.n_layers
@@ -71,7 +85,9 @@ class MMAConfig:
 
     @property
     def image_tokens(self):
-        """LM tokens per image: one per chosen ViT layer."""
+        """LM tokens per image: one per chosen ViT layer (or one per patch, with visual_tokens="patches")."""
+        if self.visual_tokens == "patches":
+            return self.vision.n_patches
         return len(self.vision_layers)
 
 
@@ -84,13 +100,15 @@ class MMA(nn.Module):
         self.config = c = config
         self.vision = vision if vision is not None else VisionTransformer(c.vision)
         self.lm = lm if lm is not None else Decoder(c.decoder)
-        adapter = dict(hidden=c.hidden, groups=c.groups, scale=c.scale, dropout=c.dropout, temperature=c.temperature)
+        shared = dict(hidden=c.hidden, groups=c.groups, scale=c.scale, dropout=c.dropout)
+        make = (lambda dim: RepAdapter(dim, **shared)) if c.routing == "fixed" else \
+            (lambda dim: MMAdapter(dim, temperature=c.temperature, **shared))
         # Blocks past the deepest chosen layer never run, so they get no adapter.
         for block in self.vision.layers[:max(c.vision_layers)]:
-            block.adapter = MMAdapter(c.vision.dim, **adapter)
+            block.adapter = make(c.vision.dim)
         for block in self.lm.layers:
-            block.adapter = MMAdapter(c.decoder.dim, **adapter)
-        self.modality_token = ModalityToken(c.decoder.dim)
+            block.adapter = make(c.decoder.dim)
+        self.modality_token = ModalityToken(c.decoder.dim, kinds=1 if c.routing == "no_token" else 2)
         self.visual_adapter = nn.Sequential(nn.Linear(c.vision.dim, c.visual_hidden), nn.SiLU(),
                                             nn.Linear(c.visual_hidden, c.decoder.dim))
 
@@ -100,6 +118,8 @@ class MMA(nn.Module):
 
     def routing_weights(self, input_ids=None, has_image=None):
         """The first LM adapter's path weights [B, paths] (the deeper ones read evolved states)."""
+        if self.config.routing == "fixed":
+            raise ValueError("routing 'fixed' has no router: its RepAdapters take one path for every sample")
         if has_image is None:
             has_image = (input_ids == self.config.image_token_id).any(-1)
         first = self.lm.layers[0]
@@ -112,6 +132,8 @@ class MMA(nn.Module):
         self.requires_grad_(False)
         for module in (*self.adapters(), self.modality_token, self.visual_adapter):
             module.requires_grad_(True)
+        if self.config.routing == "fixed":
+            self.modality_token.requires_grad_(False)   # no router reads it: it would get no gradient
         return ["vision_adapters", "lm_adapters", "modality_token", "visual_adapter"]
 
     def param_groups(self, lr, projector_lr=None, vision_lr=None):
@@ -140,7 +162,11 @@ class MMA(nn.Module):
 
     def image_features(self, images):
         """uint8 [N, 3, S, S] -> [N, len(vision_layers), D_lm]: the chosen layers' class tokens,
-        normed by CLIP's pooling norm (it puts the layers on one scale), through the visual adapter."""
+        normed by CLIP's pooling norm (it puts the layers on one scale), through the visual adapter.
+        visual_tokens="patches": [N, patches, D_lm] from the deepest chosen layer's patch tokens."""
+        if self.config.visual_tokens == "patches":
+            state, = self.vision.forward_features(images, layers=[max(self.config.vision_layers)])
+            return self.visual_adapter(self.vision.post_norm(state[:, 1:]))
         states = self.vision.forward_features(images, layers=list(self.config.vision_layers))
         cls = torch.stack([s[:, 0] for s in states], dim=1)
         return self.visual_adapter(self.vision.post_norm(cls))

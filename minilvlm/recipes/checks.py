@@ -8,11 +8,13 @@ import math
 import warnings
 
 from minilvlm.config import ConfigError, unknown_key
+from minilvlm.data.demo_questions import TASK_SETS
 from minilvlm.data.errors import ON_ERROR_CHOICES
 from minilvlm.data.formats import FORMATS
 from minilvlm.data.images import MODES
 from minilvlm.data.templates import TEMPLATES
 from minilvlm.models.checks import MAX_IMAGE_SIZE, MAX_WIDTH, decoder_problems, feature_layer_problem, vision_problems
+from minilvlm.models.mma import ROUTINGS, VISUAL_TOKENS
 
 
 def _int(low, high=None):
@@ -50,10 +52,11 @@ RULES = {
     "model.eve.align_weight": _number(),
     "model.mma.hidden": _int(1, MAX_WIDTH), "model.mma.groups": _int(1, MAX_WIDTH), "model.mma.scale": _number(-1e6, 1e6),
     "model.mma.temperature": _POSITIVE, "model.mma.dropout": _number(0, 1, high_open=True),
-    "model.mma.visual_hidden": _int(1, MAX_WIDTH),
+    "model.mma.visual_hidden": _int(1, MAX_WIDTH), "model.mma.routing": _one_of(*ROUTINGS),
+    "model.mma.visual_tokens": _one_of(*VISUAL_TOKENS),
     "model.lora.rank": _int(0, MAX_WIDTH), "model.lora.alpha": _POSITIVE, "model.lora.dropout": _number(0, 1, high_open=True),
     "data.dataset": _nonempty, "data.format": _one_of(*FORMATS), "data.demo_seed": _int(0, 2**32 - 1),
-    "data.demo_tasks": _one_of("shapes", "mma"), "data.demo_mc_fraction": _number(0, 1),
+    "data.demo_tasks": _one_of(*TASK_SETS), "data.demo_mc_fraction": _number(0, 1),
     "data.template": _one_of("auto", *TEMPLATES), "data.max_len": _int(1, 1 << 20), "data.image_mode": _one_of(*MODES),
     "data.num_workers": _int(0, 256), "data.on_error": _one_of(*ON_ERROR_CHOICES),
     "optim.lr": _number(),   # 0: a run that changes nothing (a round trip through the trainer)

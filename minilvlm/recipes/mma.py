@@ -26,7 +26,8 @@ def mma_config(cfg, vision, decoder, image_token_id):
     m = cfg.model.mma
     return MMAConfig(vision=vision, decoder=decoder, hidden=m.hidden, groups=m.groups, scale=m.scale,
                      temperature=m.temperature, dropout=m.dropout, vision_layers=vision_layers(cfg, vision.n_layers),
-                     visual_hidden=m.visual_hidden, image_token_id=image_token_id)
+                     visual_hidden=m.visual_hidden, image_token_id=image_token_id, routing=m.routing,
+                     visual_tokens=m.visual_tokens)
 
 
 class MMARecipe(Recipe):

@@ -179,6 +179,7 @@ def _print_banner(run):
     t, model = run.cfg.train, run.model
     n_params = sum(p.numel() for p in model.parameters())
     n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    run.summary.update(params=n_params, trained_params=n_trained)   # comparisons report them (curation/compare.py)
     ranks = f" x {run.world} ranks" if run.world > 1 else ""
     print(f"run {run.run_dir}: {len(run.loader.dataset)} training samples, vocab {run.tokenizer.vocab_size}, model "
           f"{n_params / 1e6:.2f}M params ({n_trained / 1e6:.2f}M trained), {t.steps} steps of "

@@ -169,7 +169,7 @@ def test_warmup_past_the_last_step_is_a_warning():
 def test_console_commands_and_thin_wrappers():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     names = {"train": "train", "eval": "eval", "generate": "generate", "soup": "soup", "ppl-filter": "ppl_filter",
-             "select-data": "select_data", "export": "export_hf", "consolidate": "consolidate"}
+             "select-data": "select_data", "compare": "compare", "export": "export_hf", "consolidate": "consolidate"}
     assert set(scripts) == {f"minilvlm-{n}" for n in names}
     for command, tool in names.items():
         module, _, attr = scripts[f"minilvlm-{command}"].partition(":")

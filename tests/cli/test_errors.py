@@ -15,7 +15,7 @@ import pytest
 from tests.tools_main import TOOLS, tool_main
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL_NAMES = ("train", "eval", "generate", "soup", "ppl_filter", "select_data", "export_hf", "consolidate")
+TOOL_NAMES = ("train", "eval", "generate", "soup", "ppl_filter", "select_data", "compare", "export_hf", "consolidate")
 
 
 def check_one_error_line(capsys, rc, needle):
@@ -180,6 +180,8 @@ def kind_matrix(tiny_run, damaged, tmp_path):
     bad.write_text(json.dumps([{"id": f"x{i}", "conversations": "not a list"} for i in range(4)]))
     text_png = tmp_path / "text.png"
     text_png.write_text("not a picture")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("[[arm]\nname = 'a'\n")
     broken, out, data = str(damaged["model"]), str(tmp_path / "out"), tiny_run / "data"
     ppl = ["--keep", "0.5", "--out", str(tmp_path / "k.json")]
     return {
@@ -204,6 +206,9 @@ def kind_matrix(tiny_run, damaged, tmp_path):
                         "weights": ([*select_base(broken, data), "--steps", "2", "--out", out], "model.safetensors"),
                         "missing": ([*select_base(tiny_run, data, tmp_path / "none.json"), "--steps", "2", "--out",
                                      out], "none.json")},
+        "compare": {"config": (["configs/compare/lavin_routing.toml", "--out", out, "--jobs", "0"], "--jobs"),
+                    "data": ([str(bad_toml), "--out", out], "not valid TOML"),
+                    "missing": ([str(tmp_path / "none.toml"), "--out", out], "none.toml")},
         "export_hf": {"config": ([str(tiny_run), "--out", out, "--max-shard-size", "lots"], "--max-shard-size"),
                       "weights": ([broken, "--out", out], "model.safetensors"),
                       "missing": ([str(tmp_path / "nowhere"), "--out", out], "nowhere")},
@@ -216,10 +221,11 @@ def select_base(base, data, second=None):
             "--heldout", str(data / "val.json")]
 
 
-@pytest.mark.parametrize("tool", ["eval", "generate", "soup", "ppl_filter", "select_data", "export_hf"])
+@pytest.mark.parametrize("tool", ["eval", "generate", "soup", "ppl_filter", "select_data", "compare", "export_hf"])
 def test_each_tool_with_one_bad_input_of_each_kind(tool, tiny_run, damaged, tmp_path, capsys):
     """Issue 16: every tool, one bad input of each kind that it takes: exit code 2, one error line
-    naming what is wrong, no traceback and nothing written (export_hf reads no records)."""
+    naming what is wrong, no traceback and nothing written (export_hf reads no records; compare reads no
+    weights itself: its runs do, each failing alone)."""
     for kind, (args, needle) in kind_matrix(tiny_run, damaged, tmp_path)[tool].items():
         check_one_error_line(capsys, tool_main(tool)(args), needle)
         assert not (tmp_path / "out").exists() and not (tmp_path / "k.json").exists(), (tool, kind)

@@ -61,3 +61,33 @@ def test_default_task_set_is_unchanged(tmp_path):
     a = json.loads((tmp_path / "a" / "train.json").read_text())
     assert a == json.loads((tmp_path / "b" / "train.json").read_text())
     assert {r["task"] for r in a if r["has_image"]} <= set(QUESTIONS)
+
+
+def test_caption_set_names_each_picture_in_the_demo_words(tmp_path):
+    """tasks="captions" (LLaVA's stage-1 data in configs/compare/llava_stages.toml): every record is a
+    captioned picture, the caption true to the scene and made of words the demo questions and answers use
+    (the stages share one word list), so a tokenizer built from the default set covers it."""
+    from minilvlm.data.demo import CAPTION_PROMPT
+    from minilvlm.data.demo_efficiency import caption_scene
+    from minilvlm.data.demo_questions import picture_caption
+    from minilvlm.data.demo_shapes import Shape
+
+    generate(tmp_path / "c", seed=1, sizes={"train": 80}, tasks="captions")
+    generate(tmp_path / "s", seed=1, sizes={"train": 400})
+    captions = json.loads((tmp_path / "c" / "train.json").read_text())
+    assert all(r["has_image"] and r["task"] == "caption" and r["question_type"] == "caption" for r in captions)
+    vocabulary = set().union(*(words(t["value"]) for r in json.loads((tmp_path / "s" / "train.json").read_text())
+                               for t in r["conversations"]))
+    for record in captions:
+        prompt, reply = (t["value"] for t in record["conversations"])
+        assert prompt == f"<image>\n{CAPTION_PROMPT}" and reply == record["answer"]
+        assert words(reply) <= vocabulary and words(CAPTION_PROMPT) <= vocabulary, reply
+        assert (tmp_path / "c" / record["image"]).is_file()
+    replies = Counter(r["answer"] for r in captions)
+    assert len(replies) > 10 and any(" . " in a for a in replies) and any(a.endswith("shapes") for a in replies)
+    # The caption is true to the scene: left to right, or counted from three shapes on.
+    two = [Shape("circle", "red", 20, 16, 5), Shape("square", "blue", 8, 16, 5)]
+    assert picture_caption(two) == "blue square . red circle"
+    assert picture_caption(two + [Shape("star", "green", 28, 5, 3)]) == "3 shapes"
+    rng = random.Random(0)
+    assert all(len(s) in (1, 2, 3, 4) for s in (caption_scene(rng, 32) for _ in range(50)))

@@ -333,3 +333,64 @@ def test_base_from_hugging_face_folders(tmp_path):
     with pytest.raises(ConfigError, match="model.mma.lm_weights = .*nowhere.*no such file"):
         build_mma_model(load_config(None, common + sizes + [f"model.mma.lm_weights={str(tmp_path / 'nowhere')!r}"],
                                     check_paths=False), _Tokenizer())
+
+
+def test_routing_ablations_fixed_has_no_router_and_no_token_routes_every_sample_alike(tmp_path):
+    recipe = recipes.get("mma")
+    batch, images = mixed_batch()
+    args = (batch["input_ids"], images, batch["attention_mask"])
+    has_image = torch.tensor([False, True])
+    # "no_token": the routers stay, but one token serves both modalities, so the routing cannot differ.
+    blind = tiny_model(routing="no_token")
+    randomize_adapters(blind)
+    assert blind.modality_token.embedding.num_embeddings == 1
+    weights = blind.routing_weights(has_image=has_image)
+    assert torch.equal(weights[0], weights[1])
+    routed = tiny_model()
+    randomize_adapters(routed)
+    weights = routed.routing_weights(has_image=has_image)
+    assert not torch.allclose(weights[0], weights[1])   # the control: LaVIN's token tells them apart
+    # "fixed": one RepAdapter path in every slot, no router tensors, and the unread token does not train.
+    fixed = tiny_model(routing="fixed")
+    assert all(type(a).__name__ == "RepAdapter" for a in fixed.adapters())
+    assert not any("router" in name for name, _ in fixed.named_parameters())
+    with pytest.raises(ValueError, match="no router"):
+        fixed.routing_weights(has_image=has_image)
+    fixed.set_stage("finetune")
+    assert not fixed.modality_token.embedding.weight.requires_grad
+    with torch.no_grad():
+        for adapter in fixed.adapters():
+            adapter.up_w.normal_(std=0.3)
+    loss, count, _ = fixed.batch_loss(batch)
+    loss.backward()
+    assert all(p.grad is not None for p in fixed.parameters() if p.requires_grad)
+    # Its adapter checkpoint round-trips, and a router model's checkpoint does not fit it (nor back).
+    path = tmp_path / "fixed.safetensors"
+    save_file(recipe.checkpoint_state(fixed), path)
+    again = tiny_model(routing="fixed")
+    recipe.load_checkpoint_state(again, load_file(path), path)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(*args), fixed.eval()(*args))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        recipe.load_checkpoint_state(tiny_model(), load_file(path), path)
+    with pytest.raises(ValueError, match="routing 'sometimes'"):
+        tiny_model(routing="sometimes")
+    with pytest.raises(ConfigError, match="model.mma.routing"):
+        load_config(None, ["model.recipe=mma", "model.mma.base_checkpoint=x", "model.mma.routing=off"],
+                    check_paths=False)
+
+
+def test_patch_tokens_diagnostic_reads_the_deepest_layers_patches():
+    """visual_tokens="patches" (past the paper: docs/recipes.md): the LM gets one token per patch of the
+    deepest chosen layer, through the same visual adapter; LaVIN's default gets one class token per layer."""
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    lavin, patches = tiny_model(), tiny_model(visual_tokens="patches")
+    assert lavin.config.image_tokens == 2 and patches.config.image_tokens == 4   # layers (2, 4); 2x2 patches
+    with torch.no_grad():
+        features = patches.image_features(images)
+        state, = patches.vision.forward_features(images, layers=[4])
+        expected = patches.visual_adapter(patches.vision.post_norm(state[:, 1:]))
+    assert features.shape == (3, 4, 16) and torch.equal(features, expected)
+    assert lavin.image_features(images).shape == (3, 2, 16)
+    with pytest.raises(ValueError, match="visual_tokens 'grid'"):
+        tiny_model(visual_tokens="grid")
