@@ -225,6 +225,12 @@ def _cell(stat):
     return f"{100 * stat['mean']:.1f} ± {100 * stat['spread']:.1f}"
 
 
+def _count(n):
+    if not n:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
 def format_table(result):
     """The comparison as a Markdown table: accuracy (%) mean ± spread per arm, each seed's figure, the
     chosen columns, trained parameters and seconds per run."""
@@ -236,7 +242,7 @@ def format_table(result):
         seeds = ", ".join("-" if v is None else f"{100 * v:.1f}" for v in row["accuracy"]["values"])
         trained = row["trained_params"]
         cells = [row["arm"], _cell(row["accuracy"]), seeds, *[_cell(row["columns"][c]) for c in columns],
-                 f"{trained / 1e6:.2f}M" if trained else "-",
+                 _count(trained),
                  f"{row['seconds']['mean']:.0f}" if row["seconds"]["mean"] else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     for row in result["arms"]:

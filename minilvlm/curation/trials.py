@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minilvlm import recipes
+from minilvlm.config import ConfigError, to_dict
 from minilvlm.io import atomic_write_json
 
 
@@ -55,13 +57,22 @@ def _finished(trial):
     """The trial's summary.json when an earlier run of the same spec finished it, else None."""
     spec, summary = trial.folder / "trial.json", trial.run_dir / "summary.json"
     try:
-        if not same_run(json.loads(spec.read_text()), trial.config):
+        if not same_run(_completed(json.loads(spec.read_text())), trial.config):
             return None
         done = json.loads(summary.read_text())
     except (OSError, ValueError):
         return None
     steps = trial.config["train"]["steps"]
     return done if done.get("step") == steps and "accuracy" in done else None
+
+
+def _completed(config):
+    """A saved trial config with every key the current code knows (a setting added since it was written
+    takes its default, as it would in the run), so a new default does not make every finished trial stale."""
+    try:
+        return json.loads(json.dumps(to_dict(recipes.config_from_dict(config, "trial.json"))))
+    except (ConfigError, TypeError, ValueError):
+        return config   # not a config this code reads: it differs, and the trial runs again
 
 
 def say(line):

@@ -90,8 +90,8 @@ def test_every_comparison_file_loads_and_each_arm_runs_a_few_steps(tiny_run, tmp
 
 
 def test_lavin_arms_train_what_they_say(tiny_run, tmp_path, capsys):
-    """The MMA arm trains a fraction of what full fine-tuning trains; the routing arms differ in
-    routing only; a rerun reuses every finished run."""
+    """The MMA arm trains a fraction of what full fine-tuning trains, from the base named on the command
+    line; a rerun reuses every finished run, also one saved before a setting was added."""
     mma = read_comparison("configs/compare/lavin_mma.toml")
     argv = ["configs/compare/lavin_mma.toml", "--seeds", "1", "--jobs", "2", "--out", str(tmp_path),
             "--base", str(tiny_run), "--arms", "mma", "full", *[f"--set={o}" for o in TINY_ARMS]]
@@ -100,6 +100,11 @@ def test_lavin_arms_train_what_they_say(tiny_run, tmp_path, capsys):
     assert rows["mma"]["trained_params"] < rows["full"]["trained_params"] / 2   # 0.04M vs 0.70M in the demo
     assert {a.name for a in mma.arms} >= {"mma", "full", "before"}
     capsys.readouterr()
+    # A run saved before a setting existed (its trial.json lacks the key) is still the same run: reused.
+    spec = tmp_path / "runs" / "mma@seed0" / "trial.json"
+    saved = json.loads(spec.read_text())
+    del saved["model"]["mma"]["visual_tokens"]
+    spec.write_text(json.dumps(saved))
     assert tool_main("compare")(argv) == 0
     assert capsys.readouterr().out.count("reused") == 2
     configs = {a: json.loads((tmp_path / "runs" / f"{a}@seed0" / "trial.json").read_text()) for a in ("mma", "full")}
