@@ -21,7 +21,6 @@ In `set`, `{base}` stands for the base run folder and `{base_checkpoint}` for it
 folder, so one file serves the demo base and a test's tiny one (--base); in an arm with `after`,
 `{after}` stands for the final checkpoint folder of that arm's run with the same seed, which then runs
 first (an arm whose earlier stage failed fails too, saying so)."""
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,8 @@ from pathlib import Path
 import tomllib
 
 from minilvlm import recipes
-from minilvlm.config import ConfigError, to_dict
-from minilvlm.curation.trials import Trial, mean_and_spread, run_trials, say
+from minilvlm.config import ConfigError
+from minilvlm.curation.trials import Trial, mean_and_spread, run_trials, say, trial_config
 from minilvlm.eval.load import LoadError, resolve_checkpoint
 from minilvlm.io import atomic_write_json
 
@@ -146,7 +145,7 @@ def arm_config(arm, seed, values, extra=(), check_paths=True):
         cfg = recipes.load_config(arm.config or None, overrides, check_paths=check_paths)
     except ConfigError as err:
         raise ConfigError(f"arm {arm.name}: {err}") from None
-    data = json.loads(json.dumps(to_dict(cfg)))   # as trial.json holds it (lists, not tuples): reruns compare equal
+    data = trial_config(cfg)
     data["train"]["ckpt_every"] = data["train"]["steps"]   # only the final checkpoint: trials are many
     return data
 

@@ -16,7 +16,8 @@ from minilvlm.curation.filter_output import (
     write_subset,
 )
 from minilvlm.curation.perplexity import score_records, select, stats
-from minilvlm.curation.trials import Trial, mean_and_spread, run_trials, same_run, say
+from minilvlm.curation.trials import (Trial, completed_config, mean_and_spread, run_trials, same_run, say,
+                                      trial_config)
 from minilvlm.data.errors import SkipCounter, check_most_not_skipped
 from minilvlm.data.formats import detect_format
 from minilvlm.eval.load import LoadError, load_model, resolve_checkpoint
@@ -140,7 +141,7 @@ def _reference_as(trial, model, report):
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
     except (LoadError, OSError, ValueError):
         return None
-    if not same_run(saved, trial.config, ignore=("run_dir", "threads")) \
+    if not same_run(completed_config(saved), trial.config, ignore=("run_dir", "threads")) \
             or summary.get("step") != trial.config["train"]["steps"] or "accuracy" not in summary:
         return None
     trial.summary, trial.reused = summary, True
@@ -167,7 +168,7 @@ def compare_runs(job, compare, report=None):
             apply_overrides(run, [f"train.steps={steps}", f"train.seed={seed}", "train.stop_at=0",
                                   f"train.run_dir={json.dumps(str(where / 'run'))}"])
             recipes.validate(run, check_paths=True)
-            trials[arm, seed] = Trial(where, json.loads(json.dumps(to_dict(run))), label=f"{arm} set (seed {seed})")
+            trials[arm, seed] = Trial(where, trial_config(run), label=f"{arm} set (seed {seed})")
     report(f"compare: {compare.config} for {steps} steps on the full and the kept set, {compare.seeds} seed(s)")
     runs = {key: trial.run_dir for key, trial in trials.items()}
     runs["full", 0] = _reference_as(trials["full", 0], job.model, report) or runs["full", 0]

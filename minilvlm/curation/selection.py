@@ -20,7 +20,7 @@ from minilvlm import recipes
 from minilvlm.config import ConfigError, apply_overrides, to_dict
 from minilvlm.curation.selection_report import mixture_snippet, plot_selection
 from minilvlm.curation.soup import SoupError, soup_of, write_soup
-from minilvlm.curation.trials import Trial, mean_and_spread, run_trials, say
+from minilvlm.curation.trials import Trial, mean_and_spread, run_trials, say, trial_config
 from minilvlm.data.errors import SkipCounter, check_most_not_skipped
 from minilvlm.data.formats import read_data
 from minilvlm.data.tokenizer import Tokenizer
@@ -170,7 +170,7 @@ class Pipeline:
                               "train.ckpt_every=0", "train.stop_at=0", "eval.split=test", "eval.samples=0",
                               f"train.run_dir={json.dumps(str(folder / 'run'))}"])
         recipes.validate(cfg, check_paths=True)
-        trial = Trial(folder, json.loads(json.dumps(to_dict(cfg))), label=f"{' + '.join(names)} (seed {seed})",
+        trial = Trial(folder, trial_config(cfg), label=f"{' + '.join(names)} (seed {seed})",
                       extra={"sets": names})
         self.trials[folder] = trial
         return trial

@@ -57,7 +57,7 @@ def _finished(trial):
     """The trial's summary.json when an earlier run of the same spec finished it, else None."""
     spec, summary = trial.folder / "trial.json", trial.run_dir / "summary.json"
     try:
-        if not same_run(_completed(json.loads(spec.read_text())), trial.config):
+        if not same_run(completed_config(json.loads(spec.read_text())), trial.config):
             return None
         done = json.loads(summary.read_text())
     except (OSError, ValueError):
@@ -66,11 +66,16 @@ def _finished(trial):
     return done if done.get("step") == steps and "accuracy" in done else None
 
 
-def _completed(config):
+def trial_config(cfg):
+    """A RunConfig as trial.json holds it (JSON types: lists, not tuples), so a rerun compares equal."""
+    return json.loads(json.dumps(to_dict(cfg)))
+
+
+def completed_config(config):
     """A saved trial config with every key the current code knows (a setting added since it was written
     takes its default, as it would in the run), so a new default does not make every finished trial stale."""
     try:
-        return json.loads(json.dumps(to_dict(recipes.config_from_dict(config, "trial.json"))))
+        return trial_config(recipes.config_from_dict(config, "a saved run config"))
     except (ConfigError, TypeError, ValueError):
         return config   # not a config this code reads: it differs, and the trial runs again
 
