@@ -10,8 +10,10 @@ steps), scores it on --heldout, and keeps the best if it gains at least --min-ga
 set's leave-one-out loss against the all-sets model, and on --test over --seeds seeds the chosen
 mixture against all sets, the best single set and (--soup) the greedy soup of one model per chosen set.
 Trials are processes of their own under OUT/trials, --jobs at a time; a crashed trial is reported and
-its set dropped; a rerun reuses finished trials. Writes OUT/selection.json (every table),
-OUT/selection.png (accuracy against tokens) and OUT/mixture.toml (the chosen data.mixture).
+its set dropped; a rerun reuses finished trials. A set whose records (the same pictures and replies)
+the chosen sets already hold, more than --max-overlap percent of them, leaves untried as a
+near-duplicate. Writes OUT/selection.json (every table), OUT/selection.png (accuracy against tokens)
+and OUT/mixture.toml (the chosen data.mixture).
 """
 import sys
 
@@ -33,6 +35,9 @@ def _parser():
     parser.add_argument("--jobs", type=int, default=1, help="trials run at once, as separate processes")
     parser.add_argument("--seeds", type=int, default=1, help="seeds of the final comparison (default 1)")
     parser.add_argument("--soup", action="store_true", help="also soup one model per chosen set")
+    parser.add_argument("--max-overlap", type=float, default=50.0,
+                        help="percent of a set's records (same pictures and replies) the chosen sets may already "
+                             "hold before it leaves untried as a near-duplicate (default 50; 100 turns this off)")
     parser.add_argument("--max-rounds", type=int, default=0, help="stop after this many rounds (0: no limit)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every trial, e.g. --set optim.lr=5e-4 (repeatable)")
@@ -42,11 +47,13 @@ def _parser():
 def _body(ns):
     if ns.min_gain < 0:
         raise ConfigError("--min-gain must be at least 0 points")
+    if not 0 <= ns.max_overlap <= 100:
+        raise ConfigError("--max-overlap must be a percentage from 0 to 100")
     if ns.max_rounds < 0:
         raise ConfigError("--max-rounds must be at least 0")
     job = SelectJob(ns.base, ns.sets, ns.heldout, ns.out, ns.steps, test=ns.test, min_gain=ns.min_gain / 100,
                     jobs=ns.jobs, seeds=ns.seeds, soup=ns.soup, overrides=tuple(ns.overrides),
-                    max_rounds=ns.max_rounds)
+                    max_rounds=ns.max_rounds, max_overlap=ns.max_overlap / 100)
     result = select(job)
     print(format_table(result))
     print(f"wrote {ns.out}/selection.json, selection.png and mixture.toml")

@@ -4,7 +4,9 @@ fine-tuning trials from one base (tools/select_data.py is its command line; docs
 Each round fine-tunes the base once per remaining candidate added to the chosen mixture, for the same
 number of steps, and scores every trial on the held-out file; the best joins the mixture if it gains at
 least `min_gain` over the mixture so far, else the selection stops. Trials within `min_gain` of the round's
-best count as tied, and the cheapest of them (in tokens) is the one considered.
+best count as tied, and the cheapest of them (in tokens) is the one considered. Before a round, a set
+whose records the chosen mixture already holds (the same pictures and replies, more than `max_overlap`
+of them; minilvlm/curation/overlap.py) leaves as a near-duplicate, without a trial.
 Every set's leave-one-out loss is measured against the model of all sets. The final comparison, on the
 test file and over `seeds` seeds, sets the chosen mixture beside the all-sets model, the best
 single-set model and (with soup) the greedy soup of one model per chosen set. Trials are separate
@@ -19,6 +21,7 @@ from pathlib import Path
 from minilvlm import recipes
 from minilvlm.config import ConfigError, apply_overrides, to_dict
 from minilvlm.curation.selection_report import mixture_snippet, plot_selection
+from minilvlm.curation.overlap import ContentKeys, most_overlapping
 from minilvlm.curation.soup import SoupError, soup_of, write_soup
 from minilvlm.curation.trials import Trial, mean_and_spread, run_trials, say, trial_config
 from minilvlm.data.errors import SkipCounter, check_most_not_skipped
@@ -37,6 +40,7 @@ class Candidate:
     path: Path
     records: int
     tokens: int        # text tokens (base tokenizer) plus image tokens, over one pass of the set
+    keys: frozenset = frozenset()   # its records' content keys (minilvlm/curation/overlap.py)
 
 
 @dataclass
@@ -53,6 +57,7 @@ class SelectJob:
     soup: bool = False
     overrides: tuple = ()      # dotted config overrides for every trial
     max_rounds: int = 0        # 0: until no set gains enough
+    max_overlap: float = 0.5   # a set more than this share of which the chosen sets hold is a near-duplicate
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ def read_candidates(named, cfg):
     tokenizer = Tokenizer(Path(tokenizer_path).parent if Path(tokenizer_path).is_file() else tokenizer_path) \
         if tokenizer_path else None
     image_tokens = (cfg.model.vision.image_size // cfg.model.vision.patch_size) ** 2   # the tower's patches
-    candidates = []
+    candidates, content = [], ContentKeys()
     for name, path in named:
         skips = SkipCounter()
         records, _ = read_data(path, "auto", None, "train", cfg.data.on_error, skips)
@@ -121,7 +126,7 @@ def read_candidates(named, cfg):
         text = [t.text for r in records for t in r.turns]
         tokens = sum(len(tokenizer.encode(t)) for t in text) if tokenizer else sum(len(t.split()) for t in text)
         tokens += image_tokens * sum(len(r.images) for r in records)
-        candidates.append(Candidate(name, path, len(records), tokens))
+        candidates.append(Candidate(name, path, len(records), tokens, content.of(records)))
     return candidates
 
 
@@ -187,6 +192,22 @@ def _row(round_no, name, trial, tokens, steps, previous):
             "trial": str(trial.folder)}
 
 
+def drop_near_duplicates(p, chosen, remaining, round_no):
+    """Rows for the remaining sets that the chosen ones already hold (more than max_overlap of their
+    records); those sets leave `remaining` without a trial."""
+    rows, chosen_keys = [], {n: p.by_name[n].keys for n in chosen}
+    for name in list(remaining):
+        share, of = most_overlapping(p.by_name[name].keys, chosen_keys)
+        if share > p.job.max_overlap:
+            remaining.remove(name)
+            rows.append({"round": round_no, "candidate": name, "mixture": chosen + [name],
+                         "tokens": p.tokens(chosen + [name]), "steps": 0, "accuracy": None, "gain": None,
+                         "status": f"near-duplicate of {of} ({100 * share:.0f}% of its records), not tried",
+                         "error": None, "trial": None, "overlap": share})
+            p.report(f"round {round_no}: {name} leaves: {100 * share:.0f}% of its records are in {of} already")
+    return rows
+
+
 def forward_selection(p):
     """The rounds of greedy forward selection: (chosen names, table rows, failed set names)."""
     job = p.job
@@ -195,6 +216,9 @@ def forward_selection(p):
     round_no = 0
     while remaining and (not job.max_rounds or round_no < job.max_rounds):
         round_no += 1
+        rows += drop_near_duplicates(p, chosen, remaining, round_no)
+        if not remaining:
+            break
         p.report(f"round {round_no}: {len(remaining)} candidates on top of [{', '.join(chosen) or 'the base'}]")
         trials = {name: p.trial(chosen + [name]) for name in remaining}
         p.run(list(trials.values()))
@@ -209,15 +233,19 @@ def forward_selection(p):
                 remaining.remove(name)
         if not scored:
             break
-        # Differences below min_gain are not worth tokens: of the sets that close, the cheapest joins.
-        top = max(r["accuracy"] for r in scored)
-        best = min((r for r in scored if r["accuracy"] >= top - max(job.min_gain - 1e-9, 0.0)),
-                   key=lambda r: (r["tokens"], -r["accuracy"]))
-        if best["gain"] < job.min_gain - 1e-9:   # accuracies are fractions of whole questions
+        # Differences below min_gain are not worth tokens: of the sets that gain enough and come within
+        # min_gain of the best, the cheapest joins (a cheaper near-tie that gains too little stops nothing).
+        tolerance = max(job.min_gain - 1e-9, 0.0)   # accuracies are fractions of whole questions
+        top = max(scored, key=lambda r: r["accuracy"])
+        enough = [r for r in scored
+                  if r["gain"] >= job.min_gain - 1e-9 and r["accuracy"] >= top["accuracy"] - tolerance]
+        if not enough:
+            best = top
             best["status"] = "best, gain too small"
             p.report(f"round {round_no}: the best, {best['candidate']}, gains {100 * best['gain']:+.1f} points "
                      f"(< {100 * job.min_gain:.1f}); selection stops")
             break
+        best = min(enough, key=lambda r: (r["tokens"], -r["accuracy"]))
         best["status"] = "chosen"
         chosen.append(best["candidate"])
         remaining.remove(best["candidate"])
@@ -327,7 +355,8 @@ def select(job, report=None):
         "min_gain": job.min_gain, "seeds": job.seeds,
         "candidates": [{"name": c.name, "path": str(c.path), "records": c.records, "tokens": c.tokens}
                        for c in p.candidates],
-        "rounds": rows, "chosen": chosen, "failed": failed,
+        "rounds": rows, "chosen": chosen, "failed": failed, "max_overlap": job.max_overlap,
+        "near_duplicates": [r["candidate"] for r in rows if r.get("overlap") is not None],
         "leave_one_out": {"all_sets_accuracy": everything.accuracy, "loss": losses},
         "comparison": comparison,
         "token_ratio": p.tokens(chosen) / p.tokens(usable),

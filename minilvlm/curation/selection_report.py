@@ -18,7 +18,8 @@ def format_table(result):
     """The printed tables: rounds, leave-one-out, final comparison."""
     out = [f"{'round':>5}  {'candidate':<16} {'tokens':>9} {'steps':>6} {'accuracy':>9} {'gain':>7}  status"]
     for r in result["rounds"]:
-        acc = "failed" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        acc = f"{100 * r['accuracy']:.1f}%" if r["accuracy"] is not None else \
+            "-" if r.get("overlap") is not None else "failed"
         gain = "" if r["gain"] is None else f"{100 * r['gain']:+.1f}"
         out.append(f"{r['round']:>5}  {r['candidate']:<16} {r['tokens']:>9,} {r['steps']:>6} {acc:>9} {gain:>7}  "
                    f"{r['status']}")
@@ -32,6 +33,9 @@ def format_table(result):
             else f"{100 * row['mean']:.1f} ± {100 * row['spread']:.1f}%"
         out.append(f"  {arm:<40} {acc:>14}  tokens {row['tokens']:>9,}  [{', '.join(row['sets'])}]")
     out.append(f"\nchosen: {', '.join(result['chosen'])}; {result['token_ratio']:.2f}x the tokens of all sets")
+    if result.get("near_duplicates"):
+        out.append(f"near-duplicates left out untried: {', '.join(result['near_duplicates'])} "
+                   f"(more than {100 * result['max_overlap']:.0f}% of their records already chosen)")
     return "\n".join(out)
 
 

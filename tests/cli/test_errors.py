@@ -65,7 +65,7 @@ def test_train_bad_inputs(tmp_path, capsys):
              ([str(tmp_path / "latin1.toml")], "not UTF-8"),
              ([f"data.dataset={json.dumps(str(tmp_path / 'none.json'))}"], "data.dataset = "),
              ([f"data.dataset={json.dumps(str(bad_record))}", *run], "field 'conversations' must be list"),
-             ([f"data.tokenizer={json.dumps(str(tmp_path / 'tok'))}"], "data.tokenizer = "),
+             ([f"data.tokenizer={json.dumps(str(tmp_path / 'tok'))}", *run], "data.tokenizer = "),
              (["model.lm_weights=/etc/passwd", *run], "model.lm_weights = '/etc/passwd'"),
              ([f"train.run_dir={json.dumps(str(tmp_path / 'notempty'))}"], "holds a run (metrics.jsonl)"),
              (["--resume", str(tmp_path)], "config.json not found")]

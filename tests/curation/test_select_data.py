@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from minilvlm.curation.selection import Candidate, SelectJob, forward_selection
+from minilvlm.curation.overlap import ContentKeys, most_overlapping
+from minilvlm.curation.selection import Candidate, SelectJob, forward_selection, read_candidates
 from minilvlm.curation.trials import Trial
 from minilvlm.data import demo_efficiency
+from minilvlm.data.records import Record, Turn
+from minilvlm.recipes import load_config
 from tests.tools_main import tool_main
 
 # ---- the decisions, on made-up accuracies -------------------------------------------------------
@@ -84,6 +87,65 @@ def test_near_ties_go_to_the_cheaper_set_and_its_duplicate_stays_out():
     p = FakePipeline({"colour": 100, "again": 120, "shape": 100}, accuracy)
     chosen, _, _ = forward_selection(p)
     assert chosen == ["colour", "shape"]   # "again" was 0.2 points better alone, within min_gain, and dearer
+
+
+def test_a_cheaper_near_tie_that_gains_too_little_does_not_stop_the_selection():
+    # Round 2: "useful" gains 1.0 point, "off" 0.7 and is cheaper; both lie within min_gain of the best.
+    accuracy = lambda names: (0.393 * ("a" in names) + 0.010 * ("useful" in names)   # noqa: E731
+                              + 0.007 * ("off" in names))
+    p = FakePipeline({"a": 100, "useful": 100, "off": 90}, accuracy, min_gain=0.01)
+    chosen, rows, _ = forward_selection(p)
+    assert chosen == ["a", "useful"]
+    assert [r["status"] for r in rows if r["round"] == 3] == ["best, gain too small"]
+
+
+def test_a_set_the_chosen_ones_already_hold_leaves_untried():
+    # "again" holds colour's records (keys 0-9) and two of its own; "part" shares only 3 of its 10.
+    def accuracy(names):   # trials alone would choose "again" too: doubling colour's steps looks like a gain
+        return (0.3 * ("colour" in names) + 0.05 * ("again" in names) + 0.2 * ("shape" in names)
+                + 0.02 * ("part" in names))
+    p = FakePipeline({"colour": 100, "again": 120, "shape": 100, "part": 100}, accuracy)
+    keys = {"colour": range(10), "again": range(12), "shape": range(100, 110), "part": [0, 1, 2, *range(200, 207)]}
+    for c in p.candidates:
+        c.keys = frozenset(keys[c.name])
+    chosen, rows, _ = forward_selection(p)
+    assert chosen == ["colour", "shape", "part"]
+    duplicate = [r for r in rows if r["candidate"] == "again" and r["round"] > 1]   # tried alone in round 1
+    assert len(duplicate) == 1 and duplicate[0]["round"] == 2 and duplicate[0]["accuracy"] is None
+    assert duplicate[0]["status"].startswith("near-duplicate of colour (83%")
+    assert all("again" not in names for round_ in p.ran[1:] for names in round_)
+    assert any("again leaves" in line for line in p.lines)
+    p.job.max_overlap = 1.0          # --max-overlap 100: nothing is a near-duplicate
+    assert forward_selection(p)[0] == ["colour", "shape", "again", "part"]
+
+
+def test_content_keys_match_copied_pictures_and_reworded_questions_only(tmp_path):
+    for name, data in (("a.png", b"pixels one"), ("copy.png", b"pixels one"), ("b.png", b"pixels two")):
+        (tmp_path / name).write_bytes(data)
+
+    def record(image, question, reply):
+        images = [tmp_path / image] if image else []
+        return Record("r", [Turn("user", question), Turn("assistant", reply)], images)
+    keys = ContentKeys()
+    original = keys.key(record("a.png", "What colour is it?", "Red"))
+    assert keys.key(record("copy.png", "Which colour is the shape?", " red ")) == original   # same picture bytes
+    assert keys.key(record("a.png", "What colour is it?", "blue")) != original              # another answer
+    assert keys.key(record("b.png", "What colour is it?", "Red")) != original               # another picture
+    text = keys.key(record(None, "Spell cat backwards", "tac"))
+    assert keys.key(record(None, "spell  CAT backwards", "tac")) == text                   # case and spaces only
+    assert keys.key(record(None, "Spell dog backwards", "tac")) != text
+    assert keys.key(record("missing.png", "What colour is it?", "Red")) != original          # unreadable: by name
+
+
+def test_the_demo_near_duplicate_is_found_by_content(tiny_data, tmp_path):
+    config = _tiny_config(tmp_path, tiny_data, tiny_data / "sets" / "colour.json")
+    cfg = load_config(config, check_paths=False)
+    named = [(n, tiny_data / "sets" / f"{n}.json") for n in ("colour", "colour_again", "shape", "noise")]
+    keys = {c.name: c.keys for c in read_candidates(named, cfg)}
+    assert most_overlapping(keys["colour_again"], {"colour": keys["colour"]}) == (1.0, "colour")
+    for other in ("shape", "noise"):
+        share, _ = most_overlapping(keys[other], {"colour": keys["colour"], "colour_again": keys["colour_again"]})
+        assert share < 0.2, other
 
 
 def test_a_crashed_trial_is_reported_and_its_set_dropped():
@@ -220,6 +282,7 @@ def test_select_data_refuses_bad_input(tiny_data, tmp_path, capsys):
         (["--base", str(config), "--sets", colour, shape, "--heldout", str(tmp_path / "no_val.json"), *common[2:]],
          "no such held-out file"),
         (["--base", str(config), "--sets", colour, shape, *common, "--test", str(empty)], "holds no records"),
+        (["--base", str(config), "--sets", colour, shape, *common, "--max-overlap", "120"], "from 0 to 100"),
     ]
     for args, message in cases:
         assert tool_main("select_data")(args) == 2, args
