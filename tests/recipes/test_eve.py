@@ -152,3 +152,15 @@ def test_demo_eve_config_loads():
     with torch.device("meta"):
         model = build_model(cfg, TOKENIZER, load_weights=False)
     assert model.config.image_tokens == 21 and model.config.align_layers == (3, 2, 1)
+
+
+def test_demo_eve_matches_the_llava_demo_in_size_at_inference():
+    # docs/recipes.md compares the two at a matched parameter count: EVE's embedder and projector stand
+    # where the llava demo's tower and projector stand; the LM is the same config in both.
+    with torch.device("meta"):
+        eve = build_model(load_config(CONFIGS / "demo_eve.toml", check_paths=False), TOKENIZER, load_weights=False)
+        llava = build_model(load_config(CONFIGS / "demo.toml", check_paths=False), TOKENIZER, load_weights=False)
+    eve_visual = sum(p.numel() for m in (eve.embedder, eve.projector) for p in m.parameters())
+    llava_visual = sum(p.numel() for m in (llava.vision, llava.projector) for p in m.parameters())
+    assert sum(p.numel() for p in eve.lm.parameters()) == sum(p.numel() for p in llava.lm.parameters())
+    assert abs(eve_visual - llava_visual) < 0.01 * llava_visual, (eve_visual, llava_visual)
