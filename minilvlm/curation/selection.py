@@ -109,9 +109,10 @@ def parse_sets(specs):
     return named
 
 
-def read_candidates(named, cfg):
-    """Candidate per (name, path): its records read and counted in tokens with the trials' tokenizer.
-    A set that cannot be read, or holds no records, is an error naming it."""
+def read_candidates(named, cfg, content_keys=True):
+    """Candidate per (name, path): its records read and counted in tokens with the trials' tokenizer,
+    and (content_keys) keyed by content, which reads every picture once. A set that cannot be read, or
+    holds no records, is an error naming it."""
     tokenizer_path = cfg.data.tokenizer
     tokenizer = Tokenizer(Path(tokenizer_path).parent if Path(tokenizer_path).is_file() else tokenizer_path) \
         if tokenizer_path else None
@@ -126,7 +127,8 @@ def read_candidates(named, cfg):
         text = [t.text for r in records for t in r.turns]
         tokens = sum(len(tokenizer.encode(t)) for t in text) if tokenizer else sum(len(t.split()) for t in text)
         tokens += image_tokens * sum(len(r.images) for r in records)
-        candidates.append(Candidate(name, path, len(records), tokens, content.of(records)))
+        keys = content.of(records) if content_keys else frozenset()
+        candidates.append(Candidate(name, path, len(records), tokens, keys))
     return candidates
 
 
@@ -141,7 +143,8 @@ class Pipeline:
         self.out = Path(job.out)
         self.cfg, self.base_name = base_config(job.base)
         apply_overrides(self.cfg, list(job.overrides))
-        self.candidates = read_candidates(parse_sets(job.sets), self.cfg)
+        # --max-overlap 100 drops nothing, so the pictures need not be read for it
+        self.candidates = read_candidates(parse_sets(job.sets), self.cfg, content_keys=job.max_overlap < 1)
         self.by_name = {c.name: c for c in self.candidates}
         for file in (job.heldout, job.test):   # read once here, so a bad one fails before any trial
             if not file:
@@ -235,10 +238,9 @@ def forward_selection(p):
             break
         # Differences below min_gain are not worth tokens: of the sets that gain enough and come within
         # min_gain of the best, the cheapest joins (a cheaper near-tie that gains too little stops nothing).
-        tolerance = max(job.min_gain - 1e-9, 0.0)   # accuracies are fractions of whole questions
+        min_gain = job.min_gain - 1e-9   # accuracies are fractions of whole questions
         top = max(scored, key=lambda r: r["accuracy"])
-        enough = [r for r in scored
-                  if r["gain"] >= job.min_gain - 1e-9 and r["accuracy"] >= top["accuracy"] - tolerance]
+        enough = [r for r in scored if r["gain"] >= min_gain and r["accuracy"] >= top["accuracy"] - max(min_gain, 0.0)]
         if not enough:
             best = top
             best["status"] = "best, gain too small"

@@ -146,6 +146,7 @@ def test_the_demo_near_duplicate_is_found_by_content(tiny_data, tmp_path):
     for other in ("shape", "noise"):
         share, _ = most_overlapping(keys[other], {"colour": keys["colour"], "colour_again": keys["colour_again"]})
         assert share < 0.2, other
+    assert all(not c.keys for c in read_candidates(named, cfg, content_keys=False))   # --max-overlap 100
 
 
 def test_a_crashed_trial_is_reported_and_its_set_dropped():
