@@ -10,14 +10,15 @@
 // the GPU's size, and block (i, b) takes the tiles i, i + gridDim.x, ... (kMmTileTokens each) of
 // sample b. For each tile
 //   phase 1  the r dot products of each token (h = A x + b_A; in the backward also dh = UsT dy per
-//            group), reduced with __shfl_xor_sync into shared memory. The forward splits the
-//            channels among all threads and takes the tile's tokens kMmDotTokens at a time, so one
-//            load of A serves several tokens; the backward gives each warp whole tokens;
+//            group), reduced with __shfl_xor_sync into shared memory. Both split the channels
+//            among all threads and take the tile's tokens kMmDotTokens at a time, so one load of
+//            A (or of UsT) serves several tokens (mm_tile_dots);
 //   dropout  h (after b_A) and, in the backward, dh are masked and scaled per entry by
 //            dropout_keep(seed, offset, flat index in h [B,T,r]) (common/philox.h): the backward
 //            regenerates the forward's mask in a pass of its own (mm_factor_bias_kernel);
 //   phase 2  threads own channels d and walk the tile's tokens: the forward writes
-//            out = x + cs + UsT^T h, the backward writes dx = dy + A^T dh and adds the tile's
+//            out = x + cs + UsT^T h, the backward writes dx = dy + A^T dh (A's column loaded once
+//            per tile, its tokens' sums in registers) and adds the tile's
 //            dA += dh x^T, db_A += dh, G += h dy^T, S += dy to its block's own slot of a workspace.
 // The backward is deterministic: no float atomics. Pass 1 (mm_adapter_backward_kernel) leaves one
 // partial sum per block, accumulated over its tiles in a fixed order; pass 2 (mm_sum_slots_kernel)
@@ -61,29 +62,6 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// out[j] = rows[j*ld : j*ld+n] . v[0:n] for j < count, computed by one warp; every lane gets
-// the results. kMmChunk rows per pass over v.
-template <typename T>
-__device__ __forceinline__ void warp_dot_rows(const float* __restrict__ rows, int64_t ld, const T* __restrict__ v,
-                                              int64_t n, int count, float* out, int lane) {
-  for (int j0 = 0; j0 < count; j0 += kMmChunk) {
-    float acc[kMmChunk];
-#pragma unroll
-    for (int j = 0; j < kMmChunk; ++j) acc[j] = 0.0f;
-    for (int64_t i = lane; i < n; i += 32) {
-      const float vi = load_token(v + i);
-#pragma unroll
-      for (int j = 0; j < kMmChunk; ++j)
-        if (j0 + j < count) acc[j] = fmaf(__ldg(rows + (j0 + j) * ld + i), vi, acc[j]);
-    }
-#pragma unroll
-    for (int j = 0; j < kMmChunk; ++j) {
-      const float total = warp_sum(acc[j]);
-      if (lane == 0 && j0 + j < count) out[j0 + j] = total;
-    }
-  }
-}
-
 __device__ __forceinline__ int mm_tile_tokens(const MmDims& dims, int64_t t0, int tile) {
   return static_cast<int>(dims.T - t0 < tile ? dims.T - t0 : tile);
 }
@@ -94,28 +72,31 @@ __device__ __forceinline__ float mm_drop(float v, const DropoutKeys& drop, uint6
   return dropout_keep(drop, index) ? v * static_cast<float>(drop.scale) : 0.0f;
 }
 
-// Forward phase 1 for a tile of nt <= kMmTileTokens tokens: part[w][t][k] = the dot product of A's
-// row k with token t over the channels i = 32 w + lane (mod kMmThreads). Every thread takes the same
-// channels of all the tile's tokens, so each element of A is loaded once per kMmDotTokens tokens
-// (one register block of kMmChunk rows by kMmDotTokens tokens) rather than once per token.
+// Phase 1 for a tile of nt <= kMmTileTokens tokens: part[w][t][col0 + k] = the dot product of row k
+// of `rows` (count rows, `ld` apart) with token t's first n elements (tokens D apart), over the
+// channels i = 32 w + lane (mod kMmThreads). Every thread takes the same channels of all the tile's
+// tokens, so each element of `rows` is loaded once per kMmDotTokens tokens (one register block of
+// kMmChunk rows by kMmDotTokens tokens) rather than once per token. The forward and the backward
+// both form h = A x this way (so the backward's h is the forward's, bit for bit); the backward also
+// forms dh = UsT dy group by group (rows and tokens offset to the group's channels).
 template <typename T>
-__device__ __forceinline__ void mm_tile_dots(const float* __restrict__ A, const T* __restrict__ xs, int64_t D, int r,
-                                             int nt, float* part) {
+__device__ __forceinline__ void mm_tile_dots(const float* __restrict__ rows, int64_t ld, const T* __restrict__ xs,
+                                             int64_t D, int64_t n, int count, int nt, float* part, int col0, int r) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int j0 = 0; j0 < r; j0 += kMmChunk) {
+  for (int j0 = 0; j0 < count; j0 += kMmChunk) {
     for (int t0 = 0; t0 < nt; t0 += kMmDotTokens) {
       float acc[kMmChunk][kMmDotTokens];
 #pragma unroll
       for (int j = 0; j < kMmChunk; ++j)
 #pragma unroll
         for (int t = 0; t < kMmDotTokens; ++t) acc[j][t] = 0.0f;
-      for (int64_t i = threadIdx.x; i < D; i += kMmThreads) {
+      for (int64_t i = threadIdx.x; i < n; i += kMmThreads) {
         float xv[kMmDotTokens];
 #pragma unroll
         for (int t = 0; t < kMmDotTokens; ++t) xv[t] = t0 + t < nt ? load_token(xs + (t0 + t) * D + i) : 0.0f;
 #pragma unroll
         for (int j = 0; j < kMmChunk; ++j) {
-          const float a = j0 + j < r ? __ldg(A + (j0 + j) * D + i) : 0.0f;
+          const float a = j0 + j < count ? __ldg(rows + (j0 + j) * ld + i) : 0.0f;
 #pragma unroll
           for (int t = 0; t < kMmDotTokens; ++t) acc[j][t] = fmaf(a, xv[t], acc[j][t]);
         }
@@ -125,7 +106,8 @@ __device__ __forceinline__ void mm_tile_dots(const float* __restrict__ A, const 
 #pragma unroll
         for (int t = 0; t < kMmDotTokens; ++t) {
           const float total = warp_sum(acc[j][t]);
-          if (lane == 0 && j0 + j < r && t0 + t < nt) part[(warp * kMmTileTokens + t0 + t) * r + j0 + j] = total;
+          if (lane == 0 && j0 + j < count && t0 + t < nt)
+            part[(warp * kMmTileTokens + t0 + t) * r + col0 + j0 + j] = total;
         }
     }
   }
@@ -146,7 +128,7 @@ __global__ void __launch_bounds__(kMmThreads)
   const int64_t D = dims.D;
   const T* xs = x + (b * dims.T + t0) * D;
   T* os = out + (b * dims.T + t0) * D;
-  mm_tile_dots(A, xs, D, r, nt, part);
+  mm_tile_dots(A, D, xs, D, D, r, nt, part, 0, r);
   __syncthreads();
   for (int e = threadIdx.x; e < nt * r; e += kMmThreads) {  // h = the warps' partials, in warp order, + b_A
     const int k = e % r;
@@ -180,16 +162,16 @@ __global__ void __launch_bounds__(kMmThreads, kMmBackwardMinBlocks)
                                const float* __restrict__ A, const float* __restrict__ factor_bias,
                                const float* __restrict__ UsT, float* __restrict__ dA_part,
                                float* __restrict__ GS_part, MmDims dims) {
-  MINILVLM_DYNAMIC_SMEM(float, h);  // [kMmTileTokens, r], then dh [kMmTileTokens, r]
+  MINILVLM_DYNAMIC_SMEM(float, h);  // h [kMmTileTokens, r], dh [kMmTileTokens, r], partials [kMmWarps, kMmTileTokens, r]
   const int r = dims.r, rg = dims.rg;
   float* dh = h + kMmTileTokens * r;
+  float* part = dh + kMmTileTokens * r;
   const int64_t b = blockIdx.y, D = dims.D;
   const int64_t tiles = (dims.T + kMmTileTokens - 1) / kMmTileTokens;
   const float* u = UsT + b * rg * D;
   float* dA_s = dA_part + (b * gridDim.x + blockIdx.x) * (r * D + r);
   float* G_s = GS_part + (static_cast<int64_t>(blockIdx.x) * gridDim.y + b) * (rg * D + D);
   float* S_s = G_s + rg * D;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const bool first = tile == blockIdx.x;
     const int64_t t0 = tile * kMmTileTokens, offset = (b * dims.T + t0) * D;
@@ -197,16 +179,22 @@ __global__ void __launch_bounds__(kMmThreads, kMmBackwardMinBlocks)
     const T* xs = x + offset;
     const T* gs = dy + offset;
     T* dxs = dx + offset;
-    for (int t = warp; t < nt; t += kMmWarps) {
-      warp_dot_rows(A, D, xs + t * D, D, r, h + t * r, lane);
-      for (int g = 0; g < dims.groups; ++g)
-        warp_dot_rows(u + g * dims.Dg, D, gs + t * D + g * dims.Dg, dims.Dg, rg, dh + t * r + g * rg, lane);
-      __syncwarp();
-      const float* fb = factor_bias + 2 * (b * dims.T + t0 + t) * r;  // pairs (f, f b_A)
-      for (int k = lane; k < r; k += 32) {  // h = f (A x + b_A), dh = f dh
-        h[t * r + k] = fmaf(h[t * r + k], fb[2 * k], fb[2 * k + 1]);
-        dh[t * r + k] *= fb[2 * k];
-      }
+    const float* fb = factor_bias + 2 * (b * dims.T + t0) * r;  // pairs (f, f b_A) per entry of the tile's h
+    mm_tile_dots(A, D, xs, D, D, r, nt, part, 0, r);  // h = A x, each load of A serving several tokens
+    __syncthreads();
+    for (int e = threadIdx.x; e < nt * r; e += kMmThreads) {  // h = f (A x + b_A)
+      float v = 0.0f;
+      for (int w = 0; w < kMmWarps; ++w) v += part[w * kMmTileTokens * r + e];
+      h[e] = fmaf(v, fb[2 * e], fb[2 * e + 1]);
+    }
+    __syncthreads();
+    for (int g = 0; g < dims.groups; ++g)  // dh = UsT dy, group by group
+      mm_tile_dots(u + g * dims.Dg, D, gs + g * dims.Dg, D, dims.Dg, rg, nt, part, g * rg, r);
+    __syncthreads();
+    for (int e = threadIdx.x; e < nt * r; e += kMmThreads) {  // dh = f dh
+      float v = 0.0f;
+      for (int w = 0; w < kMmWarps; ++w) v += part[w * kMmTileTokens * r + e];
+      dh[e] = v * fb[2 * e];
     }
     __syncthreads();
     for (int k = threadIdx.x; k < r; k += kMmThreads) {
@@ -216,15 +204,28 @@ __global__ void __launch_bounds__(kMmThreads, kMmBackwardMinBlocks)
     }
     for (int64_t d = threadIdx.x; d < D; d += kMmThreads) {
       const int hg = static_cast<int>(d / dims.Dg) * rg;
-      float s = 0.0f;
-      for (int t = 0; t < nt; ++t) {  // dx = dy + A^T dh
-        const float gd = load_token(gs + t * D + d);
-        float v = gd;
-        for (int k = 0; k < r; ++k) v = fmaf(__ldg(A + k * D + d), dh[t * r + k], v);
-        store(dxs + t * D + d, v);
-        s += gd;
+      // dx = dy + A^T dh, with A's column d loaded kMmChunk rows at a time for all the tile's tokens
+      // (held in registers: v has a fixed size), not once per token; S += dy.
+      float v[kMmTileTokens], s = 0.0f;
+#pragma unroll
+      for (int t = 0; t < kMmTileTokens; ++t) {
+        v[t] = t < nt ? load_token(gs + t * D + d) : 0.0f;
+        s += v[t];   // adding zeros past nt leaves the sum as it was
       }
       mm_accumulate(S_s + d, s, first);
+      for (int k0 = 0; k0 < r; k0 += kMmChunk) {
+        float a[kMmChunk];
+#pragma unroll
+        for (int j = 0; j < kMmChunk; ++j) a[j] = k0 + j < r ? __ldg(A + (k0 + j) * D + d) : 0.0f;
+#pragma unroll
+        for (int t = 0; t < kMmTileTokens; ++t)
+#pragma unroll
+          for (int j = 0; j < kMmChunk; ++j)
+            if (t < nt && k0 + j < r) v[t] = fmaf(a[j], dh[t * r + k0 + j], v[t]);
+      }
+#pragma unroll
+      for (int t = 0; t < kMmTileTokens; ++t)
+        if (t < nt) store(dxs + t * D + d, v[t]);
       for (int k0 = 0; k0 < r; k0 += kMmChunk) {  // dA += dh x^T
         float acc[kMmChunk];
 #pragma unroll

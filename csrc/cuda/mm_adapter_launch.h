@@ -145,7 +145,7 @@ MmAdapterGrads mm_adapter_backward(const at::Tensor& grad_out, const at::Tensor&
     dispatch_dtype<float, c10::BFloat16, c10::Half>(x.scalar_type(), "mm_adapter_backward", [&](auto tag) {
       using T = typename decltype(tag)::type;
       auto* kernel = &mm_adapter_backward_kernel<cuda_scalar_t<T>>;
-      const size_t smem = 2 * sizeof(float) * kMmTileTokens * dims.r;  // h and dh
+      const size_t smem = sizeof(float) * (2 + kMmWarps) * kMmTileTokens * dims.r;  // h, dh, the warps' partials
       MINILVLM_LAUNCH(kernel, grid, dim3(kMmThreads), smem, config.stream)(
           cuda_data<T>(x), cuda_data<T>(dy), cuda_data<T>(dx), m.A.data_ptr<float>(), factor_bias.data_ptr<float>(),
           m.UsT.data_ptr<float>(), dA_part.data_ptr<float>(), GS_part.data_ptr<float>(), dims);

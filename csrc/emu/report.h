@@ -36,7 +36,7 @@ const ModuleLayout& this_module();
 // This OS thread's copy of the module's TLS segment (allocated on first use of any of its
 // thread_local variables; the caller must have touched one).
 uintptr_t module_tls_block();
-// "mm_adapter_kernels.cuh:64 in warp_dot_rows" for a code address in this module (addr2line on
+// "mm_adapter_kernels.cuh:64 in mm_tile_dots" for a code address in this module (addr2line on
 // the module's debug line table), or "<module>+0x1234" without one.
 std::string describe_code(uintptr_t pc);
 // "buf of block_sum_kernel(float const*, float*, int), byte 12" for an offset in the TLS segment.

@@ -155,22 +155,6 @@ def _final_checkpoint(trial):
     return trial.run_dir / "checkpoints" / f"step_{steps:06d}"
 
 
-def _run_in_stages(trials, jobs, report):
-    """Run the trials wave by wave: those of arms with no earlier stage first, then each arm once the
-    arm it continues has run; a trial whose earlier stage failed fails without running."""
-    waiting = dict(trials)
-    while waiting:
-        ready = {k: t for k, t in waiting.items() if not t.extra["after"] or (t.extra["after"], k[1]) not in waiting}
-        for key, trial in ready.items():
-            before = trials.get((trial.extra["after"], key[1]))
-            if before is not None and not before.ok:
-                trial.error = f"its earlier stage {before.label} failed"
-                report(f"  FAILED   {trial.label}: {trial.error}")
-        run_trials([t for t in ready.values() if not t.error], jobs=jobs, report=report)
-        for key in ready:
-            del waiting[key]
-
-
 def _row(arm, trials, columns):
     done = [t for t in trials if t.ok]
     column = {c: mean_and_spread([t.summary.get("accuracy", {}).get(c) if t.ok else None for t in trials])
@@ -206,9 +190,9 @@ def run_comparison(comparison, out, seeds=None, jobs=1, extra=(), base=None, arm
             if arm.after:
                 own["after"] = str(_final_checkpoint(trials[(arm.after, s)]))
             trials[(arm.name, s)] = Trial(out / "runs" / f"{arm.name}@seed{s}", arm_config(arm, s, own, extra),
-                                          label=f"{arm.name} (seed {s})", extra={"after": arm.after})
+                                          label=f"{arm.name} (seed {s})", after=trials.get((arm.after, s)))
     report(f"{comparison.title}: {len(chosen)} arms x {seeds} seeds, {jobs} at a time, in {out}/runs")
-    _run_in_stages(trials, jobs, report)
+    run_trials(list(trials.values()), jobs=jobs, report=report)
     rows = [_row(a, [trials[(a.name, s)] for s in range(seeds)], comparison.columns) for a in chosen]
     result = {"title": comparison.title, "source": comparison.source, "seeds": seeds,
               "columns": comparison.columns, "arms": rows}

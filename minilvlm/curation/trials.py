@@ -30,6 +30,7 @@ class Trial:
     reused: bool = False
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    after: "Trial" = None            # the trial this one continues: it starts once that one has finished
 
     @property
     def run_dir(self):
@@ -118,10 +119,61 @@ def _tail(path, lines=6):
     return " | ".join(line.strip() for line in text[-lines:] if line.strip()) or "empty log"
 
 
+def _chain_steps(trials):
+    """Each trial's steps plus the longest chain of steps waiting on it: the work that cannot start
+    before it ends. Starting the longest chain first keeps a chain's last stage from running alone
+    at the end while the other slot idles."""
+    waiting = {}
+    for trial in trials:
+        if trial.after is not None:
+            waiting.setdefault(id(trial.after), []).append(trial)
+    memo = {}
+
+    def length(trial):
+        if id(trial) not in memo:
+            memo[id(trial)] = trial.config["train"]["steps"] + max(map(length, waiting.get(id(trial), [])), default=0)
+        return memo[id(trial)]
+    return {id(t): length(t) for t in trials}
+
+
+def _collect(entry, report):
+    """Record how a finished trial process went (summary, or error and the end of its log)."""
+    trial, process, log, started = entry
+    log.close()
+    trial.seconds = time.perf_counter() - started
+    try:
+        trial.summary = json.loads((trial.run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        trial.summary = None
+    if process.returncode != 0 or trial.summary is None or trial.accuracy is None:
+        trial.error = f"exit {process.returncode}: {_tail(trial.folder / 'log.txt')}"
+        trial.summary = None
+        report(f"  FAILED   {trial.label} ({trial.seconds:.0f} s): {trial.error}")
+    else:
+        report(f"  finished {trial.label}: accuracy {100 * trial.accuracy:.1f}% ({trial.seconds:.0f} s)")
+
+
+def _next_ready(pending, report):
+    """The first pending trial whose earlier stage (trial.after) has finished, or None; a trial whose
+    earlier stage failed fails without running (and so, in turn, do the stages after it)."""
+    for trial in list(pending):
+        before = trial.after
+        if before is not None and before.error:
+            pending.remove(trial)
+            trial.error = f"its earlier stage {before.label} failed"
+            report(f"  FAILED   {trial.label}: {trial.error}")
+            return _next_ready(pending, report)
+        if before is None or before.ok:
+            pending.remove(trial)
+            return trial
+    return None
+
+
 def run_trials(trials, jobs=1, threads=None, report=None):
     """Run the trials that have not finished, `jobs` at a time, each with `threads` intra-op threads
-    (default: the cores over jobs). A trial fails alone: its error is the end of its log. Returns the
-    trials, each with summary or error set."""
+    (default: the cores over jobs). A trial with `after` set starts once that trial has finished; the
+    longest chains of steps start first. A trial fails alone: its error is the end of its log (a trial
+    after it fails unrun). Returns the trials, each with summary or error set."""
     report = report or say
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     pending, seen = [], set()
@@ -137,27 +189,19 @@ def run_trials(trials, jobs=1, threads=None, report=None):
             report(f"  reused   {trial.label}: accuracy {100 * trial.accuracy:.1f}%")
         else:
             pending.append(trial)
+    chain = _chain_steps(pending)
+    pending.sort(key=lambda t: -chain[id(t)])   # stable: equal chains keep their listed order
     running = []
     while pending or running:
-        while pending and len(running) < jobs:
-            trial = pending.pop(0)
+        while len(running) < jobs and (trial := _next_ready(pending, report)) is not None:
             running.append((trial, *_start(trial, threads)))
+        if not running:
+            break   # nothing runs and nothing is ready: only trials whose earlier stage is not among these
         time.sleep(0.2)
-        for entry in list(running):
-            trial, process, log, started = entry
-            if process.poll() is None:
-                continue
+        for entry in [e for e in running if e[1].poll() is not None]:
             running.remove(entry)
-            log.close()
-            trial.seconds = time.perf_counter() - started
-            try:
-                trial.summary = json.loads((trial.run_dir / "summary.json").read_text())
-            except (OSError, ValueError):
-                trial.summary = None
-            if process.returncode != 0 or trial.summary is None or trial.accuracy is None:
-                trial.error = f"exit {process.returncode}: {_tail(trial.folder / 'log.txt')}"
-                trial.summary = None
-                report(f"  FAILED   {trial.label} ({trial.seconds:.0f} s): {trial.error}")
-            else:
-                report(f"  finished {trial.label}: accuracy {100 * trial.accuracy:.1f}% ({trial.seconds:.0f} s)")
+            _collect(entry, report)
+    for trial in pending:
+        trial.error = f"its earlier stage {trial.after.label} did not run"
+        report(f"  FAILED   {trial.label}: {trial.error}")
     return trials
