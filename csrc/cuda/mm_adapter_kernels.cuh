@@ -113,6 +113,12 @@ __device__ __forceinline__ void mm_tile_dots(const float* __restrict__ rows, int
   }
 }
 
+// start + the warps' partial dots of entry e (part as mm_tile_dots leaves it), added in warp order.
+__device__ __forceinline__ float mm_warp_total(const float* part, int e, int r, float start) {
+  for (int w = 0; w < kMmWarps; ++w) start += part[w * kMmTileTokens * r + e];
+  return start;
+}
+
 // The forward: one block per tile of `tile` tokens of one sample (tile <= kMmTileTokens, chosen by the
 // host from B*T so that the grid covers the GPU several times over, cuda/mm_adapter_launch.h).
 template <typename T>
@@ -131,9 +137,7 @@ __global__ void __launch_bounds__(kMmThreads)
   mm_tile_dots(A, D, xs, D, D, r, nt, part, 0, r);
   __syncthreads();
   for (int e = threadIdx.x; e < nt * r; e += kMmThreads) {  // h = the warps' partials, in warp order, + b_A
-    const int k = e % r;
-    float v = bA[k];
-    for (int w = 0; w < kMmWarps; ++w) v += part[w * kMmTileTokens * r + e];
+    const float v = mm_warp_total(part, e, r, bA[e % r]);
     h[e] = mm_drop(v, drop, static_cast<uint64_t>(b * dims.T + t0) * r + e);
   }
   __syncthreads();
@@ -182,20 +186,14 @@ __global__ void __launch_bounds__(kMmThreads, kMmBackwardMinBlocks)
     const float* fb = factor_bias + 2 * (b * dims.T + t0) * r;  // pairs (f, f b_A) per entry of the tile's h
     mm_tile_dots(A, D, xs, D, D, r, nt, part, 0, r);  // h = A x, each load of A serving several tokens
     __syncthreads();
-    for (int e = threadIdx.x; e < nt * r; e += kMmThreads) {  // h = f (A x + b_A)
-      float v = 0.0f;
-      for (int w = 0; w < kMmWarps; ++w) v += part[w * kMmTileTokens * r + e];
-      h[e] = fmaf(v, fb[2 * e], fb[2 * e + 1]);
-    }
+    for (int e = threadIdx.x; e < nt * r; e += kMmThreads)  // h = f (A x + b_A)
+      h[e] = fmaf(mm_warp_total(part, e, r, 0.0f), fb[2 * e], fb[2 * e + 1]);
     __syncthreads();
     for (int g = 0; g < dims.groups; ++g)  // dh = UsT dy, group by group
       mm_tile_dots(u + g * dims.Dg, D, gs + g * dims.Dg, D, dims.Dg, rg, nt, part, g * rg, r);
     __syncthreads();
-    for (int e = threadIdx.x; e < nt * r; e += kMmThreads) {  // dh = f dh
-      float v = 0.0f;
-      for (int w = 0; w < kMmWarps; ++w) v += part[w * kMmTileTokens * r + e];
-      dh[e] = v * fb[2 * e];
-    }
+    for (int e = threadIdx.x; e < nt * r; e += kMmThreads)  // dh = f dh
+      dh[e] = mm_warp_total(part, e, r, 0.0f) * fb[2 * e];
     __syncthreads();
     for (int k = threadIdx.x; k < r; k += kMmThreads) {
       float total = 0.0f;

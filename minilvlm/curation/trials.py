@@ -156,14 +156,13 @@ def _collect(entry, report):
 def _next_ready(pending, report):
     """The first pending trial whose earlier stage (trial.after) has finished, or None; a trial whose
     earlier stage failed fails without running (and so, in turn, do the stages after it)."""
-    for trial in list(pending):
+    for trial in list(pending):   # earlier stages sort before later ones (their chains are longer)
         before = trial.after
         if before is not None and before.error:
             pending.remove(trial)
             trial.error = f"its earlier stage {before.label} failed"
             report(f"  FAILED   {trial.label}: {trial.error}")
-            return _next_ready(pending, report)
-        if before is None or before.ok:
+        elif before is None or before.ok:
             pending.remove(trial)
             return trial
     return None
