@@ -12,8 +12,10 @@ mixture against all sets, the best single set and (--soup) the greedy soup of on
 Trials are processes of their own under OUT/trials, --jobs at a time; a crashed trial is reported and
 its set dropped; a rerun reuses finished trials. A set whose records (the same pictures and replies)
 the chosen sets already hold, more than --max-overlap percent of them, leaves untried as a
-near-duplicate. Writes OUT/selection.json (every table), OUT/selection.png (accuracy against tokens)
-and OUT/mixture.toml (the chosen data.mixture).
+near-duplicate; before the first round, a set whose questions (word pairs) or short answers occur in
+--heldout less than --min-relevance percent of the time leaves untried as off-target. Writes
+OUT/selection.json (every table), OUT/selection.png (accuracy against tokens) and OUT/mixture.toml
+(the chosen data.mixture).
 """
 import sys
 
@@ -38,6 +40,9 @@ def _parser():
     parser.add_argument("--max-overlap", type=float, default=50.0,
                         help="percent of a set's records (same pictures and replies) the chosen sets may already "
                              "hold before it leaves untried as a near-duplicate (default 50; 100 turns this off)")
+    parser.add_argument("--min-relevance", type=float, default=10.0,
+                        help="percent of a set's question word pairs, and of its short answers, that must occur in "
+                             "--heldout, or it leaves untried as off-target (default 10; 0 turns this off)")
     parser.add_argument("--max-rounds", type=int, default=0, help="stop after this many rounds (0: no limit)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every trial, e.g. --set optim.lr=5e-4 (repeatable)")
@@ -49,11 +54,14 @@ def _body(ns):
         raise ConfigError("--min-gain must be at least 0 points")
     if not 0 <= ns.max_overlap <= 100:
         raise ConfigError("--max-overlap must be a percentage from 0 to 100")
+    if not 0 <= ns.min_relevance <= 100:
+        raise ConfigError("--min-relevance must be a percentage from 0 to 100")
     if ns.max_rounds < 0:
         raise ConfigError("--max-rounds must be at least 0")
     job = SelectJob(ns.base, ns.sets, ns.heldout, ns.out, ns.steps, test=ns.test, min_gain=ns.min_gain / 100,
                     jobs=ns.jobs, seeds=ns.seeds, soup=ns.soup, overrides=tuple(ns.overrides),
-                    max_rounds=ns.max_rounds, max_overlap=ns.max_overlap / 100)
+                    max_rounds=ns.max_rounds, max_overlap=ns.max_overlap / 100,
+                    min_relevance=ns.min_relevance / 100)
     result = select(job)
     print(format_table(result))
     print(f"wrote {ns.out}/selection.json, selection.png and mixture.toml")

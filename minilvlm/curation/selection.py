@@ -6,7 +6,9 @@ number of steps, and scores every trial on the held-out file; the best joins the
 least `min_gain` over the mixture so far, else the selection stops. Trials within `min_gain` of the round's
 best count as tied, and the cheapest of them (in tokens) is the one considered. Before a round, a set
 whose records the chosen mixture already holds (the same pictures and replies, more than `max_overlap`
-of them; minilvlm/curation/overlap.py) leaves as a near-duplicate, without a trial.
+of them; minilvlm/curation/overlap.py) leaves as a near-duplicate, without a trial, and before the first
+round so does an off-target set, one whose questions and answers the held-out file hardly asks
+(relevance below `min_relevance`; minilvlm/curation/relevance.py).
 Every set's leave-one-out loss is measured against the model of all sets. The final comparison, on the
 test file and over `seeds` seeds, sets the chosen mixture beside the all-sets model, the best
 single-set model and (with soup) the greedy soup of one model per chosen set. Trials are separate
@@ -20,10 +22,12 @@ from pathlib import Path
 
 from minilvlm import recipes
 from minilvlm.config import ConfigError, apply_overrides, to_dict
+from minilvlm.curation.overlap import ContentKeys
+from minilvlm.curation.relevance import HeldoutProfile, relevance
 from minilvlm.curation.selection_report import mixture_snippet, plot_selection
-from minilvlm.curation.overlap import ContentKeys, most_overlapping
 from minilvlm.curation.soup import SoupError, soup_of, write_soup
 from minilvlm.curation.trials import Trial, mean_and_spread, run_trials, say, trial_config
+from minilvlm.curation.untried import drop_near_duplicates, drop_off_target
 from minilvlm.data.errors import SkipCounter, check_most_not_skipped
 from minilvlm.data.formats import read_data
 from minilvlm.data.tokenizer import Tokenizer
@@ -41,6 +45,7 @@ class Candidate:
     records: int
     tokens: int        # text tokens (base tokenizer) plus image tokens, over one pass of the set
     keys: frozenset = frozenset()   # its records' content keys (minilvlm/curation/overlap.py)
+    relevance: object = None        # a Relevance to the held-out file (minilvlm/curation/relevance.py)
 
 
 @dataclass
@@ -58,6 +63,7 @@ class SelectJob:
     overrides: tuple = ()      # dotted config overrides for every trial
     max_rounds: int = 0        # 0: until no set gains enough
     max_overlap: float = 0.5   # a set more than this share of which the chosen sets hold is a near-duplicate
+    min_relevance: float = 0.1  # a set less relevant than this to the held-out file is off-target
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -109,10 +115,10 @@ def parse_sets(specs):
     return named
 
 
-def read_candidates(named, cfg, content_keys=True):
+def read_candidates(named, cfg, content_keys=True, heldout=None):
     """Candidate per (name, path): its records read and counted in tokens with the trials' tokenizer,
-    and (content_keys) keyed by content, which reads every picture once. A set that cannot be read, or
-    holds no records, is an error naming it."""
+    (content_keys) keyed by content, which reads every picture once, and (heldout, a HeldoutProfile)
+    measured for relevance. A set that cannot be read, or holds no records, is an error naming it."""
     tokenizer_path = cfg.data.tokenizer
     tokenizer = Tokenizer(Path(tokenizer_path).parent if Path(tokenizer_path).is_file() else tokenizer_path) \
         if tokenizer_path else None
@@ -128,8 +134,21 @@ def read_candidates(named, cfg, content_keys=True):
         tokens = sum(len(tokenizer.encode(t)) for t in text) if tokenizer else sum(len(t.split()) for t in text)
         tokens += image_tokens * sum(len(r.images) for r in records)
         keys = content.of(records) if content_keys else frozenset()
-        candidates.append(Candidate(name, path, len(records), tokens, keys))
+        relevant = relevance(records, heldout) if heldout is not None else None
+        candidates.append(Candidate(name, path, len(records), tokens, keys, relevant))
     return candidates
+
+
+def read_heldout(file):
+    """The records of a held-out file, read before any trial so that a bad file fails first."""
+    if not Path(file).exists():
+        raise ConfigError(f"{file}: no such held-out file or folder")
+    skips = SkipCounter()
+    records, _ = read_data(file, "auto", None, "test", "skip", skips)
+    check_most_not_skipped(skips.counts, len(records) + skips.total, file, skips.examples)
+    if not records:
+        raise ConfigError(f"{file}: no held-out records to score trials on")
+    return records
 
 
 # ---- trials -------------------------------------------------------------------------------------
@@ -143,19 +162,11 @@ class Pipeline:
         self.out = Path(job.out)
         self.cfg, self.base_name = base_config(job.base)
         apply_overrides(self.cfg, list(job.overrides))
+        heldout = [read_heldout(file) for file in (job.heldout, job.test) if file][0]   # a bad test file fails here too
         # --max-overlap 100 drops nothing, so the pictures need not be read for it
-        self.candidates = read_candidates(parse_sets(job.sets), self.cfg, content_keys=job.max_overlap < 1)
+        self.candidates = read_candidates(parse_sets(job.sets), self.cfg, content_keys=job.max_overlap < 1,
+                                          heldout=HeldoutProfile.of(heldout))
         self.by_name = {c.name: c for c in self.candidates}
-        for file in (job.heldout, job.test):   # read once here, so a bad one fails before any trial
-            if not file:
-                continue
-            if not Path(file).exists():
-                raise ConfigError(f"{file}: no such held-out file or folder")
-            skips = SkipCounter()
-            records, _ = read_data(file, "auto", None, "test", "skip", skips)
-            check_most_not_skipped(skips.counts, len(records) + skips.total, file, skips.examples)
-            if not records:
-                raise ConfigError(f"{file}: no held-out records to score trials on")
         self.trials = {}    # folder -> Trial, every trial this pipeline made
 
     def tokens(self, names):
@@ -195,28 +206,13 @@ def _row(round_no, name, trial, tokens, steps, previous):
             "trial": str(trial.folder)}
 
 
-def drop_near_duplicates(p, chosen, remaining, round_no):
-    """Rows for the remaining sets that the chosen ones already hold (more than max_overlap of their
-    records); those sets leave `remaining` without a trial."""
-    rows, chosen_keys = [], {n: p.by_name[n].keys for n in chosen}
-    for name in list(remaining):
-        share, of = most_overlapping(p.by_name[name].keys, chosen_keys)
-        if share > p.job.max_overlap:
-            remaining.remove(name)
-            rows.append({"round": round_no, "candidate": name, "mixture": chosen + [name],
-                         "tokens": p.tokens(chosen + [name]), "steps": 0, "accuracy": None, "gain": None,
-                         "status": f"near-duplicate of {of} ({100 * share:.0f}% of its records), not tried",
-                         "error": None, "trial": None, "overlap": share})
-            p.report(f"round {round_no}: {name} leaves: {100 * share:.0f}% of its records are in {of} already")
-    return rows
-
-
 def forward_selection(p):
     """The rounds of greedy forward selection: (chosen names, table rows, failed set names)."""
     job = p.job
     chosen, remaining, failed, rows = [], [c.name for c in p.candidates], [], []
     current = 0.0
     round_no = 0
+    rows += drop_off_target(p, remaining)
     while remaining and (not job.max_rounds or round_no < job.max_rounds):
         round_no += 1
         rows += drop_near_duplicates(p, chosen, remaining, round_no)
@@ -355,10 +351,12 @@ def select(job, report=None):
     result = {
         "base": p.base_name, "heldout": job.heldout, "test": job.test or job.heldout, "steps": job.steps,
         "min_gain": job.min_gain, "seeds": job.seeds,
-        "candidates": [{"name": c.name, "path": str(c.path), "records": c.records, "tokens": c.tokens}
-                       for c in p.candidates],
+        "candidates": [{"name": c.name, "path": str(c.path), "records": c.records, "tokens": c.tokens,
+                        "relevance": vars(c.relevance)} for c in p.candidates],
         "rounds": rows, "chosen": chosen, "failed": failed, "max_overlap": job.max_overlap,
         "near_duplicates": [r["candidate"] for r in rows if r.get("overlap") is not None],
+        "min_relevance": job.min_relevance,
+        "off_target": [r["candidate"] for r in rows if r.get("relevance") is not None],
         "leave_one_out": {"all_sets_accuracy": everything.accuracy, "loss": losses},
         "comparison": comparison,
         "token_ratio": p.tokens(chosen) / p.tokens(usable),

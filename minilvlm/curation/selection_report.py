@@ -19,7 +19,7 @@ def format_table(result):
     out = [f"{'round':>5}  {'candidate':<16} {'tokens':>9} {'steps':>6} {'accuracy':>9} {'gain':>7}  status"]
     for r in result["rounds"]:
         acc = f"{100 * r['accuracy']:.1f}%" if r["accuracy"] is not None else \
-            "-" if r.get("overlap") is not None else "failed"
+            "-" if r.get("overlap") is not None or r.get("relevance") is not None else "failed"
         gain = "" if r["gain"] is None else f"{100 * r['gain']:+.1f}"
         out.append(f"{r['round']:>5}  {r['candidate']:<16} {r['tokens']:>9,} {r['steps']:>6} {acc:>9} {gain:>7}  "
                    f"{r['status']}")
@@ -36,6 +36,9 @@ def format_table(result):
     if result.get("near_duplicates"):
         out.append(f"near-duplicates left out untried: {', '.join(result['near_duplicates'])} "
                    f"(more than {100 * result['max_overlap']:.0f}% of their records already chosen)")
+    if result.get("off_target"):
+        out.append(f"off-target sets left out untried: {', '.join(result['off_target'])} "
+                   f"(less than {100 * result['min_relevance']:.0f}% relevant to the held-out file)")
     return "\n".join(out)
 
 

@@ -26,18 +26,21 @@ CASES = [  # name, batch, image size, patch, D, class token
     ("CLIP ViT-L/14 224px b8", 8, 224, 14, 1024, True),
     ("demo 64px p8 D128 b32", 32, 64, 8, 128, False),
 ]
+PRECISIONS = [  # label, autocast, GEMM dtype, parameter dtype
+    ("fp32", False, torch.float32, torch.float32),
+    ("bf16 autocast", True, torch.bfloat16, torch.float32),   # fp32 weights cast on every forward
+    ("pure bf16", False, torch.bfloat16, torch.bfloat16),     # train.precision = "bf16": bf16 weights
+]
 
 
-def make_inputs(batch, size, p, dim, cls):
+def make_inputs(batch, size, p, dim, cls, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     tokens = (size // p) ** 2 + cls
     pixels = torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8)
     params = dict(weight=torch.randn(dim, 3, p, p, generator=g) * 0.02, bias=torch.zeros(dim),
                   pos_embed=torch.randn(tokens, dim, generator=g) * 0.02,
                   cls_token=torch.randn(dim, generator=g) * 0.02 if cls else None)
-    for t in params.values():
-        if t is not None:
-            t.requires_grad_()
+    params = {k: None if t is None else t.to(dtype).requires_grad_() for k, t in params.items()}
     grad = torch.randn(batch, tokens, dim, generator=g)
     return pixels, params, grad
 
@@ -99,10 +102,10 @@ def gemm_in_op_and_bare_ms(op_step, bare, rounds=5):
 def test_patch_embed_speed():
     rows = []
     for name, batch, size, p, dim, cls in CASES:
-        pixels, params, grad = make_inputs(batch, size, p, dim, cls)
-        tokens, k = grad.shape[1], 3 * p * p
-        flops = 2 * 2 * batch * tokens * k * dim
-        for label, autocast, dtype in (("fp32", False, torch.float32), ("bf16 autocast", True, torch.bfloat16)):
+        for label, autocast, dtype, param_dtype in PRECISIONS:
+            pixels, params, grad = make_inputs(batch, size, p, dim, cls, param_dtype)
+            tokens, k = grad.shape[1], 3 * p * p
+            flops = 2 * 2 * batch * tokens * k * dim
             ours, ref, mm = interleaved_ms([step_fn(patch_embed, pixels, params, grad, p, autocast),
                                             step_fn(patch_embed_reference, pixels, params, grad, p, autocast),
                                             bare_mm_fn(batch * tokens, k, dim, dtype)])

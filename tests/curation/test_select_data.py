@@ -10,7 +10,8 @@ import pytest
 import tomllib
 
 from minilvlm.curation.overlap import ContentKeys, most_overlapping
-from minilvlm.curation.selection import Candidate, SelectJob, forward_selection, read_candidates
+from minilvlm.curation.relevance import HeldoutProfile, Relevance, answer_key, question_pairs, relevance
+from minilvlm.curation.selection import Candidate, SelectJob, forward_selection, read_candidates, read_heldout
 from minilvlm.curation.trials import Trial
 from minilvlm.data import demo_efficiency
 from minilvlm.data.records import Record, Turn
@@ -117,6 +118,61 @@ def test_a_set_the_chosen_ones_already_hold_leaves_untried():
     assert any("again leaves" in line for line in p.lines)
     p.job.max_overlap = 1.0          # --max-overlap 100: nothing is a near-duplicate
     assert forward_selection(p)[0] == ["colour", "shape", "again", "part"]
+
+
+def test_an_off_target_set_leaves_untried_before_the_first_round():
+    # Trials alone would take "off" in round 3: its +2 points on nearby words pass --min-gain.
+    values = {"colour": 0.30, "shape": 0.20, "off": 0.02}
+    p = FakePipeline({n: 100 for n in values}, _additive(values))
+    p.by_name["off"].relevance = Relevance(questions=0.0, answers=0.0)
+    p.by_name["colour"].relevance = Relevance(questions=0.9, answers=None)   # answers not compared
+    chosen, rows, _ = forward_selection(p)
+    assert chosen == ["colour", "shape"]
+    off = [r for r in rows if r["candidate"] == "off"]
+    assert len(off) == 1 and off[0]["round"] == 1 and off[0]["accuracy"] is None and off[0]["relevance"] == 0.0
+    assert off[0]["status"].startswith("off-target (0% of its question word pairs and 0% of its answers")
+    assert all("off" not in names for round_ in p.ran for names in round_)
+    assert any("off leaves untried" in line for line in p.lines)
+    p.job.min_relevance = 0.0        # --min-relevance 0: nothing is off-target
+    assert forward_selection(p)[0] == ["colour", "shape", "off"]
+
+
+def _qa(question, answer, image=True, **meta):
+    return Record("r", [Turn("user", ("<image>\n" if image else "") + question), Turn("assistant", answer)],
+                  [Path("x.png")] if image else [], meta=meta)
+
+
+def test_relevance_reads_the_question_and_the_answer_not_the_scaffolding():
+    mc = _qa("Context: N/A\nQuestion: What colour is the shape?\nOptions: (A) red (B) dark green", "The answer is B.")
+    assert question_pairs(mc) == [("what", "colour"), ("colour", "is"), ("is", "the"), ("the", "shape")]
+    assert answer_key(mc) == "dark green"                                 # the letter as its option's text
+    assert answer_key(_qa("How many?", "12 shapes.")) == "# shapes"       # numbers as '#', punctuation dropped
+    assert answer_key(_qa("Describe it.", "A red circle sits left of a blue square.")) is None   # long: not compared
+    assert question_pairs(_qa("", "a caption")) == [()]                   # a picture and no words
+    heldout = HeldoutProfile.of([_qa("What colour is the shape?", "blue", choices=["dark green", "blue"]),
+                                 _qa("How many shapes are there?", "3")])
+    assert {"dark green", "blue", "#"} <= heldout.answers                     # what it expects and what it offers
+    assert relevance([mc], heldout).share == 1.0
+    reworded = relevance([_qa("Which colour has the shape?", "Blue.")], heldout)
+    assert reworded.answers == 1.0 and 0 < reworded.questions < 1       # "the shape" is shared, the rest not
+    off = relevance([_qa("Are the two shapes the same colour?", "yes")] * 3, heldout)
+    assert off.questions == 0.0 and off.answers == 0.0 and off.share == 0.0
+    chats = [_qa("What colour is the shape?", "The shape is a small red square near the left edge.")] * 3
+    assert relevance(chats, heldout) == Relevance(questions=1.0, answers=None)   # long replies: questions only
+    captions = HeldoutProfile.of([_qa("Describe the picture.", "Two shapes, a red circle and a blue square.")])
+    assert captions.answers == frozenset() and relevance([mc], captions).answers is None
+
+
+def test_the_demo_off_target_set_is_found_and_every_other_set_kept(tmp_path):
+    data = tmp_path / "data"
+    demo_efficiency.generate(data, sizes={"pretrain": 4, "pretrain_val": 2, "pretrain_test": 2, "set": 60,
+                                          "val": 300, "test": 4})
+    cfg = load_config(_tiny_config(tmp_path, data, data / "sets" / "colour.json"), check_paths=False)
+    named = [(n, data / "sets" / f"{n}.json") for n in demo_efficiency.CANDIDATES]
+    profile = HeldoutProfile.of(read_heldout(data / "val.json"))
+    shares = {c.name: c.relevance.share for c in read_candidates(named, cfg, content_keys=False, heldout=profile)}
+    assert shares["same_colour"] < 0.1, shares
+    assert all(share >= 0.3 for name, share in shares.items() if name != "same_colour"), shares   # noise: 0.4
 
 
 def test_content_keys_match_copied_pictures_and_reworded_questions_only(tmp_path):
@@ -242,6 +298,7 @@ def test_select_data_end_to_end_then_a_rerun_reuses_every_trial(tiny_data, tmp_p
     printed = capsys.readouterr().out
     result = json.loads((out / "selection.json").read_text())
     assert result["failed"] == ["broken"]
+    assert all(c["relevance"]["questions"] > 0.5 for c in result["candidates"]) and not result["off_target"]
     assert "FAILED" in printed and "broken" in printed
     assert [r["round"] for r in result["rounds"]] == [1, 1, 1, 1, 2, 2]
     assert len(result["chosen"]) == 2 and "broken" not in result["chosen"]
@@ -284,6 +341,7 @@ def test_select_data_refuses_bad_input(tiny_data, tmp_path, capsys):
          "no such held-out file"),
         (["--base", str(config), "--sets", colour, shape, *common, "--test", str(empty)], "holds no records"),
         (["--base", str(config), "--sets", colour, shape, *common, "--max-overlap", "120"], "from 0 to 100"),
+        (["--base", str(config), "--sets", colour, shape, *common, "--min-relevance", "-1"], "from 0 to 100"),
     ]
     for args, message in cases:
         assert tool_main("select_data")(args) == 2, args
