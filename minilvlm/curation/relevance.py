@@ -6,7 +6,8 @@ Two shares, and a set's relevance is the smaller of them:
   "Options:" lines and the "Question:" label left out, lowercased, each number as "#"), the share that
   occur in some held-out question;
 - answers: of the set's records with a short reference answer (at most `SHORT_ANSWER_WORDS` words; a
-  multiple-choice letter counts as the text of its option), the share whose answer is one the held-out
+  multiple-choice letter counts as the text of its "(X) text" option, and is left out where it has
+  none, since option formats differ between files), the share whose answer is one the held-out
   file expects or offers as an option. Long replies (a conversation, a caption) are never matched word
   for word, so this share is left out (None) when most of the set's records, or of the held-out
   records, have none; relevance is then the question share alone.
@@ -56,10 +57,12 @@ def _options(record):
 
 def answer_key(record):
     """The record's reference answer as lowercased words (numbers as "#"), a multiple-choice letter as
-    its option's text; None when the answer is long or empty."""
+    its option's text; None when the answer is long or empty, or a letter whose option is not found."""
     kind, expected = reference(record)
-    if kind == "letter":
-        expected = _options(record).get(expected, f"option {expected}")
+    if kind == "letter":   # a letter without a "(X) text" option to read is not compared: formats differ
+        expected = _options(record).get(expected)
+        if expected is None:
+            return None
     key = _answer_key(expected)
     if not normalize(expected) or len(key.split()) > SHORT_ANSWER_WORDS:
         return None

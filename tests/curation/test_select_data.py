@@ -148,6 +148,7 @@ def test_relevance_reads_the_question_and_the_answer_not_the_scaffolding():
     assert answer_key(mc) == "dark green"                                 # the letter as its option's text
     assert answer_key(_qa("How many?", "12 shapes.")) == "# shapes"       # numbers as '#', punctuation dropped
     assert answer_key(_qa("Describe it.", "A red circle sits left of a blue square.")) is None   # long: not compared
+    assert answer_key(_qa("Which? A. red B. blue", "The answer is A.")) is None   # a letter without "(A) ..." options
     assert question_pairs(_qa("", "a caption")) == [()]                   # a picture and no words
     heldout = HeldoutProfile.of([_qa("What colour is the shape?", "blue", choices=["dark green", "blue"]),
                                  _qa("How many shapes are there?", "3")])
