@@ -340,6 +340,11 @@ def select(job, report=None):
     p = Pipeline(job, report)
     p.out.mkdir(parents=True, exist_ok=True)
     chosen, rows, failed = forward_selection(p)
+    off_target = [r["candidate"] for r in rows if r.get("relevance") is not None]
+    if len(off_target) == len(p.candidates):
+        raise ConfigError(f"every candidate set is off-target for {job.heldout} (its questions and answers occur "
+                          f"there less than --min-relevance {100 * job.min_relevance:g}% of the time); check "
+                          "--heldout, or lower --min-relevance (0 turns the check off)")
     if not chosen:
         raise ConfigError("no candidate set gained enough to be chosen (or every trial failed); see "
                           f"{p.out / 'trials'} and lower --min-gain or raise --steps")
@@ -356,7 +361,7 @@ def select(job, report=None):
         "rounds": rows, "chosen": chosen, "failed": failed, "max_overlap": job.max_overlap,
         "near_duplicates": [r["candidate"] for r in rows if r.get("overlap") is not None],
         "min_relevance": job.min_relevance,
-        "off_target": [r["candidate"] for r in rows if r.get("relevance") is not None],
+        "off_target": off_target,
         "leave_one_out": {"all_sets_accuracy": everything.accuracy, "loss": losses},
         "comparison": comparison,
         "token_ratio": p.tokens(chosen) / p.tokens(usable),

@@ -329,6 +329,9 @@ def test_select_data_refuses_bad_input(tiny_data, tmp_path, capsys):
     common = ["--heldout", str(tiny_data / "val.json"), "--steps", "2", "--out", str(tmp_path / "o")]
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
+    text_only = tmp_path / "text_only.json"   # held-out questions neither picture set asks
+    text_only.write_text(json.dumps([{"id": "t", "conversations": [
+        {"from": "human", "value": "Spell the word 'ocean' backwards."}, {"from": "gpt", "value": "naeco"}]}]))
     cases = [
         (["--base", str(config), "--sets", colour, colour, *common], "two sets are named 'colour'"),
         (["--base", str(config), "--sets", colour, str(tmp_path / "nope.json"), *common], "no such file"),
@@ -343,6 +346,8 @@ def test_select_data_refuses_bad_input(tiny_data, tmp_path, capsys):
         (["--base", str(config), "--sets", colour, shape, *common, "--test", str(empty)], "holds no records"),
         (["--base", str(config), "--sets", colour, shape, *common, "--max-overlap", "120"], "from 0 to 100"),
         (["--base", str(config), "--sets", colour, shape, *common, "--min-relevance", "-1"], "from 0 to 100"),
+        (["--base", str(config), "--sets", colour, shape, "--heldout", str(text_only), *common[2:]],
+         "every candidate set is off-target"),
     ]
     for args, message in cases:
         assert tool_main("select_data")(args) == 2, args
