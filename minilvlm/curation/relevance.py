@@ -18,13 +18,14 @@ held-out file asks (docs/data-efficiency.md)."""
 import re
 from dataclasses import dataclass
 
-from minilvlm.eval.score import normalize, reference
+from minilvlm.eval.score import reference
 
 SHORT_ANSWER_WORDS = 4
 _SCAFFOLD_LINE = re.compile(r"^\s*(context|options)\s*:.*$", re.IGNORECASE | re.MULTILINE)
 _QUESTION_LABEL = re.compile(r"^\s*question\s*:", re.IGNORECASE | re.MULTILINE)
 _IMAGE_TAG = re.compile(r"<image>", re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_]+|\d+")
+_OPTIONS_LINE = re.compile(r"^\s*options\s*:.*$", re.IGNORECASE | re.MULTILINE)
 _OPTION = re.compile(r"\(([A-Z])\)\s*(.*?)\s*(?=\([A-Z]\)|$)", re.MULTILINE)
 
 
@@ -51,7 +52,8 @@ def _answer_key(text):
 def _options(record):
     """{letter: option text} from the Options line of the record's last question."""
     last = next((t.text for t in reversed(record.turns) if t.role == "user"), "")
-    line = next((m.group(0) for m in re.finditer(r"(?im)^\s*options\s*:.*$", last)), "")
+    found = _OPTIONS_LINE.search(last)
+    line = found.group(0) if found else ""
     return {letter: text for letter, text in _OPTION.findall(line.partition(":")[2])}
 
 
@@ -64,9 +66,7 @@ def answer_key(record):
         if expected is None:
             return None
     key = _answer_key(expected)
-    if not normalize(expected) or len(key.split()) > SHORT_ANSWER_WORDS:
-        return None
-    return key
+    return key if key and len(key.split()) <= SHORT_ANSWER_WORDS else None
 
 
 def _offered(record):
@@ -75,7 +75,7 @@ def _offered(record):
     meta = record.meta.get("choices")
     if isinstance(meta, list):
         choices += [str(c) for c in meta]
-    return {_answer_key(c) for c in choices if normalize(str(c))}
+    return {key for key in map(_answer_key, choices) if key}
 
 
 @dataclass
