@@ -173,7 +173,7 @@ def test_the_demo_off_target_set_is_found_and_every_other_set_kept(tmp_path):
     profile = HeldoutProfile.of(read_heldout(data / "val.json"))
     shares = {c.name: c.relevance.share for c in read_candidates(named, cfg, content_keys=False, heldout=profile)}
     assert shares["same_colour"] < 0.1, shares
-    assert all(share >= 0.3 for name, share in shares.items() if name != "same_colour"), shares   # noise: 0.4
+    assert all(share >= 0.3 for name, share in shares.items() if name != "same_colour"), shares   # noise: 0.6
 
 
 def test_content_keys_match_copied_pictures_and_reworded_questions_only(tmp_path):
