@@ -10,14 +10,18 @@
 //            wanted, the buffer is overwritten in place by softmax - one_hot (computed in fp32,
 //            stored in compute_dtype) and its column sums are added to grad_bias (fp32)
 //   dh[rows] = grad @ W                    GEMM
-//   dW      += grad^T @ h[rows]            GEMM; in fp32 straight into dW, in bf16/fp16 into a
-//                                          compute_dtype partial that is added to the fp32 sum
+//   dW      += grad^T @ h[rows]            GEMM; dW comes back in weight's dtype. Where the GEMM can
+//                                          write it (fp32, or one chunk in weight's dtype) it does, so
+//                                          no pass over V x D is added; otherwise each bf16/fp16 GEMM
+//                                          writes a partial that is summed in fp32 and the last one is
+//                                          added and rounded in the same pass
 // The GEMMs are ATen's (oneDNN/MKL on the CPU, cuBLAS on the GPU, CPU matmuls under the emulator);
 // the backend supplies the pass. No fp32 logits exist beyond the row being reduced, and nothing is
 // read back to the host: the loss is the sum of the per-row losses, still on the device.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -29,6 +33,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 namespace minilvlm {
 
@@ -74,6 +79,52 @@ inline LceShape plan_linear_cross_entropy(const at::Tensor& hidden, const at::Te
   return LceShape{hidden.size(0), hidden.size(1), weight.size(0)};
 }
 
+// The sum over chunks of grad^T @ h[rows] into dw (weight's dtype), with the fewest passes over V x D:
+//   the GEMM writes dw itself when dw is in compute dtype and it is fp32 (addmm accumulates) or there
+//   is one chunk; fp32 compute into a low-precision dw sums in an fp32 buffer, copied once at the end;
+//   bf16/fp16 compute writes each chunk's GEMM into a partial in compute dtype, sums the partials in
+//   fp32 (in dw itself when dw is fp32) and adds the last partial while rounding into dw.
+class WeightGradSum {
+ public:
+  WeightGradSum(at::Tensor dw, at::ScalarType compute, bool one_chunk) : dw_(std::move(dw)), compute_(compute) {
+    const bool dw_in_compute = dw_.scalar_type() == compute;
+    direct_ = dw_in_compute && (compute == at::kFloat || one_chunk);
+    if (direct_) return;
+    if (compute != at::kFloat) part_ = at::empty(dw_.sizes(), dw_.options().dtype(compute));
+    if (dw_.scalar_type() == at::kFloat)
+      sum_ = dw_;
+    else if (compute == at::kFloat || !one_chunk)
+      sum_ = at::empty(dw_.sizes(), dw_.options().dtype(at::kFloat));
+  }
+
+  void add(const at::Tensor& grad_t, const at::Tensor& h_rows, bool first, bool last) {
+    if (direct_ || compute_ == at::kFloat) {   // the GEMM accumulates in fp32 by itself
+      at::Tensor& into = direct_ ? dw_ : sum_;
+      if (first)
+        at::mm_out(into, grad_t, h_rows);
+      else
+        into.addmm_(grad_t, h_rows);
+      if (last && !direct_) dw_.copy_(sum_);
+      return;
+    }
+    at::mm_out(part_, grad_t, h_rows);
+    if (!sum_.defined()) {   // one chunk, dw in a low dtype other than compute's: one rounding copy
+      dw_.copy_(part_);
+    } else if (first) {
+      sum_.copy_(part_);
+    } else if (last && !sum_.is_same(dw_)) {
+      at::add_out(dw_, sum_, part_);   // the last partial added while rounding into dw's dtype
+    } else {
+      sum_.add_(part_);
+    }
+  }
+
+ private:
+  at::Tensor dw_, sum_, part_;
+  at::ScalarType compute_;
+  bool direct_ = false;
+};
+
 // The order of work. softmax_pass(logits [n, V], targets [n], row_loss [n], grad_bias, write_grad)
 // is the backend's: row_loss gets lse - logit[target] per row; with write_grad the logits become
 // softmax - one_hot in place, and their column sums are added to grad_bias when it is defined.
@@ -89,8 +140,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_linear_cross_entr
   const bool grad_h = mask[0], grad_w = mask[1], grad_b = mask[2] && bias.has_value();
   const bool grads = grad_h || grad_w || grad_b;
   at::Tensor dh = at::empty({grad_h ? s.rows : 0, grad_h ? s.dim : 0}, low);
-  at::Tensor dw = grad_w ? (s.rows == 0 ? at::zeros({s.vocab, s.dim}, f32) : at::empty({s.vocab, s.dim}, f32))
-                         : at::empty({0}, f32);
+  const auto wdt = hidden.options().dtype(weight.scalar_type());
+  at::Tensor dw = grad_w ? (s.rows == 0 ? at::zeros({s.vocab, s.dim}, wdt) : at::empty({s.vocab, s.dim}, wdt))
+                         : at::empty({0}, wdt);
   at::Tensor db = grad_b ? at::zeros({s.vocab}, f32) : at::empty({0}, f32);
   at::Tensor row_loss = at::empty({s.rows}, f32);
   if (s.rows == 0) return {at::zeros({}, f32), dh, dw, db};
@@ -100,8 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_linear_cross_entr
   const at::Tensor tgt = targets.contiguous();
   const int64_t chunk = std::min(chunk_rows, s.rows);
   at::Tensor buffer = at::empty({chunk, s.vocab}, low);
-  // bf16/fp16: each chunk's dW part is a GEMM in compute_dtype, added to the fp32 sum
-  at::Tensor dw_part = grad_w && compute != at::kFloat ? at::empty({s.vocab, s.dim}, low) : at::Tensor();
+  WeightGradSum dw_sum(dw, compute, chunk >= s.rows);
   for (int64_t start = 0; start < s.rows; start += chunk) {
     const int64_t n = std::min(chunk, s.rows - start);
     at::Tensor logits = buffer.narrow(0, 0, n);
@@ -115,19 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_linear_cross_entr
       at::Tensor dh_rows = dh.narrow(0, start, n);
       at::mm_out(dh_rows, logits, w);
     }
-    if (!grad_w) continue;
-    if (!dw_part.defined()) {
-      if (start == 0)
-        at::mm_out(dw, logits.t(), h_rows);
-      else
-        dw.addmm_(logits.t(), h_rows);
-    } else {
-      at::mm_out(dw_part, logits.t(), h_rows);
-      if (start == 0)
-        dw.copy_(dw_part);
-      else
-        dw.add_(dw_part);
-    }
+    if (grad_w) dw_sum.add(logits.t(), h_rows, start == 0, start + n >= s.rows);
   }
   return {row_loss.sum(), dh, dw, db};
 }

@@ -92,7 +92,7 @@
 // Summed cross-entropy of the LM head (common/linear_cross_entropy_host.h): hidden [N, D] @
 // weight[V, D]^T (+ bias [V]) against targets [N] (int64 in [0, V)), computed in compute_dtype
 // chunk_rows rows at a time. Returns (loss: float32 scalar, grad_hidden [N, D] in compute_dtype,
-// grad_weight [V, D] float32, grad_bias [V] float32): the gradients of the summed loss, computed
+// grad_weight [V, D] in weight's dtype, grad_bias [V] float32): the gradients of the summed loss, computed
 // in the same pass, those not asked for by output_mask (hidden, weight, bias) as empty tensors.
 #define MINILVLM_SCHEMA_LINEAR_CROSS_ENTROPY                                                          \
   "linear_cross_entropy(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, "                 \

@@ -16,17 +16,20 @@ float32, bfloat16 and float16 (inputs and compute dtype); float64 runs the refer
 The gradients come out of the forward pass: each chunk's logits (one GEMM into one reused buffer in
 compute_dtype) are reduced row by row to the log-sum-exp and the loss, then overwritten in place by
 softmax - one_hot, which two GEMMs turn into the chunk's rows of grad_hidden and its part of
-grad_weight (summed in fp32, as grad_bias is) while it is in memory. No logits outlive their
-chunk, and no fp32 logits exist beyond the row being reduced. The backward only scales the saved
-gradients by the incoming one and casts them to the inputs' dtypes. Nothing is read back to the
-host in either direction.
+grad_weight while it is in memory. grad_weight comes out in weight's dtype: the GEMM writes it
+directly where it can (fp32, or a single chunk), else the chunks' parts are summed in fp32 and
+rounded once. grad_bias is summed in fp32. No logits outlive their chunk, and no fp32 logits exist
+beyond the row being reduced. The backward scales the saved gradients by the incoming one, in one
+pass into the inputs' dtypes (grad_weight is already in its own, so at LLaMA width that pass reads
+and writes 2 bytes per head weight in bf16, not the 4 + 4 + 4 + 2 of an fp32 product and a cast).
+Nothing is read back to the host in either direction.
 
 Native op (schema in csrc/common/schemas.h; kernels csrc/cpu/linear_cross_entropy.cpp and
 csrc/cuda/linear_cross_entropy.cu):
   minilvlm::linear_cross_entropy(hidden, weight, bias?, targets, compute_dtype, chunk_rows,
                                  output_mask) -> (loss, grad_hidden, grad_weight, grad_bias)
 output_mask says which of (hidden, weight, bias) need a gradient; the others come back empty.
-grad_hidden is in compute_dtype, grad_weight and grad_bias in float32.
+grad_hidden is in compute_dtype, grad_weight in weight's dtype, grad_bias in float32.
 """
 import contextlib
 
@@ -113,7 +116,7 @@ def register_linear_cross_entropy(namespace="minilvlm"):
         n, d, v = hidden.shape[0], hidden.shape[1], weight.shape[0]
         return (hidden.new_empty((), dtype=torch.float32),
                 hidden.new_empty((n, d) if output_mask[0] else (0, 0), dtype=compute_dtype),
-                hidden.new_empty((v, d) if output_mask[1] else (0,), dtype=torch.float32),
+                hidden.new_empty((v, d) if output_mask[1] else (0,), dtype=weight.dtype),
                 hidden.new_empty((v,) if output_mask[2] and bias is not None else (0,), dtype=torch.float32))
 
     def _setup_context(ctx, inputs, output):
@@ -137,7 +140,14 @@ def register_linear_cross_entropy(namespace="minilvlm"):
             if saved.shape != meta[0]:
                 raise RuntimeError(f"linear_cross_entropy: {name} needs a gradient, but output_mask[{i}] was False "
                                    "in forward, so none was computed")
-            grads.append((saved * grad_loss).to(meta[1]))
+            # One pass into the input's dtype. A 0-dim fp32 factor keeps its fp32 value against a bf16
+            # tensor on the CPU; CUDA rounds it to the tensor's dtype first, a uniform relative error
+            # under 2^-8 that Adam's update does not see. out= has no autograd, so a double backward
+            # takes the product and the cast as two steps.
+            if saved.dtype == meta[1] or torch.is_grad_enabled():
+                grads.append((saved * grad_loss).to(meta[1]))
+            else:
+                grads.append(torch.mul(saved, grad_loss, out=saved.new_empty(saved.shape, dtype=meta[1])))
         return (*grads, None, None, None, None)
 
     torch.library.register_autograd(f"{namespace}::linear_cross_entropy", _backward, setup_context=_setup_context)

@@ -86,6 +86,26 @@ def test_linear_cross_entropy_at_llama_7b_width(compute, with_bias):
             check(mine, exact[i], plain[i], compute)
 
 
+@pytest.mark.parametrize("chunk_rows", [300, 1000])
+def test_linear_cross_entropy_pure_bf16_gives_grad_weight_in_bf16(chunk_rows):
+    """bf16 parameters: grad_weight in bf16, written by the GEMM (one chunk) or rounded once from the fp32 sum."""
+    g = torch.Generator(device="cuda").manual_seed(4)
+    n, d, v = 1000, 4096, 32000
+    hidden = torch.randn(n, d, device="cuda", generator=g)
+    weight = torch.randn(v, d, device="cuda", generator=g) * d ** -0.5 * 2
+    targets = torch.randint(0, v, (n,), device="cuda", generator=g)
+    ours = torch.ops.minilvlm.linear_cross_entropy(hidden.bfloat16(), weight.bfloat16(), None, targets,
+                                                   torch.bfloat16, chunk_rows, [True, True, False])
+    assert ours[1].dtype == ours[2].dtype == torch.bfloat16
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        leaves = [t.clone().to(dtype).requires_grad_() for t in (hidden, weight)]
+        linear_cross_entropy_reference(*leaves, None, targets).backward()
+        results.append([leaves[0].grad, leaves[1].grad])
+    for mine, exact, plain in zip(ours[1:3], *results):
+        check(mine, exact, plain, torch.bfloat16)
+
+
 def test_head_cross_entropy_under_cuda_autocast():
     g = torch.Generator(device="cuda").manual_seed(3)
     hidden = torch.randn(2, 512, 4096, device="cuda", generator=g, requires_grad=True)

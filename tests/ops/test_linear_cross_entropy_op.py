@@ -50,7 +50,8 @@ def check_native(op, case, compute, chunk_rows, mask=ALL):
     exact = reference_grads(*case)
     plain = reference_grads(*case, compute_dtype=compute) if compute != torch.float32 else None
     assert ours[0].dtype == torch.float32 and ours[0].shape == ()
-    assert ours[1].dtype == compute and ours[2].dtype == ours[3].dtype == torch.float32
+    assert ours[1].dtype == compute and ours[3].dtype == torch.float32
+    assert ours[2].dtype == weight.dtype   # the GEMM's output where it can be: no pass to cast it
     for i, (mine, want) in enumerate(zip(ours, exact)):
         if i > 0 and (not mask[i - 1] or want is None):
             assert mine.numel() == 0
@@ -92,6 +93,26 @@ def test_inputs_in_another_dtype_than_the_compute_dtype():
                  torch.bfloat16, 8)
 
 
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("chunk_rows", [6, 37, 1000])
+@pytest.mark.parametrize("compute", [torch.bfloat16, torch.float32])
+def test_grad_weight_in_the_weights_dtype_one_chunk_or_many(compute, chunk_rows, weight_dtype):
+    """Pure bf16 (bf16 parameters) and the mixed cases: grad_weight comes back in weight's dtype, whether
+    the GEMM writes it (one chunk, 37 rows) or the chunks' parts are summed in fp32 and rounded once."""
+    hidden, weight, bias, targets = make_case(v=300)
+    case = (hidden.to(compute), weight.to(weight_dtype), bias.to(weight_dtype), targets)
+    if compute != torch.float32 or weight_dtype == torch.float32:
+        check_native(torch.ops.minilvlm.linear_cross_entropy, case, compute, chunk_rows)
+        return
+    # fp32 GEMMs, low-precision weights: the fp32 sum is rounded once into weight's dtype
+    ours = torch.ops.minilvlm.linear_cross_entropy(*case, compute, chunk_rows, list(ALL))
+    exact = reference_grads(*case)
+    assert ours[2].dtype == weight_dtype
+    assert rel_err(ours[2], exact[2]) <= 2 ** -8
+    for mine, want in zip(ours[:2] + ours[3:], exact[:2] + exact[3:]):
+        assert rel_err(mine, want) <= 1e-5
+
+
 def test_no_rows_gives_zero_loss_and_zero_gradients():
     hidden, weight, bias, _ = make_case(n=0)
     loss, dh, dw, db = torch.ops.minilvlm.linear_cross_entropy(hidden, weight, bias, torch.zeros(0, dtype=torch.long),
@@ -103,21 +124,36 @@ def test_no_rows_gives_zero_loss_and_zero_gradients():
 # ---------------------------------------------------------------------------------------
 # the public function and autograd
 
+@pytest.mark.parametrize("chunk_rows", [11, 1000])
+@pytest.mark.parametrize("leaf_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
-def test_autograd_scales_the_saved_gradients_and_keeps_the_input_dtypes(bias):
+def test_autograd_scales_the_saved_gradients_and_keeps_the_input_dtypes(bias, leaf_dtype, chunk_rows):
+    """fp32 leaves under bf16 compute (autocast) and bf16 leaves (pure bf16), over several chunks or one."""
     hidden, weight, b, targets = make_case(v=300, bias=bias)
-    leaves = [None if t is None else t.clone().requires_grad_() for t in (hidden, weight, b)]
-    loss = linear_cross_entropy(*leaves, targets, compute_dtype=torch.bfloat16, chunk_rows=11)
+    leaves = [None if t is None else t.to(leaf_dtype).requires_grad_() for t in (hidden, weight, b)]
+    loss = linear_cross_entropy(*leaves, targets, compute_dtype=torch.bfloat16, chunk_rows=chunk_rows)
     (loss * 0.25).backward()
-    plain = [None if t is None else t.clone().requires_grad_() for t in (hidden, weight, b)]
+    plain = [None if t is None else t.to(leaf_dtype).requires_grad_() for t in (hidden, weight, b)]
     expected = linear_cross_entropy_reference(*plain, targets, compute_dtype=torch.bfloat16)
     (expected * 0.25).backward()
     exact = reference_grads(hidden, weight, b, targets)
     for ours, theirs, want in zip(leaves, plain, exact[1:]):
         if ours is None:
             continue
-        assert ours.grad.dtype == torch.float32
+        assert ours.grad.dtype == leaf_dtype
         assert rel_err(ours.grad, 0.25 * want) <= 2 * rel_err(theirs.grad, 0.25 * want) + 1e-6
+
+
+def test_create_graph_backward_gives_the_same_gradients():
+    """A backward with create_graph=True takes the differentiable product-then-cast path, not the one-pass out=."""
+    hidden, weight, bias, targets = make_case(v=300)
+    grads = []
+    for create_graph in (False, True):
+        leaves = [t.bfloat16().requires_grad_() for t in (hidden, weight, bias)]
+        loss = linear_cross_entropy(*leaves, targets, compute_dtype=torch.float32, chunk_rows=7)
+        grads.append([g.detach() for g in torch.autograd.grad(loss * 0.5, leaves, create_graph=create_graph)])
+    for plain, graphed in zip(*grads):
+        assert plain.dtype == torch.bfloat16 and torch.equal(plain, graphed)
 
 
 def test_no_grad_computes_the_loss_alone():
@@ -237,6 +273,9 @@ def test_emulated_cuda_kernels_match_reference(emu, v, chunk_rows, seed):
         check_native(emu.linear_cross_entropy, case, torch.float32, chunk_rows)
         for compute in LOW:
             check_native(emu.linear_cross_entropy, case, compute, chunk_rows)
+            # low-precision parameters: grad_weight in their dtype (one chunk or an fp32 sum)
+            low_case = (case[0].to(compute), case[1].to(compute), case[2].to(compute), case[3])
+            check_native(emu.linear_cross_entropy, low_case, compute, chunk_rows)
         check_native(emu.linear_cross_entropy, case, torch.float32, chunk_rows, (True, False, False))
     finally:
         emu.set_seed(0)
