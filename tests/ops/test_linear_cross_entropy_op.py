@@ -9,7 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import minilvlm
 from minilvlm.ops import linear_cross_entropy, linear_cross_entropy_reference
-from minilvlm.ops.linear_cross_entropy import register_linear_cross_entropy
+from minilvlm.ops.linear_cross_entropy import default_chunk_rows, register_linear_cross_entropy
 from tests.ops import register_on_emulator
 
 pytestmark = pytest.mark.skipif(not minilvlm.ops.native_available(), reason="minilvlm._C is not built")
@@ -154,6 +154,13 @@ def test_create_graph_backward_gives_the_same_gradients():
         grads.append([g.detach() for g in torch.autograd.grad(loss * 0.5, leaves, create_graph=create_graph)])
     for plain, graphed in zip(*grads):
         assert plain.dtype == torch.bfloat16 and torch.equal(plain, graphed)
+
+
+def test_default_chunk_is_64mb_of_logits_and_at_least_the_width():
+    assert default_chunk_rows(8192, 512) == 2048          # the small llava: 64 MB of fp32 logits
+    assert default_chunk_rows(32000, 4096) == 4096        # LLaMA-7B: 524 rows would hold less than the head
+    assert default_chunk_rows(151936, 896) == 896         # Qwen2's vocabulary
+    assert default_chunk_rows(2 ** 30, 1) == 1
 
 
 def test_no_grad_computes_the_loss_alone():
