@@ -39,9 +39,12 @@ def token_batch(n_image_tokens, with_image):
     labels[:, :1 + n_image_tokens] = -100
     images = torch.randint(0, 256, (int(with_image.sum()), 3, VISION["image_size"], VISION["image_size"]),
                            generator=g, dtype=torch.uint8)
+    # As the trainer's collator (minilvlm/data/batching.py) hands it over: right-padded and unpacked,
+    # which it says with packed=False (so the decoder attends plain causal, with no mask tensor, as
+    # transformers does when no attention_mask is passed), and the target count known on the host.
     batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
              "position_ids": torch.arange(SEQ).expand(BATCH, SEQ), "segment_ids": torch.ones_like(ids),
-             "images": images}
+             "images": images, "packed": False, "n_targets": int((labels[:, 1:] != -100).sum())}
     return batch, images
 
 
