@@ -86,7 +86,7 @@ inline LceShape plan_linear_cross_entropy(const at::Tensor& hidden, const at::Te
 //   fp32 (in dw itself when dw is fp32) and adds the last partial while rounding into dw.
 class WeightGradSum {
  public:
-  WeightGradSum(at::Tensor dw, at::ScalarType compute, bool one_chunk) : dw_(std::move(dw)), compute_(compute) {
+  WeightGradSum(at::Tensor dw, at::ScalarType compute, bool one_chunk) : dw_(std::move(dw)) {
     const bool dw_in_compute = dw_.scalar_type() == compute;
     direct_ = dw_in_compute && (compute == at::kFloat || one_chunk);
     if (direct_) return;
@@ -98,7 +98,7 @@ class WeightGradSum {
   }
 
   void add(const at::Tensor& grad_t, const at::Tensor& h_rows, bool first, bool last) {
-    if (direct_ || compute_ == at::kFloat) {   // the GEMM accumulates in fp32 by itself
+    if (!part_.defined()) {   // dw itself or fp32 compute: the GEMM accumulates in fp32 by itself
       at::Tensor& into = direct_ ? dw_ : sum_;
       if (first)
         at::mm_out(into, grad_t, h_rows);
@@ -120,8 +120,7 @@ class WeightGradSum {
   }
 
  private:
-  at::Tensor dw_, sum_, part_;
-  at::ScalarType compute_;
+  at::Tensor dw_, sum_, part_;   // part_: a chunk's GEMM in bf16/fp16, defined only where one is needed
   bool direct_ = false;
 };
 

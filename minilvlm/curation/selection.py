@@ -162,7 +162,9 @@ class Pipeline:
         self.out = Path(job.out)
         self.cfg, self.base_name = base_config(job.base)
         apply_overrides(self.cfg, list(job.overrides))
-        heldout = [read_heldout(file) for file in (job.heldout, job.test) if file][0]   # a bad test file fails here too
+        heldout = read_heldout(job.heldout)
+        if job.test:
+            read_heldout(job.test)   # read now, so that a bad test file fails before any trial
         # --max-overlap 100 drops nothing, so the pictures need not be read for it
         self.candidates = read_candidates(parse_sets(job.sets), self.cfg, content_keys=job.max_overlap < 1,
                                           heldout=HeldoutProfile.of(heldout))
