@@ -184,17 +184,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_patch_embed_backward_passes(
   at::Tensor rows = at::empty({rows_count, g.row_len}, weight.options());
   if (rows.numel() > 0) make_rows(pixels.contiguous(), rows);
   const at::Tensor grad = grad_out.contiguous();
-  // dW = grad^T @ rows. An fp32 CPU GEMM forms it as (rows^T @ grad)^T: the same FLOPs, but the
-  // GEMM's output is [K, D] with the wide D as its columns (oneDNN's fp32 GEMM ran the [D, K] form
-  // ~17% slower at ViT-L/14, where K = 588, on an AMX Xeon), and the transpose back copies D * K
-  // elements. In bf16/fp16 the [D, K] form is the faster one, copy or not (ViT-L/14 b8 on Zen 4:
-  // 6.9 ms against 7.7 ms with the copy, in 15 of 15 interleaved rounds), and on the GPU cuBLAS
-  // takes either layout. On Zen 4 fp32 also favours [D, K] (17.8 against 18.6 ms, 12 of 15 rounds);
-  // fp32 keeps the Xeon's choice until a run-time check can tell the two CPUs' GEMMs apart.
+  // dW = grad^T @ rows, one GEMM written in the weight's [D, K] layout. (Until stop 32 the fp32 CPU
+  // path formed (rows^T @ grad)^T, a [K, D] GEMM and a transpose copy; re-timed on the AMX Xeon at
+  // ViT-L/14 b8 the direct form is the faster one in fp32 too, 8.9 against 9.8 ms, as it is in bf16,
+  // 2.2 against 3.2 ms, and on Zen 4.)
   const at::Tensor grad_rows = grad.view({rows_count, g.dim});
-  at::Tensor grad_weight = (dtype == at::kFloat && grad.device().is_cpu())
-                               ? at::mm(rows.t(), grad_rows).t().contiguous().view(weight.sizes())
-                               : at::mm(grad_rows.t(), rows).view(weight.sizes());
+  at::Tensor grad_weight = at::mm(grad_rows.t(), rows).view(weight.sizes());
   at::Tensor tokens_acc = sum_batch(grad, acc);
   at::Tensor grad_bias = sum_batch(tokens_acc.narrow(0, g.has_cls ? 1 : 0, g.patches).unsqueeze(1), acc)
                              .view({g.dim})

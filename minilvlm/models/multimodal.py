@@ -36,7 +36,13 @@ def embed_with_images(lm, input_ids, images, image_token_id, image_tokens, image
     # The encoder runs even on no images: under FSDP every rank must gather the same blocks' weights
     # in the same order, whatever its micro-batch holds.
     tokens = image_embeddings(images).to(embeds.dtype)
-    return embeds.masked_scatter(is_image.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1])), is_image
+    # The image rows of the flattened batch, in the order their runs appear (masked_scatter's
+    # placement): copying by row index makes the backward a row gather, where masked_scatter's is a
+    # masked_select over the whole [B, T, D] gradient (5 ms a step in the train-step bench).
+    # The size is static, so neither the host nor the meta device needs the mask's count.
+    rows = torch.nonzero_static(is_image.reshape(-1), size=expected).squeeze(1)
+    dim = embeds.shape[-1]
+    return embeds.reshape(-1, dim).index_copy(0, rows, tokens.reshape(-1, dim)).view(embeds.shape), is_image
 
 
 def init_from_scratch(modules):

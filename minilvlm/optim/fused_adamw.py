@@ -6,8 +6,9 @@ with master_weights=True bf16/fp16 params get flat float32 master weights. lr, w
 and step travel to the kernel per segment (a run of params sharing them), so param groups
 with different hyperparameters still take one launch.
 
-Grads: zero_grad() zeros the flat grad buffer in place (set_to_none is ignored, the views
-stay). A param whose grad is set to None is skipped for that step, as torch.optim.AdamW does.
+Grads: zero_grad() sets them to None as torch's does, and backward's fresh grads are copied into
+the flat grad buffer as they arrive (minilvlm/optim/flat.py); zero_grad(set_to_none=False) zeros the
+buffer in place instead. A param without a grad at the step is skipped, as torch.optim.AdamW does.
 
 Skipping a step (fp16 loss scaling, minilvlm.optim.loss_scale): step(found_inf=flag) hands a
 1-element device tensor to the kernels, which leave params, masters and moments untouched when it
@@ -62,6 +63,7 @@ class FusedAdamW(torch.optim.Optimizer):
         """Lay out every trainable param in flat buffers, keeping any state already held."""
         old = self._export_state() if self._built else {}
         for flat in self._flats:  # detach old views so that no two buffers claim a param
+            flat.release()
             for p in flat.params:
                 p.data = p.data.clone()
                 p.grad = None if p.grad is None else p.grad.clone()
@@ -131,14 +133,17 @@ class FusedAdamW(torch.optim.Optimizer):
     # ---- step ---------------------------------------------------------------------------
 
     def zero_grad(self, set_to_none=True):
-        """Zero the flat grad buffers (set_to_none is ignored: grads stay views of the buffers)."""
+        """Grads to None (the default: backward then copies each fresh grad into its slot), or, with
+        set_to_none=False, the flat grad buffers zeroed in place with the grads still views of them."""
         for flat in self._flats:
-            flat.zero_grad()
+            flat.zero_grad(set_to_none)
 
     @torch.no_grad()
     def grad_norm(self):
         """The global L2 norm of all grads (a float32 tensor on the params' device), from one reduction
         per flat buffer; nothing is read on the host. Non-finite when some grad is inf or NaN."""
+        for flat in self._flats:
+            flat.collect_grads()
         norms = [torch.linalg.vector_norm(f.grad, dtype=torch.float32) for f in self._flats]
         if not norms:
             return torch.zeros(())

@@ -114,11 +114,7 @@ class ZeroAdamW(FusedAdamW):
         if self._grads_reduced:
             return
         for flat in self._flats:
-            active = flat.collect_grads()
-            if active is not None:
-                for i, has_grad in enumerate(active):
-                    if not has_grad:
-                        flat.view(flat.grad, i).zero_()
+            flat.collect_grads()  # a param without a grad counts as zeros here: every rank reduces the same buffer
             if self.collectives == "allreduce":
                 dist.all_reduce(flat.grad, group=self.process_group)
             else:

@@ -66,7 +66,7 @@ def max_rel(a, b):
 
 def train_zero(opt, params, steps, rank, world, dtype, max_norm=None):
     for step in steps:
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=False)  # the grads stay zeroed views of the flat buffer, written in place
         for p, g in zip(params, local_grads(step, rank, world, dtype)):
             p.grad.copy_(g)
         scale = None
