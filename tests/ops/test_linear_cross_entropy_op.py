@@ -156,6 +156,35 @@ def test_create_graph_backward_gives_the_same_gradients():
         assert plain.dtype == torch.bfloat16 and torch.equal(plain, graphed)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_retained_graph_backward_twice_gives_the_same_gradients(dtype):
+    """The last backward of a graph scales the saved gradients in place; a retain_graph backward must
+    not, or the next backward would scale them twice. Three backwards: retained, retained, last."""
+    hidden, weight, bias, targets = make_case(v=300)
+    leaves = [t.to(dtype).requires_grad_() for t in (hidden, weight, bias)]
+    loss = linear_cross_entropy(*leaves, targets, compute_dtype=dtype, chunk_rows=7)
+    runs = [torch.autograd.grad(loss * 0.5, leaves, retain_graph=keep) for keep in (True, True, False)]
+    fresh = [t.to(dtype).requires_grad_() for t in (hidden, weight, bias)]
+    once = torch.autograd.grad(linear_cross_entropy(*fresh, targets, compute_dtype=dtype, chunk_rows=7) * 0.5, fresh)
+    for grads in runs:
+        for got, want in zip(grads, once):
+            assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_last_backward_hands_over_the_saved_gradient_itself():
+    """No copy the size of the LM head: the weight's gradient is the op's saved tensor, scaled."""
+    hidden, weight, bias, targets = make_case(v=300)
+    leaves = [t.bfloat16().requires_grad_() for t in (hidden, weight, bias)]
+    _, saved_weight_grad = torch.ops.minilvlm.linear_cross_entropy(
+        leaves[0], leaves[1], leaves[2], targets, torch.bfloat16, 7, [True, True, True])[1:3]
+    loss, *saved = torch.ops.minilvlm.linear_cross_entropy(*leaves, targets, torch.bfloat16, 7, [True, True, True])
+    pointer = saved[1].data_ptr()
+    del saved
+    grad_weight = torch.autograd.grad(loss * 0.5, leaves[1])[0]
+    assert grad_weight.data_ptr() == pointer
+    assert torch.equal(grad_weight, saved_weight_grad * torch.tensor(0.5))
+
+
 def test_default_chunk_is_64mb_of_logits_and_at_least_the_width():
     assert default_chunk_rows(8192, 512) == 2048          # the small llava: 64 MB of fp32 logits
     assert default_chunk_rows(32000, 4096) == 4096        # LLaMA-7B: 524 rows would hold less than the head
